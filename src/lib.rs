@@ -1,0 +1,6 @@
+//! card-registrar: registers a bank's cards with Thales D1, exactly once.
+//!
+//! # Layout
+//! - [`core`]: pure domain (identifiers, events, card-data rules, validation, the decision engine).
+//!   No I/O; every rule is unit- and property-tested here.
+pub mod core;
