@@ -3,4 +3,6 @@
 //! # Layout
 //! - [`core`]: pure domain (identifiers, events, card-data rules, validation, the decision engine).
 //!   No I/O; every rule is unit- and property-tested here.
+//! - [`telemetry`]: metric names and descriptions.
 pub mod core;
+pub mod telemetry;

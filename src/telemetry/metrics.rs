@@ -1,0 +1,56 @@
+//! Every metric name, in one place, with its description. Prefix `card_registrar_`.
+//!
+//! Labels never hold a cardId, consumerId or PAN: only bounded sets (topic, partition, status,
+//! reason code, operation).
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Counter, labels `topic`, `outcome` (`applied`, `duplicate`, `dead_letter`).
+pub const EVENTS_CONSUMED: &str = "card_registrar_events_consumed_total";
+/// Counter, label `effect` (the decision's history effect, e.g. `ENQUEUED`).
+pub const DECISIONS: &str = "card_registrar_decisions_total";
+/// Counter, label `reason` (dead-letter reason code).
+pub const DEAD_LETTERS: &str = "card_registrar_dead_letters_total";
+/// Histogram of messages per ingest transaction.
+pub const INGEST_BATCH_SIZE: &str = "card_registrar_ingest_batch_size";
+/// Histogram of ingest transaction duration, seconds.
+pub const INGEST_BATCH_DURATION: &str = "card_registrar_ingest_batch_duration_seconds";
+/// Gauge, labels `topic`, `partition`: high watermark minus stored next offset.
+pub const CONSUMER_LAG: &str = "card_registrar_consumer_lag";
+/// Gauge, label `status`: outbox rows per status.
+pub const OUTBOX_ROWS: &str = "card_registrar_outbox_rows";
+/// Gauge: age in seconds of the oldest outbox row that is due and not sent.
+pub const OUTBOX_OLDEST_DUE_AGE: &str = "card_registrar_outbox_oldest_due_age_seconds";
+/// Counter, labels `operation` (`register`, `get_card`, `token`), `status` (HTTP status or `timeout`, `connect`).
+pub const D1_REQUESTS: &str = "card_registrar_d1_requests_total";
+/// Histogram, label `operation`: D1 request latency, seconds.
+pub const D1_REQUEST_DURATION: &str = "card_registrar_d1_request_duration_seconds";
+/// Counter, label `reason` (`retryable`, `ambiguous`, `rate_limited`): attempts rescheduled.
+pub const DISPATCH_RETRIES: &str = "card_registrar_dispatch_retries_total";
+/// Counter, label `outcome` (`done`, `parked`, `cancelled`, `retry`): finished dispatch attempts.
+pub const DISPATCH_OUTCOMES: &str = "card_registrar_dispatch_outcomes_total";
+/// Gauge: circuit breaker state, 0 closed, 1 open, 2 half-open.
+pub const CIRCUIT_BREAKER_STATE: &str = "card_registrar_circuit_breaker_state";
+/// Counter, label `to` (`open`, `half_open`, `closed`): breaker transitions.
+pub const CIRCUIT_BREAKER_TRANSITIONS: &str = "card_registrar_circuit_breaker_transitions_total";
+/// Counter, label `outcome` (`ok`, `error`): OAuth token fetches.
+pub const D1_TOKEN_REFRESHES: &str = "card_registrar_d1_token_refreshes_total";
+
+/// Registers descriptions and units with the installed recorder.
+pub fn describe() {
+    describe_counter!(EVENTS_CONSUMED, "Kafka messages consumed, by topic and outcome");
+    describe_counter!(DECISIONS, "Decisions applied, by history effect");
+    describe_counter!(DEAD_LETTERS, "Messages stored as dead letters, by reason code");
+    describe_histogram!(INGEST_BATCH_SIZE, Unit::Count, "Messages per ingest transaction");
+    describe_histogram!(INGEST_BATCH_DURATION, Unit::Seconds, "Duration of one ingest transaction");
+    describe_gauge!(CONSUMER_LAG, Unit::Count, "High watermark minus stored next offset, per partition");
+    describe_gauge!(OUTBOX_ROWS, Unit::Count, "Outbox rows by status");
+    describe_gauge!(OUTBOX_OLDEST_DUE_AGE, Unit::Seconds, "Age of the oldest due outbox row");
+    describe_counter!(D1_REQUESTS, "Requests to D1, by operation and status");
+    describe_histogram!(D1_REQUEST_DURATION, Unit::Seconds, "D1 request latency, by operation");
+    describe_counter!(DISPATCH_RETRIES, "Dispatch attempts rescheduled, by reason");
+    describe_counter!(DISPATCH_OUTCOMES, "Dispatch attempts finished, by outcome");
+    describe_gauge!(CIRCUIT_BREAKER_STATE, "Circuit breaker toward D1: 0 closed, 1 open, 2 half-open");
+    describe_counter!(CIRCUIT_BREAKER_TRANSITIONS, "Circuit breaker transitions, by target state");
+    describe_counter!(D1_TOKEN_REFRESHES, "OAuth access-token fetches, by outcome");
+}
