@@ -1,0 +1,420 @@
+//! Settings: every variable of the configuration contract, also a `--flag` (clap `env`).
+//!
+//! Parsing checks types; `validate()` checks what a type cannot (files readable, id formats,
+//! cross-field rules) and names the variable in its one-line error. Secret files are only named
+//! here; their content is read by the adapters into redacting types and never printed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use url::Url;
+
+use crate::core::ids::IssuerId;
+
+/// A setting that stops start-up; `Display` is the one line shown to the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable (its `--flag` twin is the same name in kebab case).
+    pub variable: &'static str,
+    /// What is wrong, never the secret itself.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, problem: impl Into<String>) -> Self {
+        Self { variable, problem: problem.into() }
+    }
+}
+
+/// PostgreSQL.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseSettings {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/card_registrar",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Largest number of pooled connections.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+}
+
+/// Kafka and the event contract's topics.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaSettings {
+    /// Bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Consumer group.
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "card-registrar")]
+    pub kafka_group_id: String,
+    /// Topic of `CardCreated` events.
+    #[arg(long, env = "TOPIC_CARD_CREATED", default_value = "card-created")]
+    pub topic_card_created: String,
+    /// Topic of `CardTokenized` events.
+    #[arg(long, env = "TOPIC_CARD_TOKENIZED", default_value = "card-tokenized")]
+    pub topic_card_tokenized: String,
+    /// Topic of `CardOrdered` events.
+    #[arg(long, env = "TOPIC_CARD_ORDERED", default_value = "card-ordered")]
+    pub topic_card_ordered: String,
+    /// Confluent-compatible schema registry, for messages in the Confluent wire format.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<Url>,
+}
+
+/// D1 and the keys toward it.
+#[derive(Debug, Clone, Args)]
+pub struct D1Settings {
+    /// D1 host root.
+    #[arg(long, env = "D1_API_URL", default_value = "http://127.0.0.1:8480")]
+    pub d1_api_url: Url,
+    /// Our 10-character D1 issuer id.
+    #[arg(long, env = "D1_ISSUER_ID")]
+    pub d1_issuer_id: Option<String>,
+    /// File holding our ES256 private key (PEM or JWK) for OAuth assertions.
+    #[arg(long, env = "D1_AUTH_KEY")]
+    pub d1_auth_key: Option<PathBuf>,
+    /// The kid D1 knows our auth key by.
+    #[arg(long, env = "D1_AUTH_KEY_ID")]
+    pub d1_auth_key_id: Option<String>,
+    /// File holding D1's P-256 public encryption key (JWK with kid).
+    #[arg(long, env = "D1_ENCRYPTION_KEY")]
+    pub d1_encryption_key: Option<PathBuf>,
+    /// Optional `aud` claim of the OAuth assertion.
+    #[arg(long, env = "D1_AUTH_AUDIENCE")]
+    pub d1_auth_audience: Option<String>,
+    /// Client certificate (PEM) for mutual TLS toward D1.
+    #[arg(long, env = "D1_CLIENT_CERT")]
+    pub d1_client_cert: Option<PathBuf>,
+    /// Client private key (PEM, PKCS#8) for mutual TLS toward D1.
+    #[arg(long, env = "D1_CLIENT_KEY")]
+    pub d1_client_key: Option<PathBuf>,
+    /// CA certificate (PEM) that D1's server certificate must chain to.
+    #[arg(long, env = "D1_CA_CERT")]
+    pub d1_ca_cert: Option<PathBuf>,
+    /// Most D1 calls in flight at once, per process.
+    #[arg(long, env = "D1_MAX_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub d1_max_concurrency: u32,
+    /// Most D1 calls started per second, per process.
+    #[arg(long, env = "D1_MAX_RPS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub d1_max_rps: u32,
+    /// Timeout of one D1 request, milliseconds.
+    #[arg(long, env = "D1_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub d1_timeout_ms: u64,
+}
+
+/// Our card-data keys, used to read `encryptedCard`.
+#[derive(Debug, Clone, Args)]
+pub struct CardDataSettings {
+    /// File holding our P-256 private key(s) for `encryptedCard` (JWK or JWK Set; several for rotation).
+    #[arg(long, env = "CARD_DATA_KEYS")]
+    pub card_data_keys: Option<PathBuf>,
+}
+
+/// Admin HTTP endpoints.
+#[derive(Debug, Clone, Args)]
+pub struct AdminSettings {
+    /// Listen address of `/healthz`, `/readyz`, `/metrics`.
+    #[arg(long, env = "ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
+    pub admin_listen: SocketAddr,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Logs and traces.
+#[derive(Debug, Clone, Args)]
+pub struct TelemetrySettings {
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub rust_log: String,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// OTLP endpoint; traces are off when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<Url>,
+    /// OTLP protocol: `grpc` or `http/protobuf`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc")]
+    pub otel_exporter_otlp_protocol: String,
+    /// Service name on every span.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "card-registrar")]
+    pub otel_service_name: String,
+}
+
+impl DatabaseSettings {
+    /// Checks the URL scheme.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = Url::parse(&self.database_url)
+            .map_err(|e| ConfigError::new("DATABASE_URL", format!("not a URL ({e})")))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(ConfigError::new("DATABASE_URL", "scheme must be postgres:// or postgresql://"));
+        }
+        Ok(())
+    }
+}
+
+impl KafkaSettings {
+    /// Checks brokers and topic names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka_brokers.split(',').any(|b| b.trim().is_empty() || !b.contains(':')) {
+            return Err(ConfigError::new("KAFKA_BROKERS", "must be a comma-separated list of host:port"));
+        }
+        if self.kafka_group_id.trim().is_empty() {
+            return Err(ConfigError::new("KAFKA_GROUP_ID", "must not be empty"));
+        }
+        for (var, topic) in [
+            ("TOPIC_CARD_CREATED", &self.topic_card_created),
+            ("TOPIC_CARD_TOKENIZED", &self.topic_card_tokenized),
+            ("TOPIC_CARD_ORDERED", &self.topic_card_ordered),
+        ] {
+            let ok = !topic.is_empty()
+                && topic.len() <= 249
+                && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok {
+                return Err(ConfigError::new(var, "not a valid Kafka topic name ([A-Za-z0-9._-], 1..249)"));
+            }
+        }
+        let topics = [&self.topic_card_created, &self.topic_card_tokenized, &self.topic_card_ordered];
+        if topics[0] == topics[1] || topics[1] == topics[2] || topics[0] == topics[2] {
+            return Err(ConfigError::new("TOPIC_CARD_CREATED", "the three input topics must differ"));
+        }
+        Ok(())
+    }
+}
+
+/// The D1 settings after validation: every required value present.
+#[derive(Debug, Clone)]
+pub struct ValidD1Settings {
+    /// D1 host root.
+    pub api_url: Url,
+    /// Issuer id.
+    pub issuer_id: IssuerId,
+    /// ES256 private key file.
+    pub auth_key: PathBuf,
+    /// Its kid.
+    pub auth_key_id: String,
+    /// D1's public encryption key file.
+    pub encryption_key: PathBuf,
+    /// Optional assertion audience.
+    pub audience: Option<String>,
+    /// Mutual TLS files (cert, key) and optional CA.
+    pub client_tls: Option<(PathBuf, PathBuf)>,
+    /// CA certificate file.
+    pub ca_cert: Option<PathBuf>,
+    /// Per-process concurrency cap.
+    pub max_concurrency: u32,
+    /// Per-process rate cap.
+    pub max_rps: u32,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl D1Settings {
+    /// Checks that every value dispatch needs is present and well-formed.
+    pub fn validate(&self) -> Result<ValidD1Settings, ConfigError> {
+        if !matches!(self.d1_api_url.scheme(), "http" | "https") {
+            return Err(ConfigError::new(
+                "D1_API_URL",
+                "scheme must be https:// (or http:// toward loopback)",
+            ));
+        }
+        if self.d1_api_url.scheme() == "http" && !is_loopback(&self.d1_api_url) {
+            return Err(ConfigError::new("D1_API_URL", "plain http is only allowed toward a loopback host"));
+        }
+        let issuer = self
+            .d1_issuer_id
+            .as_deref()
+            .ok_or_else(|| ConfigError::new("D1_ISSUER_ID", "missing: the 10-character D1 issuer id"))?;
+        let issuer_id =
+            IssuerId::parse(issuer).map_err(|e| ConfigError::new("D1_ISSUER_ID", e.to_string()))?;
+        let auth_key = required_file("D1_AUTH_KEY", self.d1_auth_key.as_deref(), "our ES256 private key")?;
+        let auth_key_id =
+            self.d1_auth_key_id.clone().filter(|k| !k.trim().is_empty()).ok_or_else(|| {
+                ConfigError::new("D1_AUTH_KEY_ID", "missing: the kid D1 knows our auth key by")
+            })?;
+        let encryption_key =
+            required_file("D1_ENCRYPTION_KEY", self.d1_encryption_key.as_deref(), "D1's public key (JWK)")?;
+        let client_tls = match (&self.d1_client_cert, &self.d1_client_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((
+                required_file("D1_CLIENT_CERT", Some(c), "client certificate")?,
+                required_file("D1_CLIENT_KEY", Some(k), "client key")?,
+            )),
+            (Some(_), None) => {
+                return Err(ConfigError::new("D1_CLIENT_KEY", "missing: D1_CLIENT_CERT is set"));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new("D1_CLIENT_CERT", "missing: D1_CLIENT_KEY is set"));
+            }
+        };
+        let ca_cert = match &self.d1_ca_cert {
+            Some(p) => Some(required_file("D1_CA_CERT", Some(p), "CA certificate")?),
+            None => None,
+        };
+        Ok(ValidD1Settings {
+            api_url: self.d1_api_url.clone(),
+            issuer_id,
+            auth_key,
+            auth_key_id,
+            encryption_key,
+            audience: self.d1_auth_audience.clone(),
+            client_tls,
+            ca_cert,
+            max_concurrency: self.d1_max_concurrency,
+            max_rps: self.d1_max_rps,
+            timeout: Duration::from_millis(self.d1_timeout_ms),
+        })
+    }
+}
+
+impl CardDataSettings {
+    /// The key file, which ingest needs to read `encryptedCard`.
+    pub fn validate(&self) -> Result<PathBuf, ConfigError> {
+        required_file(
+            "CARD_DATA_KEYS",
+            self.card_data_keys.as_deref(),
+            "our card-data private key(s) (JWK or JWK Set)",
+        )
+    }
+}
+
+impl TelemetrySettings {
+    /// Checks the log filter and OTLP protocol.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        tracing_subscriber::EnvFilter::try_new(&self.rust_log)
+            .map_err(|e| ConfigError::new("RUST_LOG", format!("not a valid filter ({e})")))?;
+        if !matches!(self.otel_exporter_otlp_protocol.as_str(), "grpc" | "http/protobuf") {
+            return Err(ConfigError::new("OTEL_EXPORTER_OTLP_PROTOCOL", "must be grpc or http/protobuf"));
+        }
+        Ok(())
+    }
+}
+
+fn required_file(variable: &'static str, path: Option<&Path>, what: &str) -> Result<PathBuf, ConfigError> {
+    let path =
+        path.ok_or_else(|| ConfigError::new(variable, format!("missing: path of the file holding {what}")))?;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(path.to_path_buf()),
+        Ok(_) => Err(ConfigError::new(variable, format!("{} is not a file", path.display()))),
+        Err(e) => Err(ConfigError::new(variable, format!("cannot read {} ({e})", path.display()))),
+    }
+}
+
+/// Whether the URL's host is loopback (127.0.0.0/8, ::1 or localhost).
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        d1: D1Settings,
+        #[command(flatten)]
+        kafka: KafkaSettings,
+        #[command(flatten)]
+        db: DatabaseSettings,
+    }
+
+    fn parse(args: &[&str]) -> T {
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn a_missing_issuer_id_names_the_variable() {
+        let err = parse(&[]).d1.validate().unwrap_err();
+        assert_eq!(err.variable, "D1_ISSUER_ID");
+        assert!(err.to_string().starts_with("D1_ISSUER_ID: missing"));
+    }
+
+    #[test]
+    fn a_malformed_issuer_id_names_the_rule() {
+        let err = parse(&["--d1-issuer-id", "short"]).d1.validate().unwrap_err();
+        assert_eq!(err.variable, "D1_ISSUER_ID");
+        assert!(err.problem.contains("10..10"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_key_file_names_the_variable_and_path() {
+        let err = parse(&["--d1-issuer-id", "ISSUER0001", "--d1-auth-key", "/nonexistent/key.pem"])
+            .d1
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.variable, "D1_AUTH_KEY");
+        assert!(err.problem.contains("/nonexistent/key.pem"));
+    }
+
+    #[test]
+    fn plain_http_toward_a_remote_host_is_refused() {
+        let err = parse(&["--d1-api-url", "http://api.d1.thalescloud.io"]).d1.validate().unwrap_err();
+        assert_eq!(err.variable, "D1_API_URL");
+        assert!(is_loopback(&Url::parse("http://localhost:8480").unwrap()));
+        assert!(is_loopback(&Url::parse("http://[::1]:8480").unwrap()));
+    }
+
+    #[test]
+    fn half_a_client_certificate_pair_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k");
+        std::fs::write(&f, "x").unwrap();
+        let f = f.to_str().unwrap();
+        let err = parse(&[
+            "--d1-issuer-id",
+            "ISSUER0001",
+            "--d1-auth-key",
+            f,
+            "--d1-auth-key-id",
+            "k1",
+            "--d1-encryption-key",
+            f,
+            "--d1-client-cert",
+            f,
+        ])
+        .d1
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.variable, "D1_CLIENT_KEY");
+    }
+
+    #[test]
+    fn identical_topics_are_refused() {
+        let t = parse(&["--topic-card-ordered", "card-created"]);
+        assert!(t.kafka.validate().is_err());
+        assert!(parse(&[]).kafka.validate().is_ok());
+    }
+
+    #[test]
+    fn a_non_postgres_database_url_is_refused() {
+        assert_eq!(
+            parse(&["--database-url", "mysql://x/y"]).db.validate().unwrap_err().variable,
+            "DATABASE_URL"
+        );
+    }
+
+    #[test]
+    fn zero_concurrency_is_refused_at_parse_time() {
+        assert!(T::try_parse_from(["t", "--d1-max-concurrency", "0"]).is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! PostgreSQL store (sqlx): card records, history, outbox, dead letters, consumed offsets.
+//!
+//! Each function takes a transaction or a pool and does one thing; orchestration (what to lock,
+//! in which order) belongs to the callers in `ingest` and `dispatch`. Nothing here decides: the
+//! rules live in `core`. No clear PAN is ever written: card data is stored as received ciphertext.
+
+pub mod cards;
+pub mod dead_letters;
+pub mod error;
+pub mod history;
+pub mod locks;
+pub mod offsets;
+pub mod outbox;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Executor, PgPool};
+
+pub use error::StoreError;
+
+/// The migrations in `migrations/`, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens a pool. The URL may carry `?options=-c search_path=...` to use another schema.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::db("parse DATABASE_URL", e))?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(|e| StoreError::db("connect to PostgreSQL", e))
+}
+
+/// Opens a pool without connecting yet, so a worker can start while PostgreSQL is down.
+pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::db("parse DATABASE_URL", e))?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options))
+}
+
+/// Applies pending migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await.map_err(|e| StoreError::Migrate(Box::new(e)))
+}
+
+/// Whether PostgreSQL answers (for `/readyz`).
+pub async fn ping(pool: &PgPool) -> bool {
+    pool.execute("SELECT 1").await.is_ok()
+}

@@ -1,0 +1,380 @@
+//! The outbox: one row per D1 call. Enqueued in the ingest transaction; claimed under a lease
+//! with `FOR UPDATE SKIP LOCKED`; finished only by the lease holder (fencing token).
+//!
+//! Statuses: `PENDING` (waiting, due at `next_attempt_at`), `IN_FLIGHT` (leased), `DONE`,
+//! `CANCELLED`, `PARKED` (gave up; an operator can retry). A row claimed again after its lease
+//! expired is marked `needs_reconcile`: the crashed holder may have sent it.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::core::decide::RegistrationRequest;
+use crate::core::ids::CorrelationId;
+
+/// The `NOTIFY` channel that wakes dispatchers when rows are enqueued.
+pub const NOTIFY_CHANNEL: &str = "card_registrar_outbox";
+
+/// A registration row to insert.
+#[derive(Debug, Clone)]
+pub struct NewRegistration<'a> {
+    /// The call's data (ids and received JWE; no clear PAN).
+    pub request: &'a RegistrationRequest,
+    /// W3C trace context of the decision, so dispatch continues the trace.
+    pub traceparent: Option<&'a str>,
+    /// W3C `tracestate` companion.
+    pub tracestate: Option<&'a str>,
+}
+
+/// Inserts registration rows (at most one per card, enforced by a unique index) and wakes
+/// dispatchers when the transaction commits.
+pub async fn enqueue(tx: &mut PgConnection, rows: &[NewRegistration<'_>]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut id = Vec::with_capacity(rows.len());
+    let mut card_id = Vec::with_capacity(rows.len());
+    let mut payload = Vec::with_capacity(rows.len());
+    let mut traceparent = Vec::with_capacity(rows.len());
+    let mut tracestate = Vec::with_capacity(rows.len());
+    let mut correlation = Vec::with_capacity(rows.len());
+    for r in rows {
+        let row_id = Uuid::now_v7();
+        id.push(row_id);
+        card_id.push(r.request.card_id.as_str());
+        payload.push(serde_json::to_value(r.request).map_err(|e| StoreError::Corrupt {
+            table: "outbox",
+            key: r.request.card_id.to_string(),
+            detail: format!("payload does not serialise: {e}"),
+        })?);
+        traceparent.push(r.traceparent);
+        tracestate.push(r.tracestate);
+        correlation.push(CorrelationId::for_outbox_row(row_id).to_string());
+    }
+    sqlx::query(
+        "INSERT INTO outbox (id, kind, card_id, payload, status, traceparent, tracestate, correlation_id)
+         SELECT i, 'REGISTER_CARD', c, p, 'PENDING', tp, ts, cid
+         FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[])
+              AS t(i, c, p, tp, ts, cid)
+         ON CONFLICT (card_id) WHERE kind = 'REGISTER_CARD' DO NOTHING",
+    )
+    .bind(&id)
+    .bind(&card_id)
+    .bind(&payload)
+    .bind(&traceparent)
+    .bind(&tracestate)
+    .bind(&correlation)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| StoreError::db("enqueue registrations", e))?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::db("notify dispatchers", e))?;
+    Ok(())
+}
+
+/// Cancels the cards' registration rows that no worker holds (`PENDING` or `PARKED`).
+pub async fn cancel_unclaimed(
+    tx: &mut PgConnection,
+    card_ids: &[&str],
+    why: &str,
+) -> Result<u64, StoreError> {
+    if card_ids.is_empty() {
+        return Ok(0);
+    }
+    let done = sqlx::query(
+        "UPDATE outbox SET status = 'CANCELLED', last_error = $2, finished_at = now(), updated_at = now(),
+                           lease_owner = NULL, lease_expires_at = NULL
+         WHERE kind = 'REGISTER_CARD' AND card_id = ANY($1::text[]) AND status IN ('PENDING', 'PARKED')",
+    )
+    .bind(card_ids)
+    .bind(why)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| StoreError::db("cancel queued registrations", e))?;
+    Ok(done.rows_affected())
+}
+
+/// A row this worker holds a lease on.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedRow {
+    /// Row id.
+    pub id: Uuid,
+    /// The card.
+    pub card_id: String,
+    /// The registration request (JSON of `RegistrationRequest`).
+    pub payload: serde_json::Value,
+    /// Attempts so far, this one included.
+    pub attempts: i32,
+    /// Fencing token: only the holder of this value may finish the row.
+    pub fence: i64,
+    /// The previous holder may have sent the request: ask D1 before sending again.
+    pub needs_reconcile: bool,
+    /// Start of the current series of attempts (for the age limit).
+    pub attempts_since: DateTime<Utc>,
+    /// Trace context of the decision.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate`.
+    pub tracestate: Option<String>,
+    /// Stable `x-correlation-id` for every attempt of this row.
+    pub correlation_id: String,
+    /// Lease expiry.
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+/// Claims up to `limit` due rows (and rows whose lease expired) for `owner`, for `lease_ms`.
+/// Rows locked by another claimer are skipped, never waited for.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    owner: &str,
+    limit: i64,
+    lease_ms: i64,
+) -> Result<Vec<ClaimedRow>, StoreError> {
+    sqlx::query_as(
+        "WITH due AS (
+             (SELECT id FROM outbox WHERE status = 'PENDING' AND next_attempt_at <= now()
+              ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+             UNION ALL
+             (SELECT id FROM outbox WHERE status = 'IN_FLIGHT' AND lease_expires_at < now()
+              ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         )
+         UPDATE outbox o SET
+             needs_reconcile = o.needs_reconcile OR o.status = 'IN_FLIGHT',
+             status = 'IN_FLIGHT', lease_owner = $2,
+             lease_expires_at = now() + make_interval(secs => $3::double precision / 1000.0),
+             fence = o.fence + 1, attempts = o.attempts + 1, updated_at = now()
+         FROM due WHERE o.id = due.id
+         RETURNING o.id, o.card_id, o.payload, o.attempts, o.fence, o.needs_reconcile, o.attempts_since,
+                   o.traceparent, o.tracestate, o.correlation_id, o.lease_expires_at",
+    )
+    .bind(limit)
+    .bind(owner)
+    .bind(lease_ms)
+    .fetch_all(db)
+    .await
+    .map_err(|e| StoreError::db("claim outbox rows", e))
+}
+
+/// Locks a claimed row and checks the lease is still ours (status `IN_FLIGHT`, same fence).
+/// Call after locking the card. False means another worker took the row over.
+pub async fn lock_if_held(tx: &mut PgConnection, id: Uuid, fence: i64) -> Result<bool, StoreError> {
+    let row: Option<(String, i64)> =
+        sqlx::query_as("SELECT status, fence FROM outbox WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| StoreError::db("lock claimed row", e))?;
+    Ok(matches!(row, Some((status, f)) if status == "IN_FLIGHT" && f == fence))
+}
+
+/// How a held row ends an attempt.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    /// D1 has the card.
+    Done,
+    /// Not needed any more.
+    Cancelled {
+        /// Why (operator-facing).
+        why: String,
+    },
+    /// Gave up; operators can retry.
+    Parked {
+        /// The last error.
+        error: String,
+    },
+    /// Try again at `at`.
+    Retry {
+        /// Next attempt time.
+        at: DateTime<Utc>,
+        /// The error of this attempt.
+        error: String,
+        /// Whether the request may have reached D1 (ask before sending again).
+        reconcile: bool,
+    },
+    /// Not attempted (e.g. the circuit breaker is open): back to the queue, attempt not counted.
+    Release {
+        /// Next attempt time.
+        at: DateTime<Utc>,
+    },
+    /// D1 was asked and does not have the card: the next attempt may send without asking.
+    Reconciled,
+}
+
+/// Ends the attempt on a row locked with `lock_if_held`.
+pub async fn finish(tx: &mut PgConnection, id: Uuid, how: &Finish) -> Result<(), StoreError> {
+    let q = match how {
+        Finish::Done => sqlx::query(
+            "UPDATE outbox SET status = 'DONE', finished_at = now(), updated_at = now(), lease_owner = NULL,
+                               lease_expires_at = NULL, needs_reconcile = false, last_error = NULL WHERE id = $1",
+        )
+        .bind(id),
+        Finish::Cancelled { why } => sqlx::query(
+            "UPDATE outbox SET status = 'CANCELLED', finished_at = now(), updated_at = now(), lease_owner = NULL,
+                               lease_expires_at = NULL, last_error = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(why.as_str()),
+        Finish::Parked { error } => sqlx::query(
+            "UPDATE outbox SET status = 'PARKED', updated_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+                               last_error = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(error.as_str()),
+        Finish::Retry { at, error, reconcile } => sqlx::query(
+            "UPDATE outbox SET status = 'PENDING', next_attempt_at = $2, updated_at = now(), lease_owner = NULL,
+                               lease_expires_at = NULL, last_error = $3, needs_reconcile = needs_reconcile OR $4
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(*at)
+        .bind(error.as_str())
+        .bind(*reconcile),
+        Finish::Release { at } => sqlx::query(
+            "UPDATE outbox SET status = 'PENDING', next_attempt_at = $2, updated_at = now(), lease_owner = NULL,
+                               lease_expires_at = NULL, attempts = greatest(attempts - 1, 0) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(*at),
+        Finish::Reconciled => {
+            sqlx::query("UPDATE outbox SET needs_reconcile = false, updated_at = now() WHERE id = $1").bind(id)
+        }
+    };
+    q.execute(&mut *tx).await.map_err(|e| StoreError::db("finish outbox row", e))?;
+    Ok(())
+}
+
+/// A row as operators see it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct OutboxRow {
+    /// Row id.
+    pub id: Uuid,
+    /// Call kind.
+    pub kind: String,
+    /// The card.
+    pub card_id: String,
+    /// Status.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// Next attempt time (when `PENDING`).
+    pub next_attempt_at: DateTime<Utc>,
+    /// Current lease holder.
+    pub lease_owner: Option<String>,
+    /// Whether D1 must be asked before the next send.
+    pub needs_reconcile: bool,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// Correlation id sent to D1.
+    pub correlation_id: String,
+    /// Enqueued at.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+const ROW_COLUMNS: &str = "id, kind, card_id, status, attempts, next_attempt_at, lease_owner, needs_reconcile, \
+                           last_error, correlation_id, created_at, updated_at";
+
+/// Rows filtered by status and/or card, newest first.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    status: Option<&str>,
+    card_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    sqlx::query_as(&format!(
+        "SELECT {ROW_COLUMNS} FROM outbox
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR card_id = $2)
+         ORDER BY created_at DESC LIMIT $3"
+    ))
+    .bind(status)
+    .bind(card_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+    .map_err(|e| StoreError::db("list outbox rows", e))
+}
+
+/// One row by id, locked for an operator action.
+pub async fn get_for_update(tx: &mut PgConnection, id: Uuid) -> Result<Option<OutboxRow>, StoreError> {
+    sqlx::query_as(&format!("SELECT {ROW_COLUMNS} FROM outbox WHERE id = $1 FOR UPDATE"))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| StoreError::db("read outbox row", e))
+}
+
+/// Operator retry: a parked (or waiting) row becomes due now, attempts reset, asking D1 first.
+pub async fn requeue(tx: &mut PgConnection, id: Uuid) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE outbox SET status = 'PENDING', next_attempt_at = now(), attempts = 0, needs_reconcile = true,
+                           finished_at = NULL, updated_at = now(), attempts_since = now()
+         WHERE id = $1 AND status IN ('PARKED', 'PENDING')",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| StoreError::db("requeue outbox row", e))?;
+    Ok(())
+}
+
+/// Ids of every parked row.
+pub async fn parked_ids(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, StoreError> {
+    let rows: Vec<(Uuid,)> =
+        sqlx::query_as("SELECT id FROM outbox WHERE status = 'PARKED' ORDER BY updated_at")
+            .fetch_all(db)
+            .await
+            .map_err(|e| StoreError::db("list parked rows", e))?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Deletes up to `batch` finished rows older than `older_than_secs`; returns how many.
+pub async fn delete_finished(
+    db: impl PgExecutor<'_>,
+    older_than_secs: i64,
+    batch: i64,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox WHERE status IN ('DONE', 'CANCELLED')
+               AND finished_at < now() - make_interval(secs => $1::double precision)
+             LIMIT $2)",
+    )
+    .bind(older_than_secs)
+    .bind(batch)
+    .execute(db)
+    .await
+    .map_err(|e| StoreError::db("delete finished outbox rows", e))?;
+    Ok(done.rows_affected())
+}
+
+/// Gauges for SREs: active rows by status, and the age of the oldest due row in seconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutboxGauges {
+    /// `PENDING` rows.
+    pub pending: i64,
+    /// `IN_FLIGHT` rows.
+    pub in_flight: i64,
+    /// `PARKED` rows.
+    pub parked: i64,
+    /// Seconds since the oldest due row became due (0 when none).
+    pub oldest_due_age_secs: f64,
+}
+
+/// Reads the gauges using the partial indexes only (cheap at millions of rows).
+pub async fn gauges(db: impl PgExecutor<'_>) -> Result<OutboxGauges, StoreError> {
+    let (pending, in_flight, parked, age): (i64, i64, i64, Option<f64>) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM outbox WHERE status = 'PENDING'),
+                (SELECT count(*) FROM outbox WHERE status = 'IN_FLIGHT'),
+                (SELECT count(*) FROM outbox WHERE status = 'PARKED'),
+                (SELECT extract(epoch FROM now() - min(next_attempt_at))::float8
+                   FROM outbox WHERE status = 'PENDING' AND next_attempt_at <= now())",
+    )
+    .fetch_one(db)
+    .await
+    .map_err(|e| StoreError::db("read outbox gauges", e))?;
+    Ok(OutboxGauges { pending, in_flight, parked, oldest_due_age_secs: age.unwrap_or(0.0) })
+}

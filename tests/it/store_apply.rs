@@ -1,0 +1,188 @@
+//! Applying batches in PostgreSQL: records, history, outbox rows, dead letters and offsets.
+
+use card_registrar::core::dead_letter::DeadLetterReason;
+use card_registrar::core::decide::Effect;
+use card_registrar::core::event::{CardEvent, OrderOutcome, TokenizationOutcome};
+use card_registrar::core::pan::CardData;
+use card_registrar::core::record::{CallStatus, CardState, RegistrationSource};
+use card_registrar::core::validate::{validate_created, validate_lifecycle};
+use card_registrar::ingest::apply::{ApplyError, Batch, Prepared, Rejection, apply_batch};
+use card_registrar::ingest::envelope::{RawMessage, Sealer};
+use card_registrar::store::{cards, dead_letters, history, offsets, outbox};
+use chrono::Utc;
+
+use crate::helpers::*;
+
+const GROUP: &str = "g";
+
+fn valid(e: CardEvent) -> Prepared {
+    let outcome = match e {
+        CardEvent::Created(c) => {
+            let data = CardData::from_json(br#"{"pan":"4111111111111111","exp":"1230"}"#).unwrap();
+            validate_created(c, &data)
+        }
+        other => validate_lifecycle(other),
+    }
+    .map_err(|reason| Rejection { reason, detail: String::new(), card_id: None, event_id: None });
+    Prepared {
+        offset: 0,
+        raw: RawMessage { key: Some(b"k".to_vec()), headers: vec![], payload: Some(b"v".to_vec()) },
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        tracestate: None,
+        outcome,
+    }
+}
+
+fn batch<'a>(topic: &'a str, from: Option<i64>, msgs: Vec<Prepared>) -> Batch<'a> {
+    let start = from.unwrap_or(0);
+    let messages = msgs.into_iter().enumerate().map(|(i, mut m)| {
+        m.offset = start + i as i64;
+        m
+    });
+    Batch { group: GROUP, topic, partition: 0, from, messages: messages.collect() }
+}
+
+#[tokio::test]
+async fn a_created_card_is_pending_with_one_queued_registration_history_and_offset() {
+    let db = TestDb::new().await;
+    let b = batch("card-created", None, vec![valid(created("card-a", "alice"))]);
+    let applied = apply_batch(&db.pool, &PlainSealer, &b, Utc::now()).await.unwrap();
+    assert_eq!(applied.effects, vec![Effect::Enqueued]);
+    assert_eq!(applied.next_offset, 1);
+
+    let (record, call) = cards::get(&db.pool, "card-a").await.unwrap().unwrap();
+    assert_eq!(record.state, CardState::Pending);
+    assert_eq!(call, Some(CallStatus::Queued));
+    let rows = outbox::list(&db.pool, None, Some("card-a"), 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "PENDING");
+    assert!(rows[0].correlation_id.starts_with("cr-"));
+    assert_eq!(history::for_card(&db.pool, "card-a").await.unwrap().len(), 1);
+    assert_eq!(offsets::load(&db.pool, GROUP, "card-created").await.unwrap().get(&0), Some(&1));
+}
+
+#[tokio::test]
+async fn created_then_tokenized_in_one_batch_registers_implicitly_and_cancels_the_row() {
+    let db = TestDb::new().await;
+    let b = batch(
+        "t",
+        None,
+        vec![
+            valid(created("card-b", "bob")),
+            valid(tokenized("card-b", "bob", TokenizationOutcome::Approved)),
+        ],
+    );
+    let applied = apply_batch(&db.pool, &PlainSealer, &b, Utc::now()).await.unwrap();
+    assert_eq!(applied.effects, vec![Effect::Enqueued, Effect::CancelledQueuedCall]);
+    let (record, call) = cards::get(&db.pool, "card-b").await.unwrap().unwrap();
+    assert_eq!(record.state, CardState::Registered);
+    assert_eq!(record.source, Some(RegistrationSource::ImplicitTokenization));
+    assert_eq!(call, Some(CallStatus::Cancelled));
+}
+
+#[tokio::test]
+async fn a_republished_event_is_recognised_and_changes_nothing() {
+    let db = TestDb::new().await;
+    let e = tokenized("card-c", "carol", TokenizationOutcome::Approved);
+    apply_batch(&db.pool, &PlainSealer, &batch("t", None, vec![valid(e.clone())]), Utc::now()).await.unwrap();
+    let (before, _) = cards::get(&db.pool, "card-c").await.unwrap().unwrap();
+    let again =
+        apply_batch(&db.pool, &PlainSealer, &batch("t", Some(1), vec![valid(e)]), Utc::now()).await.unwrap();
+    assert_eq!(again.duplicates, 1);
+    assert!(again.effects.is_empty());
+    let (after, _) = cards::get(&db.pool, "card-c").await.unwrap().unwrap();
+    assert_eq!(before, after);
+    assert_eq!(history::for_card(&db.pool, "card-c").await.unwrap().len(), 1);
+    assert_eq!(offsets::load(&db.pool, GROUP, "t").await.unwrap().get(&0), Some(&2));
+}
+
+#[tokio::test]
+async fn a_consumer_mismatch_and_a_rejected_message_become_sealed_dead_letters_and_the_partition_moves_on() {
+    let db = TestDb::new().await;
+    let mut rejected = valid(ordered("card-d", "dave", OrderOutcome::Accepted));
+    rejected.outcome = Err(Rejection {
+        reason: DeadLetterReason::UnknownFraming,
+        detail: "first byte 0x7b".into(),
+        card_id: None,
+        event_id: None,
+    });
+    rejected.raw.payload = Some(b"{not avro}".to_vec());
+    let b = batch(
+        "t",
+        None,
+        vec![
+            valid(ordered("card-d", "dave", OrderOutcome::Accepted)),
+            valid(tokenized("card-d", "mallory", TokenizationOutcome::Approved)),
+            rejected,
+        ],
+    );
+    let applied = apply_batch(&db.pool, &PlainSealer, &b, Utc::now()).await.unwrap();
+    assert_eq!(
+        applied.dead_letters,
+        vec![DeadLetterReason::ConsumerMismatch, DeadLetterReason::UnknownFraming]
+    );
+    assert_eq!(applied.next_offset, 3);
+    let letters = dead_letters::list(&db.pool, &dead_letters::Filter::default(), 10).await.unwrap();
+    assert_eq!(letters.len(), 2);
+    assert_eq!((letters[0].reason.as_str(), letters[0].offset), ("CONSUMER_MISMATCH", 1));
+    assert_eq!(letters[0].card_id.as_deref(), Some("card-d"));
+    assert_eq!((letters[1].reason.as_str(), letters[1].offset), ("UNKNOWN_FRAMING", 2));
+    let mut tx = db.pool.begin().await.unwrap();
+    let (_, envelope) = dead_letters::envelope_for_update(&mut tx, letters[1].id).await.unwrap().unwrap();
+    tx.rollback().await.unwrap();
+    let raw = RawMessage::from_bytes(&PlainSealer.open(&envelope).unwrap()).unwrap();
+    assert_eq!(raw.payload.as_deref(), Some(&b"{not avro}"[..]));
+    let (record, _) = cards::get(&db.pool, "card-d").await.unwrap().unwrap();
+    assert_eq!(record.consumer_id.as_str(), "dave");
+}
+
+#[tokio::test]
+async fn a_batch_started_from_a_stale_offset_is_fenced_and_writes_nothing() {
+    let db = TestDb::new().await;
+    let first = batch("t", None, vec![valid(created("card-e", "erin"))]);
+    apply_batch(&db.pool, &PlainSealer, &first, Utc::now()).await.unwrap();
+    // A zombie that also started from "nothing stored" replays a different message.
+    let zombie = batch("t", None, vec![valid(created("card-f", "frank"))]);
+    let err = apply_batch(&db.pool, &PlainSealer, &zombie, Utc::now()).await.unwrap_err();
+    assert!(matches!(err, ApplyError::Fenced { expected: None, .. }), "{err}");
+    assert!(cards::get(&db.pool, "card-f").await.unwrap().is_none());
+    assert!(outbox::list(&db.pool, None, Some("card-f"), 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_batches_touching_the_same_cards_from_many_partitions_neither_deadlock_nor_double_enqueue()
+{
+    let db = TestDb::new().await;
+    let cards_n = 50;
+    let mut tasks = Vec::new();
+    for partition in 0..6 {
+        let pool = db.pool.clone();
+        tasks.push(tokio::spawn(async move {
+            // Each partition sees every card in a different order, mixing event kinds.
+            let mut msgs: Vec<Prepared> = (0..cards_n)
+                .map(|i| {
+                    let card = format!("card-{:03}", (i * (partition + 1) * 7) % cards_n);
+                    match partition % 3 {
+                        0 => valid(created(&card, "zoe")),
+                        1 => valid(tokenized(&card, "zoe", TokenizationOutcome::Approved)),
+                        _ => valid(ordered(&card, "zoe", OrderOutcome::Accepted)),
+                    }
+                })
+                .collect();
+            msgs.reverse();
+            let mut b = batch("t", None, msgs);
+            b.partition = partition as i32;
+            apply_batch(&pool, &PlainSealer, &b, Utc::now()).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let counts = cards::count_by_state(&db.pool).await.unwrap();
+    let total: i64 = counts.iter().map(|(_, _, n)| n).sum();
+    assert_eq!(total, cards_n as i64);
+    assert!(counts.iter().all(|(state, _, _)| state == "REGISTERED"), "{counts:?}");
+    let rows = outbox::list(&db.pool, None, None, 1000).await.unwrap();
+    assert!(rows.len() <= cards_n);
+    assert!(rows.iter().all(|r| r.status == "CANCELLED" || r.status == "PENDING"));
+}
