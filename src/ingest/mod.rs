@@ -1,7 +1,18 @@
 //! Ingest: Kafka messages -> decoded, validated events -> decisions applied in PostgreSQL.
 //!
-//! Never blocks a partition on a bad message and never loses one: what cannot be applied becomes
-//! a dead letter in the same transaction as the partition's offset.
+//! Avro decoding detects the framing per message (Confluent wire format through a schema
+//! registry, or single-object encoding against the versions kept in `schemas/`). A message that
+//! cannot become a valid event becomes a dead letter in the same transaction as the partition's
+//! offset: never a panic, never a blocked partition, never a lost message. Only an unreachable
+//! schema registry or database is transient (retry, never skip). Errors and logs name fields,
+//! never their values.
 
 pub mod apply;
+pub mod decode;
+pub mod encode;
 pub mod envelope;
+pub mod registry;
+pub mod schemas;
+
+#[cfg(test)]
+mod decode_tests;

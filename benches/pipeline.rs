@@ -1,0 +1,185 @@
+//! Throughput per core of the ingest hot path, without Kafka or PostgreSQL: decode (Avro,
+//! single-object framing) + validate + decide, over pre-encoded messages on one thread.
+//!
+//! Run: `cargo bench --bench pipeline` (`BENCH_MESSAGES=n` to change the 500,000 per case).
+//! Each case is a set of messages and a step function; a new kind of event (e.g. `CardCreated`
+//! with JWE decryption) is one more `Case` with its own step.
+
+use std::hint::black_box;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use card_registrar::core::decide::decide;
+use card_registrar::core::event::{
+    CardEvent, CardOrdered, CardTokenized, EventKind, EventMeta, OrderOutcome, TokenizationOutcome,
+};
+use card_registrar::core::ids::{CardId, CardProductId, ConsumerId, EventId};
+use card_registrar::core::record::{CallStatus, CardRecord, CardState};
+use card_registrar::core::validate::validate_lifecycle;
+use card_registrar::ingest::decode::Decoder;
+use card_registrar::ingest::encode::{Framing, encode, encode_version};
+use card_registrar::ingest::schemas::SchemaSet;
+use chrono::{DateTime, Utc};
+
+const CONSUMER: &str = "consumer-0";
+
+/// One Kafka message: key and value.
+struct Message {
+    key: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+/// What the record store would hand `decide` for every message of a case.
+#[derive(Clone)]
+struct Context {
+    record: Option<CardRecord>,
+    call: Option<CallStatus>,
+    now: DateTime<Utc>,
+}
+
+/// Processes one message of a `kind` topic; returns the number of actions decided, 0 on failure.
+type Step = fn(&Decoder, EventKind, &Context, &Message) -> usize;
+
+struct Case {
+    name: &'static str,
+    kind: EventKind,
+    messages: Rc<Vec<Message>>,
+    context: Context,
+    step: Step,
+}
+
+/// decode + `validate_lifecycle` + `decide`, the path of tokenized and ordered events.
+fn lifecycle_step(decoder: &Decoder, kind: EventKind, ctx: &Context, msg: &Message) -> usize {
+    let decoded = futures::executor::block_on(decoder.decode(kind, Some(&msg.key), &msg.payload));
+    let Ok(event) = decoded else { return 0 };
+    let Ok(valid) = validate_lifecycle(event) else { return 0 };
+    decide(ctx.record.as_ref(), ctx.call, &valid, ctx.now).actions.len()
+}
+
+fn meta(prefix: char, i: usize, now: DateTime<Utc>) -> EventMeta {
+    EventMeta {
+        event_id: EventId::from_uuid(uuid::Uuid::new_v4()),
+        occurred_at: now,
+        card_id: CardId::parse(format!("{prefix}-card-{i:08}")).expect("valid card id"),
+        // One consumer for all, matching the PENDING record's: otherwise decide stops at CONSUMER_MISMATCH.
+        consumer_id: ConsumerId::parse(CONSUMER).expect("valid consumer id"),
+    }
+}
+
+/// `n` messages written with schema `version` of their topic (`None`: the newest).
+fn messages(
+    schemas: &SchemaSet,
+    n: usize,
+    now: DateTime<Utc>,
+    version: Option<u32>,
+    event: fn(usize, DateTime<Utc>) -> CardEvent,
+) -> Vec<Message> {
+    (0..n)
+        .map(|i| {
+            let event = event(i, now);
+            let payload = match version {
+                None => encode(schemas, &event, Framing::SingleObject),
+                Some(v) => encode_version(schemas, &event, v, Framing::SingleObject),
+            }
+            .expect("encodable event");
+            Message { key: event.meta().card_id.as_str().as_bytes().to_vec(), payload }
+        })
+        .collect()
+}
+
+fn tokenized(i: usize, now: DateTime<Utc>) -> CardEvent {
+    CardEvent::Tokenized(CardTokenized {
+        meta: meta('t', i, now),
+        outcome: TokenizationOutcome::Approved,
+        digital_card_id: Some(format!("DC-{i:012}")),
+        token_requestor_id: Some("40010030273".to_owned()),
+    })
+}
+
+fn ordered(i: usize, now: DateTime<Utc>) -> CardEvent {
+    CardEvent::Ordered(CardOrdered {
+        meta: meta('o', i, now),
+        outcome: OrderOutcome::Accepted,
+        card_product_id: Some(CardProductId::parse("PRODUCT-GOLD").expect("valid product id")),
+        order_id: Some(format!("ORD-{i:010}")),
+    })
+}
+
+/// A PENDING card whose call is still queued: an implicit registration cancels it (the costliest path).
+fn pending(now: DateTime<Utc>) -> Context {
+    let record = CardRecord::new(
+        CardId::parse("card-existing").expect("valid card id"),
+        ConsumerId::parse(CONSUMER).expect("valid consumer id"),
+        CardState::Pending,
+    );
+    Context { record: Some(record), call: Some(CallStatus::Queued), now }
+}
+
+fn run(decoder: &Decoder, case: &Case, messages: &[Message]) -> (usize, Duration) {
+    let started = Instant::now();
+    let mut actions = 0;
+    for msg in messages {
+        actions += (case.step)(decoder, case.kind, &case.context, black_box(msg));
+    }
+    (black_box(actions), started.elapsed())
+}
+
+fn main() {
+    let n: usize = std::env::var("BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(500_000);
+    let schemas = Arc::new(SchemaSet::embedded().expect("embedded schemas load"));
+    let decoder = Decoder::new(schemas.clone(), None);
+    let now = Utc::now();
+    let none = Context { record: None, call: None, now };
+    let tokenized_msgs = Rc::new(messages(&schemas, n, now, None, tokenized));
+    let tokenized_v1_msgs = Rc::new(messages(&schemas, n, now, Some(1), tokenized));
+    let ordered_msgs = Rc::new(messages(&schemas, n, now, None, ordered));
+    let cases = [
+        Case {
+            name: "tokenized, no record",
+            kind: EventKind::Tokenized,
+            messages: tokenized_msgs.clone(),
+            context: none.clone(),
+            step: lifecycle_step,
+        },
+        Case {
+            name: "tokenized, PENDING record",
+            kind: EventKind::Tokenized,
+            messages: tokenized_msgs,
+            context: pending(now),
+            step: lifecycle_step,
+        },
+        Case {
+            name: "tokenized v1 (resolved), no record",
+            kind: EventKind::Tokenized,
+            messages: tokenized_v1_msgs,
+            context: none.clone(),
+            step: lifecycle_step,
+        },
+        Case {
+            name: "ordered, no record",
+            kind: EventKind::Ordered,
+            messages: ordered_msgs.clone(),
+            context: none,
+            step: lifecycle_step,
+        },
+        Case {
+            name: "ordered, PENDING record",
+            kind: EventKind::Ordered,
+            messages: ordered_msgs,
+            context: pending(now),
+            step: lifecycle_step,
+        },
+    ];
+    println!("decode (single-object) + validate + decide, one thread, {n} messages per case");
+    for case in &cases {
+        let messages = case.messages.as_slice();
+        black_box(run(&decoder, case, &messages[..messages.len() / 10]));
+        let (actions, elapsed) = run(&decoder, case, messages);
+        let rate = messages.len() as f64 / elapsed.as_secs_f64();
+        let per = elapsed.as_nanos() as f64 / messages.len() as f64;
+        println!("{:<36} {rate:>10.0} events/s  {per:>6.0} ns/event", case.name);
+        // Every message yields at least one action; fewer means some failed and the figure is void.
+        assert!(actions >= messages.len(), "{}: some messages failed", case.name);
+    }
+}

@@ -1,0 +1,167 @@
+//! Avro encoding of card events, the inverse of `decode`: for the `publish` command, the demo,
+//! tests and benchmarks. Writes the newest kept schema version by default, or any older one, in
+//! either framing.
+//!
+//! Encoding never sees a clear PAN: `CardCreated` carries only the JWE.
+
+use apache_avro::Schema;
+use apache_avro::schema::RecordField;
+use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
+
+use super::schemas::{ParsedSchema, SchemaSet, topic_folder};
+use crate::core::event::CardEvent;
+
+/// How the Avro datum is framed in the Kafka message value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Avro single-object encoding: `C3 01`, the writer schema's 8-byte CRC-64-AVRO fingerprint.
+    SingleObject,
+    /// Confluent wire format: `00`, the registry's 4-byte big-endian schema id.
+    Confluent {
+        /// The id the schema registry gave the writer schema.
+        schema_id: u32,
+    },
+}
+
+/// Why an event could not be encoded. Names fields, never values.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The schema set keeps no such version.
+    #[error("schemas/{topic}/v{version}.avsc is not kept")]
+    UnknownVersion {
+        /// The topic folder.
+        topic: &'static str,
+        /// The version asked for.
+        version: u32,
+    },
+    /// The writer schema is not a record.
+    #[error("the writer schema is not a record")]
+    NotARecord,
+    /// The writer schema has a field the encoder cannot fill, or one of an unexpected type.
+    #[error("the writer schema's field {field} does not fit the event")]
+    Misfit {
+        /// The schema's field name.
+        field: String,
+    },
+    /// The Avro writer refused the value.
+    #[error("Avro encoding failed")]
+    Avro(#[source] apache_avro::Error),
+}
+
+/// Encodes an event with its topic's newest schema.
+pub fn encode(schemas: &SchemaSet, event: &CardEvent, framing: Framing) -> Result<Vec<u8>, EncodeError> {
+    encode_with(&schemas.reader(event.kind()).schema, event, framing)
+}
+
+/// Encodes an event with an older (or the newest) kept version of its topic's schema.
+pub fn encode_version(
+    schemas: &SchemaSet,
+    event: &CardEvent,
+    version: u32,
+    framing: Framing,
+) -> Result<Vec<u8>, EncodeError> {
+    let kind = event.kind();
+    let writer = schemas
+        .version(kind, version)
+        .ok_or(EncodeError::UnknownVersion { topic: topic_folder(kind), version })?;
+    encode_with(&writer.schema, event, framing)
+}
+
+/// Encodes an event with any writer schema whose fields the event can fill.
+pub fn encode_with(
+    writer: &ParsedSchema,
+    event: &CardEvent,
+    framing: Framing,
+) -> Result<Vec<u8>, EncodeError> {
+    let Schema::Record(record) = writer.schema() else {
+        return Err(EncodeError::NotARecord);
+    };
+    let available = fields(event);
+    let values = record
+        .fields
+        .iter()
+        .map(|f| {
+            let field = available.iter().find(|(name, _)| *name == f.name).map(|(_, v)| v);
+            Ok((f.name.clone(), fit(field, f)?))
+        })
+        .collect::<Result<Vec<_>, EncodeError>>()?;
+    let mut out = Vec::with_capacity(128);
+    match framing {
+        Framing::SingleObject => {
+            out.extend_from_slice(&[0xC3, 0x01]);
+            out.extend_from_slice(&writer.fingerprint().0);
+        }
+        Framing::Confluent { schema_id } => {
+            out.push(0x00);
+            out.extend_from_slice(&schema_id.to_be_bytes());
+        }
+    }
+    GenericDatumWriter::builder(writer.schema())
+        .build()
+        .and_then(|w| w.write_value_ref(&mut out, &Value::Record(values)))
+        .map_err(EncodeError::Avro)?;
+    Ok(out)
+}
+
+/// A field value before it meets the writer schema's type.
+enum Field<'a> {
+    Str(&'a str),
+    Owned(String),
+    Millis(i64),
+    Symbol(&'static str),
+    Opt(Option<&'a str>),
+}
+
+fn fields(event: &CardEvent) -> Vec<(&'static str, Field<'_>)> {
+    let meta = event.meta();
+    let mut out = vec![
+        ("eventId", Field::Owned(meta.event_id.to_string())),
+        ("occurredAt", Field::Millis(meta.occurred_at.timestamp_millis())),
+        ("cardId", Field::Str(meta.card_id.as_str())),
+        ("consumerId", Field::Str(meta.consumer_id.as_str())),
+    ];
+    match event {
+        CardEvent::Created(c) => out.extend([
+            ("cardProductId", Field::Str(c.card_product_id.as_str())),
+            ("encryptedCard", Field::Str(c.encrypted_card.as_str())),
+            ("initialState", Field::Symbol(c.initial_state.as_str())),
+        ]),
+        CardEvent::Tokenized(t) => out.extend([
+            ("outcome", Field::Symbol(event.outcome_str().unwrap_or_default())),
+            ("digitalCardId", Field::Opt(t.digital_card_id.as_deref())),
+            ("tokenRequestorId", Field::Opt(t.token_requestor_id.as_deref())),
+        ]),
+        CardEvent::Ordered(o) => out.extend([
+            ("outcome", Field::Symbol(event.outcome_str().unwrap_or_default())),
+            ("cardProductId", Field::Opt(o.card_product_id.as_ref().map(|p| p.as_str()))),
+            ("orderId", Field::Opt(o.order_id.as_deref())),
+        ]),
+    }
+    out
+}
+
+fn fit(field: Option<&Field<'_>>, schema_field: &RecordField) -> Result<Value, EncodeError> {
+    let misfit = || EncodeError::Misfit { field: schema_field.name.clone() };
+    Ok(match (field.ok_or_else(misfit)?, &schema_field.schema) {
+        (Field::Str(s), Schema::String) => Value::String((*s).to_owned()),
+        (Field::Owned(s), Schema::String) => Value::String(s.clone()),
+        (Field::Millis(ms), Schema::TimestampMillis) => Value::TimestampMillis(*ms),
+        (Field::Millis(ms), Schema::Long) => Value::Long(*ms),
+        (Field::Symbol(s), Schema::Enum(e)) => {
+            let index = e.symbols.iter().position(|x| x == s).ok_or_else(misfit)?;
+            Value::Enum(u32::try_from(index).map_err(|_| misfit())?, (*s).to_owned())
+        }
+        (Field::Opt(o), Schema::Union(u)) => {
+            let (index, value) = match o {
+                None => (u.variants().iter().position(|v| *v == Schema::Null), Value::Null),
+                Some(s) => {
+                    (u.variants().iter().position(|v| *v == Schema::String), Value::String((*s).to_owned()))
+                }
+            };
+            let index = index.and_then(|i| u32::try_from(i).ok()).ok_or_else(misfit)?;
+            Value::Union(index, Box::new(value))
+        }
+        _ => return Err(misfit()),
+    })
+}
