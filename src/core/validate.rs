@@ -6,7 +6,7 @@
 
 use super::dead_letter::DeadLetterReason;
 use super::event::{CardCreated, CardEvent};
-use super::pan::{CardData, CardDataError, card_id_derivation};
+use super::pan::{CardData, CardDataError, card_id_derivation, luhn_valid};
 
 /// An event that passed validation: the only input `decide` accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,9 +40,18 @@ impl From<CardDataError> for DeadLetterReason {
     }
 }
 
+/// Whether a cardId has the shape of a PAN (12..19 digits passing Luhn). Tokenized and ordered
+/// events carry no card data to compare with, so this is the only guard that keeps a PAN used as
+/// a cardId out of the history, the logs and D1. Numeric ids that happen to pass Luhn are refused
+/// too: a scanner could not tell them from PANs either.
+pub fn card_id_looks_like_pan(card_id: &str) -> bool {
+    (12..=19).contains(&card_id.len()) && card_id.bytes().all(|b| b.is_ascii_digit()) && luhn_valid(card_id)
+}
+
 /// Validates a `CardCreated` against its decrypted card data.
 pub fn validate_created(created: CardCreated, card: &CardData) -> Result<ValidEvent, DeadLetterReason> {
-    if card_id_derivation(created.meta.card_id.as_str(), &card.pan).is_some() {
+    let card_id = created.meta.card_id.as_str();
+    if card_id_looks_like_pan(card_id) || card_id_derivation(card_id, &card.pan).is_some() {
         return Err(DeadLetterReason::CardIdDerivedFromPan);
     }
     Ok(ValidEvent(CardEvent::Created(created)))
@@ -53,6 +62,7 @@ pub fn validate_created(created: CardCreated, card: &CardData) -> Result<ValidEv
 pub fn validate_lifecycle(event: CardEvent) -> Result<ValidEvent, DeadLetterReason> {
     match event {
         CardEvent::Created(_) => Err(DeadLetterReason::InvalidCardData),
+        e if card_id_looks_like_pan(e.meta().card_id.as_str()) => Err(DeadLetterReason::CardIdDerivedFromPan),
         e => Ok(ValidEvent(e)),
     }
 }
@@ -113,6 +123,27 @@ mod tests {
             DeadLetterReason::InvalidExpiry
         );
         assert_eq!(card(r#"{"pan":"4111111111111111"}"#).unwrap_err(), DeadLetterReason::InvalidCardData);
+    }
+
+    #[test]
+    fn a_card_id_shaped_like_a_pan_is_refused_even_without_card_data() {
+        assert!(card_id_looks_like_pan("5555555555554444"));
+        assert!(!card_id_looks_like_pan("5555555555554445"));
+        assert!(!card_id_looks_like_pan("card-5555555555554444"));
+        let data = card(r#"{"pan":"4111111111111111","exp":"1230"}"#).unwrap();
+        assert_eq!(
+            validate_created(created("5555555555554444"), &data),
+            Err(DeadLetterReason::CardIdDerivedFromPan)
+        );
+        let mut tokenized = created("5555555555554444");
+        tokenized.meta.card_id = CardId::parse("378282246310005").unwrap();
+        let event = CardEvent::Tokenized(crate::core::event::CardTokenized {
+            meta: tokenized.meta,
+            outcome: crate::core::event::TokenizationOutcome::Approved,
+            digital_card_id: None,
+            token_requestor_id: None,
+        });
+        assert_eq!(validate_lifecycle(event), Err(DeadLetterReason::CardIdDerivedFromPan));
     }
 
     #[test]

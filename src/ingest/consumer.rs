@@ -1,0 +1,419 @@
+//! The Kafka side of ingest: one rdkafka consumer on the three topics, polled by one dedicated
+//! thread that routes messages to per-partition tasks and owns every call into the client.
+//!
+//! - On assignment (inside the rebalance callback), each partition starts at the offset stored in
+//!   PostgreSQL, set in the assignment list itself: seeking after assign would race the fetcher.
+//!   No stored offset means the beginning.
+//! - Backpressure: each partition task has a bounded queue. When it is full the partition is
+//!   paused and the overflow kept in order; the thread keeps polling, so the consumer never
+//!   exceeds `max.poll.interval.ms`. The partition resumes once its queue takes the overflow.
+//! - Revocation waits (bounded) for the partition's batch in hand; correctness does not depend
+//!   on it, because the stored offset fences a late commit.
+//! - Kafka offsets are committed asynchronously after each PostgreSQL commit, only so standard
+//!   lag tools see progress; PostgreSQL is the source of truth.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::envelope::RawMessage;
+use super::partition::{Committed, Incoming, PartitionTask};
+use super::prepare::Pipeline;
+use crate::core::event::EventKind;
+use crate::store::offsets;
+use crate::telemetry::metrics::CONSUMER_LAG;
+
+/// How ingest batches and buffers.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Topic name -> event kind.
+    pub topics: Vec<(String, EventKind)>,
+    /// Most messages per transaction.
+    pub batch_max: usize,
+    /// Longest wait to fill a batch.
+    pub batch_wait: Duration,
+    /// Messages buffered per partition before it is paused.
+    pub queue_capacity: usize,
+    /// Longest wait for a revoked partition's batch in hand.
+    pub revoke_wait: Duration,
+}
+
+/// Reports whether the broker connection is healthy (for `/readyz`).
+pub type HealthSink = Arc<dyn Fn(bool) + Send + Sync>;
+
+/// Ingest could not start or failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The consumer could not be created or subscribed.
+    #[error("failed to {op}")]
+    Kafka {
+        /// What we were doing.
+        op: &'static str,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The poll thread could not be started or panicked.
+    #[error("ingest poll thread: {0}")]
+    Thread(String),
+}
+
+/// One assigned partition: its task's queue and the overflow held while paused.
+struct Slot {
+    tx: mpsc::Sender<Incoming>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    overflow: VecDeque<Incoming>,
+    paused: bool,
+}
+
+/// State shared by the poll loop and the rebalance callback (same thread; the mutex is never
+/// contended, it only makes the context `Sync`).
+struct Router {
+    slots: HashMap<(String, i32), Slot>,
+}
+
+/// The rdkafka context: rebalance handling and client callbacks.
+struct Ctx {
+    rt: tokio::runtime::Handle,
+    pool: PgPool,
+    pipeline: Arc<Pipeline>,
+    options: IngestOptions,
+    kinds: HashMap<String, EventKind>,
+    router: Mutex<Router>,
+    commits: std::sync::mpsc::Sender<Committed>,
+    health: HealthSink,
+}
+
+impl Ctx {
+    fn router(&self) -> MutexGuard<'_, Router> {
+        // A poisoned lock only means a panic elsewhere on this thread; the map is still usable.
+        self.router.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads the stored offsets for the group, retrying while PostgreSQL is unreachable: a
+    /// partition must never start from a guessed offset.
+    fn stored_offsets(&self) -> HashMap<(String, i32), i64> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.rt.block_on(offsets::load_group(&self.pool, &self.options.group_id)) {
+                Ok(rows) => return rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read stored offsets; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Ctx>, tpl: &mut TopicPartitionList) {
+        let stored = self.stored_offsets();
+        let mut started = Vec::new();
+        for elem in tpl.elements() {
+            let key = (elem.topic().to_owned(), elem.partition());
+            started.push((key.clone(), stored.get(&key).copied()));
+        }
+        for ((topic, partition), from) in &started {
+            let offset = from.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+                error!(topic, partition, error = %e, "cannot set the start offset in the assignment");
+            }
+        }
+        if let Err(e) = consumer.incremental_assign(tpl) {
+            error!(error = %e, "incremental assign failed");
+            return;
+        }
+        let mut router = self.router();
+        for ((topic, partition), from) in started {
+            let Some(kind) = self.kinds.get(&topic).copied() else { continue };
+            info!(topic, partition, start = ?from, "partition assigned");
+            let (tx, rx) = mpsc::channel(self.options.queue_capacity);
+            let stop = CancellationToken::new();
+            let task = PartitionTask {
+                group: self.options.group_id.clone(),
+                topic: topic.clone(),
+                kind,
+                partition,
+                from,
+                batch_max: self.options.batch_max,
+                batch_wait: self.options.batch_wait,
+                pool: self.pool.clone(),
+                pipeline: self.pipeline.clone(),
+                commits: self.commits.clone(),
+                stop: stop.clone(),
+            };
+            let task = self.rt.spawn(task.run(rx));
+            router.slots.insert((topic, partition), Slot { tx, stop, task, overflow: VecDeque::new(), paused: false });
+        }
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+        let mut stopping = Vec::new();
+        {
+            let mut router = self.router();
+            for elem in tpl.elements() {
+                let key = (elem.topic().to_owned(), elem.partition());
+                if let Some(slot) = router.slots.remove(&key) {
+                    slot.stop.cancel();
+                    stopping.push((key, slot.task));
+                }
+            }
+        }
+        let deadline = Instant::now() + self.options.revoke_wait;
+        for ((topic, partition), task) in stopping {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rt.block_on(tokio::time::timeout(left, task)) {
+                Ok(_) => info!(topic, partition, "partition revoked"),
+                Err(_) => warn!(topic, partition, "partition revoked while its batch was still running"),
+            }
+        }
+        let result = if consumer.rebalance_protocol() == rdkafka::consumer::RebalanceProtocol::Cooperative {
+            consumer.incremental_unassign(tpl)
+        } else {
+            consumer.unassign()
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "unassign failed");
+        }
+    }
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
+            (self.health)(false);
+        }
+        warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
+            other => error!(error = ?other, "rebalance error"),
+        }
+    }
+
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
+}
+
+/// Runs ingest until `shutdown` is cancelled: stop fetching, let each partition finish and commit
+/// the batch in hand, leave the group.
+pub async fn run(
+    options: IngestOptions,
+    pool: PgPool,
+    pipeline: Arc<Pipeline>,
+    health: HealthSink,
+    shutdown: CancellationToken,
+) -> Result<(), IngestError> {
+    let rt = tokio::runtime::Handle::current();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("kafka-poll".into())
+        .spawn(move || {
+            let result = poll_thread(rt, options, pool, pipeline, health, shutdown);
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| IngestError::Thread(e.to_string()))?;
+    done_rx.await.map_err(|_| IngestError::Thread("the poll thread panicked".into()))?
+}
+
+fn client_config(options: &IngestOptions) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &options.brokers)
+        .set("group.id", &options.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
+        .set("max.poll.interval.ms", "300000")
+        .set("statistics.interval.ms", "5000")
+        .set("client.id", "card-registrar");
+    c
+}
+
+fn poll_thread(
+    rt: tokio::runtime::Handle,
+    options: IngestOptions,
+    pool: PgPool,
+    pipeline: Arc<Pipeline>,
+    health: HealthSink,
+    shutdown: CancellationToken,
+) -> Result<(), IngestError> {
+    let (commits_tx, commits_rx) = std::sync::mpsc::channel::<Committed>();
+    let kinds = options.topics.iter().cloned().collect();
+    let topics: Vec<String> = options.topics.iter().map(|(t, _)| t.clone()).collect();
+    let ctx = Ctx {
+        rt,
+        pool,
+        pipeline,
+        options: options.clone(),
+        kinds,
+        router: Mutex::new(Router { slots: HashMap::new() }),
+        commits: commits_tx,
+        health: health.clone(),
+    };
+    let consumer: BaseConsumer<Ctx> = client_config(&options)
+        .create_with_context(ctx)
+        .map_err(|source| IngestError::Kafka { op: "create the Kafka consumer", source })?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).map_err(|source| IngestError::Kafka { op: "subscribe to the topics", source })?;
+    info!(topics = ?names, group = %options.group_id, "ingest started");
+
+    let mut last_check = Instant::now() - Duration::from_secs(60);
+    while !shutdown.is_cancelled() {
+        flush_overflow(&consumer);
+        drain_commits(&consumer, &commits_rx);
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) => {
+                health(true);
+                route(&consumer, &message);
+            }
+            Some(Err(e)) => warn!(error = %e, "kafka poll error"),
+        }
+        if last_check.elapsed() >= Duration::from_secs(5) {
+            last_check = Instant::now();
+            health(consumer.fetch_metadata(names.first().copied(), Duration::from_secs(2)).is_ok());
+        }
+    }
+
+    info!("ingest stopping: finishing batches in hand");
+    let tasks: Vec<_> = {
+        let mut router = consumer.context().router();
+        router
+            .slots
+            .drain()
+            .map(|(key, slot)| {
+                slot.stop.cancel();
+                (key, slot.task)
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + options.revoke_wait;
+    for ((topic, partition), task) in tasks {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if consumer.context().rt.block_on(tokio::time::timeout(left, task)).is_err() {
+            warn!(topic, partition, "batch still running at shutdown; it will be replayed");
+        }
+    }
+    drain_commits(&consumer, &commits_rx);
+    consumer.unsubscribe();
+    // Dropping the consumer closes it: it leaves the group so partitions move at once.
+    drop(consumer);
+    info!("ingest stopped");
+    Ok(())
+}
+
+fn route(consumer: &BaseConsumer<Ctx>, message: &BorrowedMessage<'_>) {
+    let key = (message.topic().to_owned(), message.partition());
+    let incoming = Incoming { offset: message.offset(), raw: raw_message(message) };
+    let mut router = consumer.context().router();
+    let Some(slot) = router.slots.get_mut(&key) else {
+        // Not (or no longer) ours; it will be read again from the stored offset by its owner.
+        debug!(topic = %key.0, partition = key.1, "message for an unassigned partition dropped");
+        return;
+    };
+    if !slot.overflow.is_empty() {
+        slot.overflow.push_back(incoming);
+        return;
+    }
+    match slot.tx.try_send(incoming) {
+        Ok(()) => {}
+        Err(TrySendError::Full(incoming)) => {
+            slot.overflow.push_back(incoming);
+            if !slot.paused {
+                pause(consumer, &key, true);
+                slot.paused = true;
+            }
+        }
+        Err(TrySendError::Closed(_)) => warn!(topic = %key.0, partition = key.1, "partition task has stopped"),
+    }
+}
+
+fn flush_overflow(consumer: &BaseConsumer<Ctx>) {
+    let mut router = consumer.context().router();
+    for (key, slot) in &mut router.slots {
+        while let Some(incoming) = slot.overflow.pop_front() {
+            match slot.tx.try_send(incoming) {
+                Ok(()) => {}
+                Err(TrySendError::Full(incoming) | TrySendError::Closed(incoming)) => {
+                    slot.overflow.push_front(incoming);
+                    break;
+                }
+            }
+        }
+        if slot.paused && slot.overflow.is_empty() {
+            pause(consumer, key, false);
+            slot.paused = false;
+        }
+    }
+}
+
+fn pause(consumer: &BaseConsumer<Ctx>, (topic, partition): &(String, i32), pause: bool) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, *partition);
+    let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+    match result {
+        Ok(()) => debug!(topic, partition, pause, "backpressure"),
+        Err(e) => warn!(topic, partition, error = %e, "pause/resume failed"),
+    }
+}
+
+fn drain_commits(consumer: &BaseConsumer<Ctx>, commits: &std::sync::mpsc::Receiver<Committed>) {
+    let mut tpl = TopicPartitionList::new();
+    let mut any = false;
+    while let Ok(c) = commits.try_recv() {
+        if let Err(e) = tpl.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.next_offset)) {
+            warn!(error = %e, "cannot record a Kafka commit");
+        }
+        any = true;
+    }
+    if any {
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            debug!(error = %e, "async Kafka commit failed (PostgreSQL holds the offsets)");
+        }
+    }
+}
+
+fn raw_message(message: &BorrowedMessage<'_>) -> RawMessage {
+    let headers = message
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
+        .unwrap_or_default();
+    RawMessage { key: message.key().map(<[u8]>::to_vec), headers, payload: message.payload().map(<[u8]>::to_vec) }
+}

@@ -1,0 +1,209 @@
+//! One task per assigned partition: take a batch (up to N messages or T ms), prepare it (decode,
+//! validate), apply it in one transaction, report the new offset for the Kafka commit.
+//!
+//! Transient failures (PostgreSQL down, registry unreachable) are retried with backoff on the
+//! same batch, so nothing is skipped; meanwhile the queue fills and the poll thread pauses the
+//! partition. A fenced batch (another consumer advanced the stored offset) re-reads the offset
+//! and drops what was already applied.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::apply::{ApplyError, Batch, apply_batch};
+use super::envelope::RawMessage;
+use super::prepare::Pipeline;
+use crate::core::event::EventKind;
+use crate::store::offsets;
+use crate::telemetry::metrics::{DEAD_LETTERS, DECISIONS, EVENTS_CONSUMED, INGEST_BATCH_DURATION, INGEST_BATCH_SIZE};
+
+/// A message handed from the poll thread to its partition task.
+#[derive(Debug)]
+pub struct Incoming {
+    /// Kafka offset.
+    pub offset: i64,
+    /// Key, headers, value.
+    pub raw: RawMessage,
+}
+
+/// A batch committed in PostgreSQL, to be committed to Kafka too (for lag tools only).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Next offset to read.
+    pub next_offset: i64,
+}
+
+/// Everything one partition task needs.
+pub(crate) struct PartitionTask {
+    pub group: String,
+    pub topic: String,
+    pub kind: EventKind,
+    pub partition: i32,
+    pub from: Option<i64>,
+    pub batch_max: usize,
+    pub batch_wait: Duration,
+    pub pool: PgPool,
+    pub pipeline: Arc<Pipeline>,
+    pub commits: std::sync::mpsc::Sender<Committed>,
+    pub stop: CancellationToken,
+}
+
+fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl PartitionTask {
+    /// Runs until stopped (revocation or shutdown); the batch in hand is finished first.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Incoming>) {
+        let mut buf = Vec::with_capacity(self.batch_max);
+        loop {
+            buf.clear();
+            if !self.next_batch(&mut rx, &mut buf).await {
+                return;
+            }
+            // Messages before the stored offset were applied already (by us or a previous owner).
+            let from = self.from;
+            buf.retain(|m| from.is_none_or(|f| m.offset >= f));
+            if buf.is_empty() {
+                continue;
+            }
+            let span = info_span!("ingest.batch", topic = %self.topic, partition = self.partition,
+                                  first_offset = buf[0].offset, size = buf.len());
+            if !self.process(&mut buf).instrument(span).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the first message, then fills the batch until full or `batch_wait` passed.
+    /// False when stopped with nothing in hand.
+    async fn next_batch(&self, rx: &mut mpsc::Receiver<Incoming>, buf: &mut Vec<Incoming>) -> bool {
+        tokio::select! {
+            n = rx.recv_many(buf, self.batch_max) => if n == 0 { return false },
+            _ = self.stop.cancelled() => return false,
+        }
+        let deadline = tokio::time::Instant::now() + self.batch_wait;
+        while buf.len() < self.batch_max && !self.stop.is_cancelled() {
+            let room = self.batch_max - buf.len();
+            tokio::select! {
+                n = rx.recv_many(buf, room) => if n == 0 { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.stop.cancelled() => break,
+            }
+        }
+        true
+    }
+
+    /// Prepares and applies the batch, retrying transient failures. False when stopped before
+    /// the batch could be committed (it will be replayed by the next owner).
+    async fn process(&mut self, buf: &mut Vec<Incoming>) -> bool {
+        let mut delays = backoff();
+        loop {
+            let started = Instant::now();
+            let messages: Vec<Incoming> = std::mem::take(buf);
+            let prepared = match self.pipeline.prepare(self.kind, &messages).await {
+                Ok(p) => p,
+                Err(e) => {
+                    *buf = messages;
+                    warn!(error = %e, "cannot prepare batch; retrying");
+                    if !self.pause(&mut delays).await {
+                        return false;
+                    }
+                    continue;
+                }
+            };
+            *buf = messages;
+            let size = prepared.len();
+            let batch = Batch {
+                group: &self.group,
+                topic: &self.topic,
+                partition: self.partition,
+                from: self.from,
+                messages: prepared,
+            };
+            match apply_batch(&self.pool, self.pipeline.sealer(), &batch, Utc::now()).await {
+                Ok(applied) => {
+                    self.from = Some(applied.next_offset);
+                    let _ = self.commits.send(Committed {
+                        topic: self.topic.clone(),
+                        partition: self.partition,
+                        next_offset: applied.next_offset,
+                    });
+                    metrics::histogram!(INGEST_BATCH_SIZE).record(size as f64);
+                    metrics::histogram!(INGEST_BATCH_DURATION).record(started.elapsed().as_secs_f64());
+                    let topic = self.topic.clone();
+                    for effect in &applied.effects {
+                        metrics::counter!(DECISIONS, "effect" => effect.as_str()).increment(1);
+                    }
+                    for reason in &applied.dead_letters {
+                        metrics::counter!(DEAD_LETTERS, "reason" => reason.code()).increment(1);
+                    }
+                    let dead = applied.dead_letters.len() as u64;
+                    let dup = applied.duplicates as u64;
+                    let ok = (size as u64).saturating_sub(dead + dup);
+                    metrics::counter!(EVENTS_CONSUMED, "topic" => topic.clone(), "outcome" => "applied").increment(ok);
+                    metrics::counter!(EVENTS_CONSUMED, "topic" => topic.clone(), "outcome" => "duplicate").increment(dup);
+                    metrics::counter!(EVENTS_CONSUMED, "topic" => topic, "outcome" => "dead_letter").increment(dead);
+                    return true;
+                }
+                Err(ApplyError::Fenced { .. }) => {
+                    match offsets::load(&self.pool, &self.group, &self.topic).await {
+                        Ok(stored) => {
+                            let now = stored.get(&self.partition).copied();
+                            info!(stored = ?now, ours = ?self.from, "another consumer advanced this partition; skipping what it applied");
+                            self.from = now;
+                            let from = self.from;
+                            buf.retain(|m| from.is_none_or(|f| m.offset >= f));
+                            if buf.is_empty() {
+                                return true;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "cannot re-read the stored offset; retrying");
+                            if !self.pause(&mut delays).await {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    let transient = matches!(&e, ApplyError::Store(s) if s.is_transient());
+                    if transient {
+                        warn!(error = %e, "PostgreSQL unavailable; retrying the batch");
+                    } else {
+                        // Not expected to heal by itself (e.g. a sealing key problem); retrying keeps
+                        // the partition where it is, so nothing is lost while an operator fixes it.
+                        tracing::error!(error = %e, "cannot apply the batch; retrying");
+                    }
+                    if !self.pause(&mut delays).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps the next backoff delay; false when stopped meanwhile.
+    async fn pause(&self, delays: &mut impl Iterator<Item = Duration>) -> bool {
+        let delay = delays.next().unwrap_or(Duration::from_secs(10));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = self.stop.cancelled() => false,
+        }
+    }
+}
