@@ -105,7 +105,7 @@ pub(crate) fn verify_assertion(
     if claims.get("sub").and_then(Value::as_str) != Some(issuer_id) {
         return Err(AssertionError::Subject);
     }
-    let exp = claims.get("exp").and_then(Value::as_i64).ok_or(AssertionError::MissingExpiry)?;
+    let exp = claims.get("exp").and_then(numeric_date).ok_or(AssertionError::MissingExpiry)?;
     if exp + CLOCK_SKEW_SECS <= now {
         return Err(AssertionError::Expired);
     }
@@ -114,7 +114,7 @@ pub(crate) fn verify_assertion(
     }
     for claim in ["iat", "nbf"] {
         if let Some(at) = claims.get(claim) {
-            match at.as_i64() {
+            match numeric_date(at) {
                 Some(at) if at <= now + CLOCK_SKEW_SECS => {}
                 Some(_) => return Err(AssertionError::NotYetValid),
                 None => return Err(AssertionError::Malformed),
@@ -122,6 +122,11 @@ pub(crate) fn verify_assertion(
         }
     }
     Ok(())
+}
+
+/// A NumericDate (RFC 7519 §2): seconds since the epoch, possibly fractional, truncated to seconds.
+fn numeric_date(value: &Value) -> Option<i64> {
+    value.as_i64().or_else(|| value.as_f64().map(|seconds| seconds.floor() as i64))
 }
 
 #[cfg(test)]
@@ -185,6 +190,14 @@ mod tests {
             let err = verify_assertion(&jwt, &keys, "ISSUER0001", NOW).unwrap_err();
             assert_eq!(err.error_code(), code, "{err}");
         }
+    }
+
+    #[test]
+    fn fractional_numeric_dates_are_accepted() {
+        let (key, keys) = setup();
+        let claims = json!({"iss": "ISSUER0001", "sub": "ISSUER0001", "iat": NOW as f64 + 0.72, "exp": NOW as f64 + 600.5});
+        let jwt = sign(&key, json!({"alg": "ES256", "kid": "k1"}), claims);
+        assert_eq!(verify_assertion(&jwt, &keys, "ISSUER0001", NOW), Ok(()));
     }
 
     #[test]
