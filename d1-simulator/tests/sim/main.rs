@@ -6,4 +6,5 @@ mod helpers;
 mod keys;
 mod oauth;
 mod register;
+mod throughput;
 mod tls;
