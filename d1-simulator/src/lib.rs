@@ -15,6 +15,8 @@
 //! - private: `jwk` (key files), `jwt` (assertion checks), `jwe` (decryption), `injector` (fault
 //!   decisions), `state` (shared in-memory state), `api_error`, `routes` (HTTP handlers), `tls`.
 
+#![warn(missing_docs)]
+
 pub mod card;
 pub mod config;
 pub mod faults;
