@@ -240,6 +240,8 @@ pub enum CallOutcome {
     },
     /// The attempt failed and the row will be tried again later.
     WillRetry,
+    /// Not sent: D1 registered the card implicitly while the row was waiting for its turn.
+    Superseded,
 }
 
 /// What happens to the outbox row after an attempt.
@@ -281,7 +283,7 @@ pub fn on_call_outcome(record: &CardRecord, outcome: &CallOutcome, now: DateTime
             next.registered_at = Some(now);
             RowFate::Done
         }
-        (CallOutcome::GaveUp { .. } | CallOutcome::WillRetry, Some(source)) => {
+        (CallOutcome::GaveUp { .. } | CallOutcome::WillRetry | CallOutcome::Superseded, Some(source)) => {
             next.state = CardState::Registered;
             next.source = Some(source);
             next.failure = None;
@@ -293,10 +295,8 @@ pub fn on_call_outcome(record: &CardRecord, outcome: &CallOutcome, now: DateTime
             next.failure = Some(reason.clone());
             RowFate::Park
         }
-        (CallOutcome::WillRetry, None) => {
-            next.implicit_while_in_flight = implicit;
-            RowFate::Retry
-        }
+        // Nothing superseded the call after all (the record changed back): keep trying.
+        (CallOutcome::WillRetry | CallOutcome::Superseded, None) => RowFate::Retry,
     };
     CallDecision { record: next, row }
 }

@@ -191,7 +191,7 @@ pub enum Finish {
         at: DateTime<Utc>,
         /// The error of this attempt.
         error: String,
-        /// Whether the request may have reached D1 (ask before sending again).
+        /// Whether D1 must be asked before the next send (the request may have reached it).
         reconcile: bool,
     },
     /// Not attempted (e.g. the circuit breaker is open): back to the queue, attempt not counted.
@@ -199,8 +199,6 @@ pub enum Finish {
         /// Next attempt time.
         at: DateTime<Utc>,
     },
-    /// D1 was asked and does not have the card: the next attempt may send without asking.
-    Reconciled,
 }
 
 /// Ends the attempt on a row locked with `lock_if_held`.
@@ -225,7 +223,7 @@ pub async fn finish(tx: &mut PgConnection, id: Uuid, how: &Finish) -> Result<(),
         .bind(error.as_str()),
         Finish::Retry { at, error, reconcile } => sqlx::query(
             "UPDATE outbox SET status = 'PENDING', next_attempt_at = $2, updated_at = now(), lease_owner = NULL,
-                               lease_expires_at = NULL, last_error = $3, needs_reconcile = needs_reconcile OR $4
+                               lease_expires_at = NULL, last_error = $3, needs_reconcile = $4
              WHERE id = $1",
         )
         .bind(id)
@@ -238,9 +236,6 @@ pub async fn finish(tx: &mut PgConnection, id: Uuid, how: &Finish) -> Result<(),
         )
         .bind(id)
         .bind(*at),
-        Finish::Reconciled => {
-            sqlx::query("UPDATE outbox SET needs_reconcile = false, updated_at = now() WHERE id = $1").bind(id)
-        }
     };
     q.execute(&mut *tx).await.map_err(|e| StoreError::db("finish outbox row", e))?;
     Ok(())
@@ -296,6 +291,16 @@ pub async fn list(
     .fetch_all(db)
     .await
     .map_err(|e| StoreError::db("list outbox rows", e))
+}
+
+/// The card of a row, if the row exists.
+pub async fn card_of(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<String>, StoreError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT card_id FROM outbox WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .map_err(|e| StoreError::db("read outbox row", e))?;
+    Ok(row.map(|(c,)| c))
 }
 
 /// One row by id, locked for an operator action.

@@ -1,0 +1,263 @@
+//! One attempt of one claimed outbox row: reconcile if needed, send, conclude, settle.
+//!
+//! The rule that keeps duplicate PUTs at zero: after any outcome that may have reached D1 (a
+//! timeout or lost connection after sending, a 5xx, an expired lease, a 4xx on the PUT), Get Card
+//! is asked before the PUT is sent again. Settling (row + card record) happens in one transaction
+//! that only succeeds while our lease is still held.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::limiter::Limiter;
+use super::policy::{RetryPolicy, Verdict, classify};
+use crate::core::decide::{CallOutcome, RegistrationRequest, RowFate, on_call_outcome};
+use crate::core::ids::CorrelationId;
+use crate::core::record::CardState;
+use crate::crypto::CardDataKeys;
+use crate::d1::{D1Card, D1Client, D1Error, Operation, RegisterCard};
+use crate::store::outbox::{ClaimedRow, Finish};
+use crate::store::{StoreError, cards, locks, outbox};
+use crate::telemetry::metrics::{DISPATCH_OUTCOMES, DISPATCH_RETRIES};
+
+/// What every attempt needs; shared by all dispatch tasks of the process.
+pub struct Deps {
+    /// The database.
+    pub pool: PgPool,
+    /// D1.
+    pub client: D1Client,
+    /// Our card-data keys, to open the stored JWE at send time.
+    pub keys: Arc<CardDataKeys>,
+    /// Politeness caps.
+    pub limiter: Limiter,
+    /// Retry schedule and limits.
+    pub policy: RetryPolicy,
+    /// D1 request timeout: a PUT is only sent while the lease outlives it by a margin.
+    pub request_timeout: Duration,
+}
+
+/// How the attempt ended, for the breaker and the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// D1 gave a verdict (success, or a refusal about this request).
+    Answered,
+    /// D1 or the path to it failed (5xx, timeout, 429, connection, credentials).
+    Failed,
+    /// No call reached a verdict (superseded, released, lease lost).
+    Silent,
+}
+
+/// What the attempt concluded before settling.
+enum Conclusion {
+    Registered,
+    GaveUp(String),
+    Superseded,
+    Failed { error: String, reconcile_next: bool, retry_after: Option<Duration> },
+    Release,
+}
+
+/// Runs one attempt and settles the row. Errors are logged; the lease expiry heals a row that
+/// could not be settled (it is reclaimed and reconciled).
+pub async fn run(deps: &Deps, row: ClaimedRow) -> Signal {
+    let span = info_span!("dispatch.attempt", outbox_id = %row.id, card_id = %row.card_id,
+                          correlation_id = %row.correlation_id, attempt = row.attempts,
+                          reconcile = row.needs_reconcile, outcome = tracing::field::Empty);
+    async move {
+        let (conclusion, signal) = conclude(deps, &row).await;
+        match settle(deps, &row, conclusion).await {
+            Ok(label) => {
+                tracing::Span::current().record("outcome", label);
+                metrics::counter!(DISPATCH_OUTCOMES, "outcome" => label).increment(1);
+                signal
+            }
+            Err(e) => {
+                warn!(error = %e, "could not settle the attempt; the row will be reclaimed after its lease");
+                Signal::Silent
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn conclude(deps: &Deps, row: &ClaimedRow) -> (Conclusion, Signal) {
+    let request: RegistrationRequest = match serde_json::from_value(row.payload.clone()) {
+        Ok(r) => r,
+        Err(e) => return (Conclusion::GaveUp(format!("outbox payload unreadable: {e}")), Signal::Silent),
+    };
+    // An implicit registration may have arrived since the row was claimed: no PUT needed.
+    match cards::get(&deps.pool, &row.card_id).await {
+        Ok(Some((record, _))) if record.state == CardState::Registered || record.implicit_while_in_flight.is_some() => {
+            return (Conclusion::Superseded, Signal::Silent);
+        }
+        Ok(_) => {}
+        Err(e) => return (failed_locally(&e.to_string(), row.needs_reconcile), Signal::Silent),
+    }
+    let correlation = match CorrelationId::parse(row.correlation_id.as_str()) {
+        Ok(c) => c,
+        Err(_) => CorrelationId::for_outbox_row(row.id),
+    };
+    if row.needs_reconcile {
+        match ask(deps, &request, &correlation).await {
+            Asked::Registered => return (Conclusion::Registered, Signal::Answered),
+            Asked::Conflict(why) => return (Conclusion::GaveUp(why), Signal::Answered),
+            Asked::Absent => {}
+            Asked::Failed(c, s) => return (c, s),
+        }
+    }
+    let left = (row.lease_expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    if left < deps.request_timeout + Duration::from_secs(5) {
+        // The PUT could outlive our lease and race a new holder: give the row back unsent.
+        return (Conclusion::Release, Signal::Silent);
+    }
+    let card = match deps.keys.decrypt(&request.encrypted_card) {
+        Ok(card) => card,
+        Err(e) => {
+            let why = format!("stored card data cannot be opened ({}); check CARD_DATA_KEYS", e.reason().code());
+            return (Conclusion::GaveUp(why), Signal::Silent);
+        }
+    };
+    deps.limiter.pace().await;
+    let put = RegisterCard {
+        card_id: &request.card_id,
+        consumer_id: &request.consumer_id,
+        card_product_id: &request.card_product_id,
+        card: &card,
+        state: request.state,
+    };
+    let result = deps.client.register_card(&put, &correlation).await;
+    drop(card);
+    match result {
+        Ok(()) => (Conclusion::Registered, Signal::Answered),
+        Err(e) => match classify(Operation::Register, &e) {
+            Verdict::Retry { reconcile, retry_after } => {
+                (Conclusion::Failed { error: e.to_string(), reconcile_next: reconcile, retry_after }, Signal::Failed)
+            }
+            // D1's answer to a second PUT is unknown: a 4xx may mean "already there".
+            Verdict::ConfirmFirst => match ask(deps, &request, &correlation).await {
+                Asked::Registered => (Conclusion::Registered, Signal::Answered),
+                Asked::Conflict(why) => (Conclusion::GaveUp(why), Signal::Answered),
+                Asked::Absent => (Conclusion::GaveUp(e.to_string()), Signal::Answered),
+                Asked::Failed(c, s) => (c, s),
+            },
+            Verdict::GiveUp => (Conclusion::GaveUp(e.to_string()), signal_of(&e)),
+        },
+    }
+}
+
+fn signal_of(e: &D1Error) -> Signal {
+    if e.is_local() { Signal::Silent } else { Signal::Answered }
+}
+
+fn failed_locally(error: &str, reconcile_next: bool) -> Conclusion {
+    Conclusion::Failed { error: error.to_owned(), reconcile_next, retry_after: None }
+}
+
+enum Asked {
+    Registered,
+    Conflict(String),
+    Absent,
+    Failed(Conclusion, Signal),
+}
+
+/// Get Card, to learn whether a previous attempt took effect.
+async fn ask(deps: &Deps, request: &RegistrationRequest, correlation: &CorrelationId) -> Asked {
+    deps.limiter.pace().await;
+    match deps.client.get_card(&request.card_id, correlation).await {
+        Ok(Some(card)) => judge(request, &card),
+        Ok(None) => Asked::Absent,
+        Err(e) => match classify(Operation::GetCard, &e) {
+            Verdict::Retry { retry_after, .. } => Asked::Failed(
+                Conclusion::Failed { error: e.to_string(), reconcile_next: true, retry_after },
+                Signal::Failed,
+            ),
+            Verdict::ConfirmFirst | Verdict::GiveUp => Asked::Failed(Conclusion::GaveUp(e.to_string()), signal_of(&e)),
+        },
+    }
+}
+
+fn judge(request: &RegistrationRequest, card: &D1Card) -> Asked {
+    if card.consumer_id != request.consumer_id.as_str() {
+        return Asked::Conflict("D1 has this cardId registered to another consumer".into());
+    }
+    match card.state.as_deref() {
+        Some(s @ ("DELETED" | "REPLACED")) => Asked::Conflict(format!("D1 shows this cardId as {s}")),
+        _ => Asked::Registered,
+    }
+}
+
+/// Writes the conclusion: row and card record together, only while the lease is ours.
+async fn settle(deps: &Deps, row: &ClaimedRow, conclusion: Conclusion) -> Result<&'static str, StoreError> {
+    let now = Utc::now();
+    let (outcome, retry) = match conclusion {
+        Conclusion::Release => {
+            let mut tx = deps.pool.begin().await.map_err(|e| StoreError::db("begin settle", e))?;
+            if !outbox::lock_if_held(&mut tx, row.id, row.fence).await? {
+                return Ok("lease_lost");
+            }
+            outbox::finish(&mut tx, row.id, &Finish::Release { at: now }).await?;
+            tx.commit().await.map_err(|e| StoreError::db("commit settle", e))?;
+            return Ok("released");
+        }
+        Conclusion::Registered => (CallOutcome::Registered, None),
+        Conclusion::GaveUp(reason) => (CallOutcome::GaveUp { reason }, None),
+        Conclusion::Superseded => (CallOutcome::Superseded, None),
+        Conclusion::Failed { error, reconcile_next, retry_after } => {
+            let attempts = u32::try_from(row.attempts).unwrap_or(u32::MAX);
+            match deps.policy.exhausted(attempts, row.attempts_since, now) {
+                Some(why) => (CallOutcome::GaveUp { reason: format!("{why}; last error: {error}") }, None),
+                None => {
+                    let delay = deps.policy.delay(attempts, retry_after, &mut rand::thread_rng());
+                    let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+                    let reason = if reconcile_next { "ambiguous" } else if retry_after.is_some() { "rate_limited" } else { "retryable" };
+                    metrics::counter!(DISPATCH_RETRIES, "reason" => reason).increment(1);
+                    (CallOutcome::WillRetry, Some((at, error, reconcile_next)))
+                }
+            }
+        }
+    };
+
+    let mut tx = deps.pool.begin().await.map_err(|e| StoreError::db("begin settle", e))?;
+    locks::lock_cards(&mut tx, &[row.card_id.as_str()]).await?;
+    if !outbox::lock_if_held(&mut tx, row.id, row.fence).await? {
+        info!("another worker holds this row now; leaving it to them");
+        return Ok("lease_lost");
+    }
+    let mut views = cards::load_for_update(&mut tx, &[row.card_id.as_str()]).await?;
+    let Some((record, _)) = views.remove(row.card_id.as_str()) else {
+        return Err(StoreError::Corrupt {
+            table: "outbox",
+            key: row.id.to_string(),
+            detail: "registration row without a card record".into(),
+        });
+    };
+    let decision = on_call_outcome(&record, &outcome, now);
+    let (finish, label) = match decision.row {
+        RowFate::Done => (Finish::Done, "done"),
+        RowFate::Cancel => (Finish::Cancelled { why: "implicit registration came first".into() }, "cancelled"),
+        RowFate::Park => {
+            let error = match &outcome {
+                CallOutcome::GaveUp { reason } => reason.clone(),
+                _ => "gave up".to_owned(),
+            };
+            (Finish::Parked { error }, "parked")
+        }
+        RowFate::Retry => match retry {
+            Some((at, error, reconcile)) => (Finish::Retry { at, error, reconcile }, "retry"),
+            // Superseded, but the record no longer says so: try again shortly.
+            None => (Finish::Release { at: now }, "released"),
+        },
+    };
+    if decision.record != record {
+        cards::upsert(&mut tx, &[&decision.record]).await?;
+    }
+    outbox::finish(&mut tx, row.id, &finish).await?;
+    tx.commit().await.map_err(|e| StoreError::db("commit settle", e))?;
+    if label == "parked" {
+        warn!(card_id = %row.card_id, "registration parked; an operator can retry it");
+    }
+    Ok(label)
+}

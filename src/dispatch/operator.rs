@@ -1,0 +1,75 @@
+//! Operator actions on outbox rows (`outbox retry`, `outbox cancel`): row and card change together,
+//! under the same per-card lock as ingest and dispatch.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::core::decide::{on_operator_cancel, on_operator_retry};
+use crate::store::{StoreError, cards, locks, outbox};
+
+/// Why an operator action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// No such row.
+    #[error("no outbox row {0}")]
+    NotFound(Uuid),
+    /// The row is not in a state the action applies to.
+    #[error("outbox row {id} is {status}; {action} applies to {applies_to} rows")]
+    WrongStatus {
+        /// Row id.
+        id: Uuid,
+        /// Its status.
+        status: String,
+        /// The action.
+        action: &'static str,
+        /// Statuses it applies to.
+        applies_to: &'static str,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Retries a PARKED row (or hurries a waiting one): due now, attempts reset, D1 asked first; a
+/// FAILED card becomes PENDING again.
+pub async fn retry(pool: &PgPool, id: Uuid) -> Result<(), OperatorError> {
+    change(pool, id, "retry", &["PARKED", "PENDING"], "PARKED or PENDING", true).await
+}
+
+/// Cancels a row that no worker holds (PENDING or PARKED): it is never sent; a PENDING card
+/// becomes FAILED ("cancelled by an operator").
+pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<(), OperatorError> {
+    change(pool, id, "cancel", &["PENDING", "PARKED"], "PENDING or PARKED", false).await
+}
+
+async fn change(
+    pool: &PgPool,
+    id: Uuid,
+    action: &'static str,
+    allowed: &[&str],
+    applies_to: &'static str,
+    retry: bool,
+) -> Result<(), OperatorError> {
+    // Learn the card first, then lock in the usual order: card, then row.
+    let Some(card_id) = outbox::card_of(pool, id).await? else { return Err(OperatorError::NotFound(id)) };
+    let mut tx = pool.begin().await.map_err(|e| StoreError::db("begin operator action", e))?;
+    locks::lock_cards(&mut tx, &[card_id.as_str()]).await?;
+    let Some(row) = outbox::get_for_update(&mut tx, id).await? else { return Err(OperatorError::NotFound(id)) };
+    if !allowed.contains(&row.status.as_str()) {
+        return Err(OperatorError::WrongStatus { id, status: row.status, action, applies_to });
+    }
+    let mut views = cards::load_for_update(&mut tx, &[row.card_id.as_str()]).await?;
+    if let Some((record, _)) = views.remove(row.card_id.as_str()) {
+        let next = if retry { on_operator_retry(&record) } else { on_operator_cancel(&record) };
+        if let Some(next) = next {
+            cards::upsert(&mut tx, &[&next]).await?;
+        }
+    }
+    if retry {
+        outbox::requeue(&mut tx, id).await?;
+    } else {
+        outbox::cancel_unclaimed(&mut tx, &[row.card_id.as_str()], "cancelled by an operator").await?;
+    }
+    tx.commit().await.map_err(|e| StoreError::db("commit operator action", e))?;
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Turns a partition's raw messages into prepared ones: Avro decode (async: the schema registry
+//! may be asked), then card-data decryption and validation (CPU-bound, off the async workers).
+//!
+//! The clear PAN exists here only between decryption and the `cardId` checks, inside a
+//! zeroizing type, and never leaves this function.
+
+use std::sync::Arc;
+
+use super::apply::{Prepared, Rejection};
+use super::decode::{DecodeFailure, Decoder};
+use super::envelope::Sealer;
+use super::partition::Incoming;
+use super::registry::RegistryError;
+use crate::core::event::{CardEvent, EventKind};
+use crate::core::validate::{ValidEvent, card_id_looks_like_pan, validate_created, validate_lifecycle};
+use crate::crypto::CardDataKeys;
+
+/// Preparing a batch hit a transient problem; the whole batch is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The schema registry did not answer.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The validation worker thread failed.
+    #[error("validation worker failed: {0}")]
+    Worker(String),
+}
+
+/// Decoder, card-data keys and the dead-letter sealer: everything between bytes and a decision.
+pub struct Pipeline {
+    decoder: Decoder,
+    keys: Arc<CardDataKeys>,
+    sealer: Arc<dyn Sealer>,
+}
+
+impl Pipeline {
+    /// A pipeline over these parts.
+    pub fn new(decoder: Decoder, keys: Arc<CardDataKeys>, sealer: Arc<dyn Sealer>) -> Self {
+        Self { decoder, keys, sealer }
+    }
+
+    /// The sealer for dead letters.
+    pub fn sealer(&self) -> &dyn Sealer {
+        self.sealer.as_ref()
+    }
+
+    /// Decodes and validates every message of a batch, in order.
+    pub async fn prepare(&self, kind: EventKind, messages: &[Incoming]) -> Result<Vec<Prepared>, PrepareError> {
+        let mut decoded = Vec::with_capacity(messages.len());
+        for m in messages {
+            let payload = m.raw.payload.as_deref().unwrap_or_default();
+            match self.decoder.decode(kind, m.raw.key.as_deref(), payload).await {
+                Ok(event) => decoded.push(Ok(event)),
+                Err(DecodeFailure::Invalid(e)) => decoded.push(Err(Rejection {
+                    reason: e.reason,
+                    detail: e.detail,
+                    card_id: None,
+                    event_id: None,
+                })),
+                Err(DecodeFailure::Transient(e)) => return Err(e.into()),
+            }
+        }
+        let keys = self.keys.clone();
+        let needs_crypto = decoded.iter().any(|d| matches!(d, Ok(CardEvent::Created(_))));
+        let validated = if needs_crypto {
+            tokio::task::spawn_blocking(move || validate_all(&keys, decoded))
+                .await
+                .map_err(|e| PrepareError::Worker(e.to_string()))?
+        } else {
+            validate_all(&keys, decoded)
+        };
+        Ok(messages
+            .iter()
+            .zip(validated)
+            .map(|(m, outcome)| Prepared {
+                offset: m.offset,
+                raw: m.raw.clone(),
+                traceparent: m.raw.header_str("traceparent").map(str::to_owned),
+                tracestate: m.raw.header_str("tracestate").map(str::to_owned),
+                outcome,
+            })
+            .collect())
+    }
+}
+
+fn validate_all(keys: &CardDataKeys, decoded: Vec<Result<CardEvent, Rejection>>) -> Vec<Result<ValidEvent, Rejection>> {
+    decoded.into_iter().map(|d| d.and_then(|event| validate_one(keys, event))).collect()
+}
+
+/// Validates one decoded event; the rejection shows the cardId only when it cannot be a PAN.
+pub fn validate_one(keys: &CardDataKeys, event: CardEvent) -> Result<ValidEvent, Rejection> {
+    let meta = event.meta();
+    let event_id = Some(meta.event_id.as_uuid());
+    let safe_card_id = (!card_id_looks_like_pan(meta.card_id.as_str())).then(|| meta.card_id.to_string());
+    let reject = |reason: crate::core::dead_letter::DeadLetterReason, detail: String, card_id: Option<String>| {
+        Rejection { reason, detail, card_id, event_id }
+    };
+    match event {
+        CardEvent::Created(created) => {
+            let card = keys.decrypt(&created.encrypted_card).map_err(|e| {
+                // Without the PAN we cannot tell whether the cardId is derived from it.
+                reject(e.reason(), e.to_string(), None)
+            })?;
+            let result = validate_created(created, &card);
+            drop(card);
+            result.map_err(|reason| {
+                let shown = if reason == crate::core::dead_letter::DeadLetterReason::CardIdDerivedFromPan {
+                    None
+                } else {
+                    safe_card_id.clone()
+                };
+                reject(reason, format!("{} (cardId checked against the card data)", reason.code()), shown)
+            })
+        }
+        other => validate_lifecycle(other).map_err(|reason| {
+            reject(reason, format!("{} (cardId has the shape of a PAN)", reason.code()), None)
+        }),
+    }
+}
