@@ -1,5 +1,7 @@
-//! The one integration-test binary: every module runs against real PostgreSQL and Kafka
-//! (found through `DATABASE_URL` and `KAFKA_BROKERS`), each test with its own schema and topics.
+//! The one integration-test binary. Each module tests one boundary of the service against a real
+//! counterpart: PostgreSQL and Kafka (found through `DATABASE_URL` and `KAFKA_BROKERS`, each test
+//! with its own schema and topics), an independent JOSE implementation, the D1 simulator.
 
 mod helpers;
+mod jwe_interop;
 mod store_apply;

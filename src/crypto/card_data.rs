@@ -1,0 +1,154 @@
+//! Our card-data private keys and the decryption of `encryptedCard` into [`CardData`].
+//!
+//! Only compact JWE with `alg` = `ECDH-ES`, `enc` = `A256GCM` and a `kid` naming one of our keys is
+//! accepted; anything else is refused before any key is used. The plaintext lives in a zeroizing
+//! buffer and leaves this module only as a [`CardData`] (whose `Pan` zeroizes itself). Errors map
+//! to dead-letter reasons and never carry the plaintext or a header value.
+
+use std::fmt;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use josekit::jwe::ECDH_ES;
+use josekit::jwe::alg::ecdh_es::EcdhEsJweDecrypter;
+use zeroize::Zeroizing;
+
+use super::key_file::{self, KeyError, KeyProblem, Part};
+use crate::core::dead_letter::DeadLetterReason;
+use crate::core::event::EncryptedCard;
+use crate::core::pan::{CardData, CardDataError};
+
+/// The only key-management algorithm accepted for card data.
+pub const JWE_ALG: &str = "ECDH-ES";
+/// The only content-encryption algorithm accepted for card data.
+pub const JWE_ENC: &str = "A256GCM";
+
+/// Our P-256 private key(s) for `encryptedCard`, by `kid`. `Debug` shows the kids only.
+pub struct CardDataKeys {
+    keys: Vec<(String, EcdhEsJweDecrypter)>,
+}
+
+/// What is wrong with a JWE that cannot be decrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JweDefect {
+    /// Not five base64url parts with a JSON protected header.
+    #[error("not a compact JWE")]
+    NotCompact,
+    /// The protected header has no `kid`.
+    #[error("no kid in the header")]
+    MissingKid,
+    /// `alg` is not `ECDH-ES`.
+    #[error("alg is not ECDH-ES")]
+    Algorithm,
+    /// `enc` is not `A256GCM`.
+    #[error("enc is not A256GCM")]
+    Encryption,
+    /// The header asks for compression (`zip`), which the contract does not allow.
+    #[error("zip is not allowed")]
+    Compression,
+    /// Key agreement or authenticated decryption failed (wrong key, tampered data, bad tag).
+    #[error("decryption failed")]
+    Decryption,
+}
+
+/// Why `encryptedCard` did not yield card data. Maps to a [`DeadLetterReason`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CardDataDecryptError {
+    /// The JWE's `kid` is not one of our card-data keys.
+    #[error("encryptedCard is for a kid that is not among our card-data keys")]
+    UnknownKey,
+    /// The JWE is malformed, uses another algorithm, or fails to decrypt.
+    #[error("encryptedCard cannot be decrypted: {0}")]
+    Undecryptable(JweDefect),
+    /// The plaintext is not valid card data.
+    #[error("encryptedCard holds invalid card data: {0}")]
+    Invalid(#[source] CardDataError),
+}
+
+impl CardDataDecryptError {
+    /// The stable dead-letter reason for this failure.
+    pub fn reason(&self) -> DeadLetterReason {
+        match self {
+            Self::UnknownKey => DeadLetterReason::UnknownCardDataKey,
+            Self::Undecryptable(_) => DeadLetterReason::UndecryptableCardData,
+            Self::Invalid(CardDataError::PanFormat | CardDataError::PanLuhn) => DeadLetterReason::InvalidPan,
+            Self::Invalid(CardDataError::Expiry) => DeadLetterReason::InvalidExpiry,
+            Self::Invalid(CardDataError::Payload) => DeadLetterReason::InvalidCardData,
+        }
+    }
+}
+
+impl CardDataKeys {
+    /// Loads a JWK or JWK Set file; every key must be EC P-256, private, with a unique `kid`.
+    pub fn from_file(path: &Path) -> Result<Self, KeyError> {
+        let bytes = key_file::read(path)?;
+        Self::from_jwk_bytes(&bytes).map_err(|p| p.at(path))
+    }
+
+    /// Parses the content of such a file.
+    pub fn from_jwk_bytes(bytes: &[u8]) -> Result<Self, KeyProblem> {
+        let mut keys: Vec<(String, EcdhEsJweDecrypter)> = Vec::new();
+        for (index, jwk) in key_file::parse_jwks(bytes)?.iter().enumerate() {
+            let kid = key_file::require_kid(jwk, index)?;
+            key_file::check_p256(jwk, Part::Private)?;
+            if keys.iter().any(|(k, _)| *k == kid) {
+                return Err(KeyProblem::DuplicateKid { kid });
+            }
+            let decrypter =
+                ECDH_ES.decrypter_from_jwk(jwk).map_err(|_| KeyProblem::Unusable { kid: kid.clone() })?;
+            keys.push((kid, decrypter));
+        }
+        Ok(Self { keys })
+    }
+
+    /// The key ids, for start-up logs.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(k, _)| k.as_str())
+    }
+
+    /// Decrypts `encryptedCard` and parses `{"pan","exp"}`.
+    pub fn decrypt(&self, card: &EncryptedCard) -> Result<CardData, CardDataDecryptError> {
+        let compact = card.as_str();
+        let kid = check_header(compact).map_err(CardDataDecryptError::Undecryptable)?;
+        let decrypter = self
+            .keys
+            .iter()
+            .find(|(k, _)| *k == kid)
+            .map(|(_, d)| d)
+            .ok_or(CardDataDecryptError::UnknownKey)?;
+        let (plaintext, _header) = josekit::jwe::deserialize_compact(compact, decrypter)
+            .map_err(|_| CardDataDecryptError::Undecryptable(JweDefect::Decryption))?;
+        let plaintext = Zeroizing::new(plaintext);
+        CardData::from_json(&plaintext).map_err(CardDataDecryptError::Invalid)
+    }
+}
+
+/// Checks the protected header of a compact JWE and returns its `kid`.
+fn check_header(compact: &str) -> Result<String, JweDefect> {
+    let mut parts = compact.split('.');
+    let header_b64 = parts.next().ok_or(JweDefect::NotCompact)?;
+    if parts.count() != 4 {
+        return Err(JweDefect::NotCompact);
+    }
+    let header = URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| JweDefect::NotCompact)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|_| JweDefect::NotCompact)?;
+    let text = |name: &str| header.get(name).and_then(serde_json::Value::as_str);
+    if text("alg") != Some(JWE_ALG) {
+        return Err(JweDefect::Algorithm);
+    }
+    if text("enc") != Some(JWE_ENC) {
+        return Err(JweDefect::Encryption);
+    }
+    if header.contains_key("zip") {
+        return Err(JweDefect::Compression);
+    }
+    text("kid").map(str::to_owned).ok_or(JweDefect::MissingKid)
+}
+
+impl fmt::Debug for CardDataKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CardDataKeys").field("kids", &self.kids().collect::<Vec<_>>()).finish()
+    }
+}

@@ -1,0 +1,20 @@
+//! Key handling and JOSE (via josekit): decrypting `encryptedCard` with our card-data keys,
+//! encrypting card data for D1, and signing the ES256 assertion for D1's OAuth token endpoint.
+//!
+//! Keys come from files into types whose `Debug` shows key ids only. Nothing here logs, and no
+//! error carries key material, a clear PAN, or a decrypted payload.
+
+mod assertion;
+mod card_data;
+mod key_file;
+mod recipient;
+
+#[cfg(test)]
+pub(crate) mod test_keys;
+#[cfg(test)]
+mod tests;
+
+pub use assertion::{ASSERTION_LIFETIME, AssertionKey, SignError};
+pub use card_data::{CardDataDecryptError, CardDataKeys, JWE_ALG, JWE_ENC, JweDefect};
+pub use key_file::{KeyError, KeyProblem};
+pub use recipient::{D1EncryptionKey, EncryptError, RecipientKey, encrypt_card_data};
