@@ -4,21 +4,17 @@
 //! - [`config`]: settings from the environment and flags, validated once.
 //! - [`core`]: pure domain (identifiers, events, card-data rules, validation, the decision engine).
 //!   No I/O; every rule is unit- and property-tested here.
-<<<<<<< HEAD
-//! - [`ingest`]: Kafka -> Avro decode -> validate -> decide -> one PostgreSQL transaction per batch.
-//! - [`store`]: PostgreSQL (sqlx): records, history, outbox, dead letters, consumed offsets.
-=======
 //! - [`crypto`]: key files and JOSE: decrypt `encryptedCard`, encrypt for D1, sign the OAuth assertion.
 //! - [`d1`]: the D1 HTTP client (OAuth token cache, Register Card, Get Card, outcome classification).
->>>>>>> d1
+//! - [`dispatch`]: outbox -> D1: claim under a lease, rate limit, retry, reconcile, breaker.
+//! - [`ingest`]: Kafka -> Avro decode -> validate -> decide -> one PostgreSQL transaction per batch.
+//! - [`store`]: PostgreSQL (sqlx): records, history, outbox, dead letters, consumed offsets.
 //! - [`telemetry`]: metric names and descriptions.
 pub mod config;
 pub mod core;
-<<<<<<< HEAD
-pub mod ingest;
-pub mod store;
-=======
 pub mod crypto;
 pub mod d1;
->>>>>>> d1
+pub mod dispatch;
+pub mod ingest;
+pub mod store;
 pub mod telemetry;

@@ -8,6 +8,7 @@ mod assertion;
 mod card_data;
 mod key_file;
 mod recipient;
+mod sealer;
 
 #[cfg(test)]
 pub(crate) mod test_keys;
@@ -18,3 +19,4 @@ pub use assertion::{ASSERTION_LIFETIME, AssertionKey, SignError};
 pub use card_data::{CardDataDecryptError, CardDataKeys, JWE_ALG, JWE_ENC, JweDefect};
 pub use key_file::{KeyError, KeyProblem};
 pub use recipient::{D1EncryptionKey, EncryptError, RecipientKey, encrypt_card_data};
+pub use sealer::EnvelopeSealer;

@@ -45,7 +45,9 @@ impl RetryPolicy {
             .with_factor(2.0)
             .without_max_times()
             .build();
-        schedule.nth(attempt.saturating_sub(1).min(64) as usize).unwrap_or(self.max_delay)
+        let d = schedule.nth(attempt.saturating_sub(1).min(64) as usize).unwrap_or(self.max_delay);
+        // backon multiplies floats; whole milliseconds keep the schedule readable in logs.
+        Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Full jitter under the ceiling, but never before D1's `Retry-After`.

@@ -186,7 +186,7 @@ impl Ctx {
                 Err(_) => warn!(topic, partition, "partition revoked while its batch was still running"),
             }
         }
-        let result = if consumer.rebalance_protocol() == rdkafka::consumer::RebalanceProtocol::Cooperative {
+        let result = if matches!(consumer.rebalance_protocol(), rdkafka::consumer::RebalanceProtocol::Cooperative) {
             consumer.incremental_unassign(tpl)
         } else {
             consumer.unassign()

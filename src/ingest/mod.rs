@@ -8,9 +8,12 @@
 //! never their values.
 
 pub mod apply;
+pub mod consumer;
 pub mod decode;
 pub mod encode;
 pub mod envelope;
+pub mod partition;
+pub mod prepare;
 pub mod registry;
 pub mod schemas;
 
