@@ -215,13 +215,17 @@ fn truncate(s: &str) -> String {
     s.chars().take(MAX_TEXT).map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
-/// The error and its sources, joined, for the detail text.
+/// The error and its sources, joined, for the detail text; a source whose text is already
+/// there (hyper repeats its cause in its own message) is not repeated.
 fn cause_chain(err: &reqwest::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = s.source();
     }
     out

@@ -2,6 +2,7 @@
 //! counterpart: PostgreSQL and Kafka (found through `DATABASE_URL` and `KAFKA_BROKERS`, each test
 //! with its own schema and topics), an independent JOSE implementation, the D1 simulator.
 
+mod d1_client;
 mod helpers;
 mod jwe_interop;
 mod store_apply;
