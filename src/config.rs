@@ -41,7 +41,7 @@ pub struct DatabaseSettings {
     )]
     pub database_url: String,
     /// Largest number of pooled connections.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, global = true)]
     pub database_max_connections: u32,
 }
 
@@ -117,6 +117,52 @@ pub struct CardDataSettings {
     pub card_data_keys: Option<PathBuf>,
 }
 
+/// Ingest tuning.
+#[derive(Debug, Clone, Args)]
+pub struct IngestSettings {
+    /// Most messages applied in one PostgreSQL transaction, per partition.
+    #[arg(long, env = "INGEST_BATCH_MAX", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub ingest_batch_max: u32,
+    /// Longest wait to fill a batch, milliseconds.
+    #[arg(long, env = "INGEST_BATCH_WAIT_MS", default_value_t = 20)]
+    pub ingest_batch_wait_ms: u64,
+    /// Messages buffered per partition before it is paused (backpressure).
+    #[arg(long, env = "INGEST_QUEUE_CAPACITY", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ingest_queue_capacity: u32,
+}
+
+/// Dispatch tuning: retries, leases, breaker, retention.
+#[derive(Debug, Clone, Args)]
+pub struct DispatchSettings {
+    /// Attempts before a row is PARKED and its card FAILED.
+    #[arg(long, env = "DISPATCH_MAX_ATTEMPTS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub dispatch_max_attempts: u32,
+    /// Seconds of attempts before a row is PARKED (default 24 h).
+    #[arg(long, env = "DISPATCH_MAX_AGE_SECS", default_value_t = 86_400)]
+    pub dispatch_max_age_secs: u64,
+    /// Smallest retry delay ceiling, milliseconds (doubles per attempt).
+    #[arg(long, env = "DISPATCH_RETRY_MIN_MS", default_value_t = 200)]
+    pub dispatch_retry_min_ms: u64,
+    /// Largest retry delay ceiling, milliseconds (default 5 min).
+    #[arg(long, env = "DISPATCH_RETRY_MAX_MS", default_value_t = 300_000)]
+    pub dispatch_retry_max_ms: u64,
+    /// Lease on a claimed row, seconds; 0 = max(60, 4 x D1_TIMEOUT_MS).
+    #[arg(long, env = "DISPATCH_LEASE_SECS", default_value_t = 0)]
+    pub dispatch_lease_secs: u64,
+    /// Poll interval when no notification arrives, milliseconds (at most 1000).
+    #[arg(long, env = "DISPATCH_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=1000))]
+    pub dispatch_poll_ms: u64,
+    /// Consecutive retryable D1 failures that open the circuit breaker.
+    #[arg(long, env = "DISPATCH_BREAKER_THRESHOLD", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub dispatch_breaker_threshold: u32,
+    /// Seconds the breaker stays open before one probe.
+    #[arg(long, env = "DISPATCH_BREAKER_COOL_DOWN_SECS", default_value_t = 30)]
+    pub dispatch_breaker_cool_down_secs: u64,
+    /// Days finished outbox rows are kept.
+    #[arg(long, env = "OUTBOX_RETENTION_DAYS", default_value_t = 7)]
+    pub outbox_retention_days: u64,
+}
+
 /// Admin HTTP endpoints.
 #[derive(Debug, Clone, Args)]
 pub struct AdminSettings {
@@ -138,20 +184,41 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct TelemetrySettings {
     /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
     pub rust_log: String,
     /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
     pub log_format: LogFormat,
     /// OTLP endpoint; traces are off when unset.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
     pub otel_exporter_otlp_endpoint: Option<Url>,
     /// OTLP protocol: `grpc` or `http/protobuf`.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc")]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc", global = true)]
     pub otel_exporter_otlp_protocol: String,
     /// Service name on every span.
-    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "card-registrar")]
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "card-registrar", global = true)]
     pub otel_service_name: String,
+}
+
+impl DispatchSettings {
+    /// The retry policy these settings describe.
+    pub fn retry_policy(&self) -> crate::dispatch::policy::RetryPolicy {
+        crate::dispatch::policy::RetryPolicy {
+            min_delay: Duration::from_millis(self.dispatch_retry_min_ms),
+            max_delay: Duration::from_millis(self.dispatch_retry_max_ms.max(self.dispatch_retry_min_ms)),
+            max_attempts: self.dispatch_max_attempts,
+            max_age: Duration::from_secs(self.dispatch_max_age_secs),
+        }
+    }
+
+    /// The lease: explicit, or long enough to outlive a reconcile plus a PUT with margin.
+    pub fn lease(&self, d1_timeout: Duration) -> Duration {
+        if self.dispatch_lease_secs > 0 {
+            Duration::from_secs(self.dispatch_lease_secs)
+        } else {
+            (d1_timeout * 4).max(Duration::from_secs(60))
+        }
+    }
 }
 
 impl DatabaseSettings {

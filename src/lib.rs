@@ -8,13 +8,17 @@
 //! - [`d1`]: the D1 HTTP client (OAuth token cache, Register Card, Get Card, outcome classification).
 //! - [`dispatch`]: outbox -> D1: claim under a lease, rate limit, retry, reconcile, breaker.
 //! - [`ingest`]: Kafka -> Avro decode -> validate -> decide -> one PostgreSQL transaction per batch.
+//! - [`shutdown`]: signals -> cancellation, soft stop then hard stop.
 //! - [`store`]: PostgreSQL (sqlx): records, history, outbox, dead letters, consumed offsets.
 //! - [`telemetry`]: metric names and descriptions.
+//! - [`workload`]: synthetic card event streams with expected outcomes (demo, tests, benchmarks).
 pub mod config;
 pub mod core;
 pub mod crypto;
 pub mod d1;
 pub mod dispatch;
 pub mod ingest;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod workload;

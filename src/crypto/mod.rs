@@ -18,5 +18,5 @@ mod tests;
 pub use assertion::{ASSERTION_LIFETIME, AssertionKey, SignError};
 pub use card_data::{CardDataDecryptError, CardDataKeys, JWE_ALG, JWE_ENC, JweDefect};
 pub use key_file::{KeyError, KeyProblem};
-pub use recipient::{D1EncryptionKey, EncryptError, RecipientKey, encrypt_card_data};
+pub use recipient::{D1EncryptionKey, EncryptError, RecipientKey, encrypt_bytes, encrypt_card_data};
 pub use sealer::EnvelopeSealer;

@@ -66,10 +66,14 @@ impl fmt::Debug for RecipientKey {
 
 /// Encrypts `{"pan","exp"}` for `recipient` as a compact JWE (ECDH-ES + A256GCM, recipient `kid`).
 pub fn encrypt_card_data(card: &CardData, recipient: &RecipientKey) -> Result<String, EncryptError> {
+    encrypt_bytes(&card.to_json(), recipient)
+}
+
+/// Encrypts arbitrary bytes the same way (producers and tests that must send malformed card data).
+pub fn encrypt_bytes(plaintext: &[u8], recipient: &RecipientKey) -> Result<String, EncryptError> {
     let mut header = JweHeader::new();
     header.set_content_encryption(JWE_ENC);
     header.set_key_id(recipient.kid.as_str());
-    let plaintext = card.to_json();
-    josekit::jwe::serialize_compact(&plaintext, &header, &recipient.encrypter)
+    josekit::jwe::serialize_compact(plaintext, &header, &recipient.encrypter)
         .map_err(|_| EncryptError { kid: recipient.kid.clone() })
 }

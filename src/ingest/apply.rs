@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::envelope::{RawMessage, SealError, Sealer};
@@ -119,25 +119,48 @@ pub async fn apply_batch(
 ) -> Result<Applied, ApplyError> {
     let last = batch.messages.last().ok_or(ApplyError::Empty)?;
     let next_offset = last.offset + 1;
+    let mut tx = pool.begin().await.map_err(|e| StoreError::db("begin ingest transaction", e))?;
+    let mut applied = apply_messages(&mut tx, sealer, batch.topic, batch.partition, &batch.messages, now).await?;
+    applied.next_offset = next_offset;
+    if !offsets::advance(&mut tx, batch.group, batch.topic, batch.partition, batch.from, next_offset).await? {
+        // Dropping the transaction rolls it back.
+        return Err(ApplyError::Fenced {
+            topic: batch.topic.to_owned(),
+            partition: batch.partition,
+            expected: batch.from,
+        });
+    }
+    tx.commit().await.map_err(|e| StoreError::db("commit ingest transaction", e))?;
+    Ok(applied)
+}
 
+/// Applies messages inside the caller's transaction (records, history, outbox rows, dead
+/// letters), without touching consumed offsets: the batch path adds them, a dead-letter replay
+/// does not.
+pub async fn apply_messages(
+    tx: &mut PgConnection,
+    sealer: &dyn Sealer,
+    topic: &str,
+    partition: i32,
+    messages: &[Prepared],
+    now: DateTime<Utc>,
+) -> Result<Applied, ApplyError> {
     let events: Vec<(&Prepared, &ValidEvent)> =
-        batch.messages.iter().filter_map(|m| m.outcome.as_ref().ok().map(|e| (m, e))).collect();
+        messages.iter().filter_map(|m| m.outcome.as_ref().ok().map(|e| (m, e))).collect();
     let mut card_ids: Vec<&str> = events.iter().map(|(_, e)| e.event().meta().card_id.as_str()).collect();
     card_ids.sort_unstable();
     card_ids.dedup();
     let event_ids: Vec<Uuid> = events.iter().map(|(_, e)| e.event().meta().event_id.as_uuid()).collect();
 
-    let mut tx = pool.begin().await.map_err(|e| StoreError::db("begin ingest transaction", e))?;
-    locks::lock_cards(&mut tx, &card_ids).await?;
-    let seen = history::seen(&mut tx, &event_ids).await?;
-    let mut state: HashMap<String, (Option<CardRecord>, Option<CallStatus>)> =
-        cards::load_for_update(&mut tx, &card_ids)
-            .await?
-            .into_iter()
-            .map(|(k, (r, c))| (k, (Some(r), c)))
-            .collect();
+    locks::lock_cards(tx, &card_ids).await?;
+    let seen = history::seen(tx, &event_ids).await?;
+    let mut state: HashMap<String, (Option<CardRecord>, Option<CallStatus>)> = cards::load_for_update(tx, &card_ids)
+        .await?
+        .into_iter()
+        .map(|(k, (r, c))| (k, (Some(r), c)))
+        .collect();
 
-    let mut applied = Applied { next_offset, ..Applied::default() };
+    let mut applied = Applied::default();
     let mut in_batch: HashSet<Uuid> = HashSet::new();
     let mut dirty: Vec<String> = Vec::new();
     let mut history_rows: Vec<HistoryRow<'_>> = Vec::new();
@@ -145,7 +168,7 @@ pub async fn apply_batch(
     let mut cancels: Vec<&str> = Vec::new();
     let mut dead: Vec<Dead> = Vec::new();
 
-    for m in &batch.messages {
+    for m in messages {
         let event = match &m.outcome {
             Err(r) => {
                 dead.push(Dead {
@@ -192,8 +215,8 @@ pub async fn apply_batch(
                         consumer_id: meta.consumer_id.as_str(),
                         occurred_at: meta.occurred_at,
                         effect: effect.as_str(),
-                        topic: batch.topic,
-                        partition: batch.partition,
+                        topic,
+                        partition,
                         offset: m.offset,
                     });
                 }
@@ -220,9 +243,9 @@ pub async fn apply_batch(
     let mut consumers: Vec<&str> = records.iter().map(|r| r.consumer_id.as_str()).collect();
     consumers.sort_unstable();
     consumers.dedup();
-    cards::note_consumers(&mut tx, &consumers).await?;
-    cards::upsert(&mut tx, &records).await?;
-    history::append(&mut tx, &history_rows).await?;
+    cards::note_consumers(tx, &consumers).await?;
+    cards::upsert(tx, &records).await?;
+    history::append(tx, &history_rows).await?;
     let new_rows: Vec<NewRegistration<'_>> = enqueues
         .iter()
         .map(|(request, traceparent, tracestate)| NewRegistration {
@@ -231,13 +254,13 @@ pub async fn apply_batch(
             tracestate: *tracestate,
         })
         .collect();
-    outbox::enqueue(&mut tx, &new_rows).await?;
-    outbox::cancel_unclaimed(&mut tx, &cancels, "implicit registration came first").await?;
+    outbox::enqueue(tx, &new_rows).await?;
+    outbox::cancel_unclaimed(tx, &cancels, "implicit registration came first").await?;
     let dead_rows: Vec<dead_letters::NewDeadLetter<'_>> = dead
         .iter()
         .map(|d| dead_letters::NewDeadLetter {
-            topic: batch.topic,
-            partition: batch.partition,
+            topic,
+            partition,
             offset: d.offset,
             reason: d.reason.code(),
             detail: &d.detail,
@@ -246,17 +269,8 @@ pub async fn apply_batch(
             envelope: &d.envelope,
         })
         .collect();
-    dead_letters::insert(&mut tx, &dead_rows).await?;
+    dead_letters::insert(tx, &dead_rows).await?;
     applied.dead_letters = dead.iter().map(|d| d.reason).collect();
 
-    if !offsets::advance(&mut tx, batch.group, batch.topic, batch.partition, batch.from, next_offset).await? {
-        // Dropping the transaction rolls it back.
-        return Err(ApplyError::Fenced {
-            topic: batch.topic.to_owned(),
-            partition: batch.partition,
-            expected: batch.from,
-        });
-    }
-    tx.commit().await.map_err(|e| StoreError::db("commit ingest transaction", e))?;
     Ok(applied)
 }

@@ -181,7 +181,7 @@ impl Ctx {
         let deadline = Instant::now() + self.options.revoke_wait;
         for ((topic, partition), task) in stopping {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.rt.block_on(tokio::time::timeout(left, task)) {
+            match self.rt.block_on(async { tokio::time::timeout(left, task).await }) {
                 Ok(_) => info!(topic, partition, "partition revoked"),
                 Err(_) => warn!(topic, partition, "partition revoked while its batch was still running"),
             }
@@ -327,7 +327,7 @@ fn poll_thread(
     let deadline = Instant::now() + options.revoke_wait;
     for ((topic, partition), task) in tasks {
         let left = deadline.saturating_duration_since(Instant::now());
-        if consumer.context().rt.block_on(tokio::time::timeout(left, task)).is_err() {
+        if consumer.context().rt.block_on(async { tokio::time::timeout(left, task).await }).is_err() {
             warn!(topic, partition, "batch still running at shutdown; it will be replayed");
         }
     }

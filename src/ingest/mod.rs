@@ -15,6 +15,7 @@ pub mod envelope;
 pub mod partition;
 pub mod prepare;
 pub mod registry;
+pub mod replay;
 pub mod schemas;
 
 #[cfg(test)]

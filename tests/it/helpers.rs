@@ -116,3 +116,161 @@ pub fn ordered(card: &str, consumer: &str, outcome: OrderOutcome) -> CardEvent {
         order_id: None,
     })
 }
+
+/// Kafka bootstrap servers for tests.
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Three input topics of their own (6 partitions each), deleted on drop.
+pub struct TestTopics {
+    /// `card-created` stand-in.
+    pub created: String,
+    /// `card-tokenized` stand-in.
+    pub tokenized: String,
+    /// `card-ordered` stand-in.
+    pub ordered: String,
+}
+
+impl TestTopics {
+    pub async fn new(partitions: i32) -> Self {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let id = Uuid::new_v4().simple().to_string();
+        let t = Self {
+            created: format!("t-created-{id}"),
+            tokenized: format!("t-tokenized-{id}"),
+            ordered: format!("t-ordered-{id}"),
+        };
+        let admin: AdminClient<_> =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
+        let topics: Vec<NewTopic<'_>> =
+            t.names().iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
+        for r in admin.create_topics(&topics, &AdminOptions::new()).await.expect("Kafka reachable at KAFKA_BROKERS") {
+            r.expect("topic created");
+        }
+        t
+    }
+
+    pub fn names(&self) -> [&str; 3] {
+        [&self.created, &self.tokenized, &self.ordered]
+    }
+
+    pub fn of(&self, kind: EventKind) -> &str {
+        match kind {
+            EventKind::Created => &self.created,
+            EventKind::Tokenized => &self.tokenized,
+            EventKind::Ordered => &self.ordered,
+        }
+    }
+
+    pub fn kinds(&self) -> Vec<(String, EventKind)> {
+        vec![
+            (self.created.clone(), EventKind::Created),
+            (self.tokenized.clone(), EventKind::Tokenized),
+            (self.ordered.clone(), EventKind::Ordered),
+        ]
+    }
+
+    /// Sum of the high watermarks of every partition (= messages published, on fresh topics).
+    pub fn published(&self) -> i64 {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+        let mut total = 0;
+        for topic in self.names() {
+            let md = c.fetch_metadata(Some(topic), std::time::Duration::from_secs(10)).unwrap();
+            for p in md.topics()[0].partitions() {
+                let (_, high) = c.fetch_watermarks(topic, p.id(), std::time::Duration::from_secs(10)).unwrap();
+                total += high;
+            }
+        }
+        total
+    }
+}
+
+impl Drop for TestTopics {
+    fn drop(&mut self) {
+        use rdkafka::admin::{AdminClient, AdminOptions};
+        let names: Vec<String> = self.names().iter().map(|s| s.to_string()).collect();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                if let Ok(admin) =
+                    rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create::<AdminClient<_>>()
+                {
+                    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                    let _ = admin.delete_topics(&refs, &AdminOptions::new()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Publishes messages to the test topics and waits for every delivery.
+pub async fn publish(topics: &TestTopics, messages: &[card_registrar::workload::Outgoing]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut pending = Vec::with_capacity(messages.len());
+    for m in messages {
+        let record = FutureRecord::to(topics.of(m.kind)).key(&m.key).payload(&m.payload);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for p in pending {
+        p.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// Key files for both sides (issuer auth, D1 encryption, card data), in a temp dir.
+pub struct TestKeys {
+    pub files: d1_simulator::keys::KeyFiles,
+    _dir: tempfile::TempDir,
+}
+
+impl TestKeys {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let files = d1_simulator::keys::generate(dir.path(), &d1_simulator::keys::KeyOptions::default()).unwrap();
+        Self { files, _dir: dir }
+    }
+
+    /// The card-data public key, as producers use it.
+    pub fn card_public(&self) -> card_registrar::crypto::RecipientKey {
+        card_registrar::crypto::RecipientKey::from_file(&self.files.card_data_public_jwk).unwrap()
+    }
+
+    /// The ingest pipeline (embedded schemas, our card-data keys, the real sealer).
+    pub fn pipeline(&self) -> card_registrar::ingest::prepare::Pipeline {
+        use card_registrar::crypto::{CardDataKeys, EnvelopeSealer};
+        use card_registrar::ingest::decode::Decoder;
+        use card_registrar::ingest::schemas::SchemaSet;
+        let keys = CardDataKeys::from_file(&self.files.card_data_private_jwks).unwrap();
+        let sealer = EnvelopeSealer::from_file(&self.files.card_data_private_jwks).unwrap();
+        let decoder = Decoder::new(std::sync::Arc::new(SchemaSet::embedded().unwrap()), None);
+        card_registrar::ingest::prepare::Pipeline::new(decoder, std::sync::Arc::new(keys), std::sync::Arc::new(sealer))
+    }
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes (then panics with `what`).
+pub async fn wait_until<F, Fut>(what: &str, timeout: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Sum of the stored next offsets of `group` (= messages applied, on fresh topics).
+pub async fn applied(pool: &PgPool, group: &str) -> i64 {
+    card_registrar::store::offsets::load_group(pool, group).await.unwrap().iter().map(|(_, _, o)| o).sum()
+}

@@ -4,5 +4,6 @@
 
 mod d1_client;
 mod helpers;
+mod ingest;
 mod jwe_interop;
 mod store_apply;

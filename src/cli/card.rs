@@ -1,0 +1,54 @@
+//! `card-registrar card show <cardId>`: the record, history, outbox rows and dead letters of a card.
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::CliError;
+use super::migrate::error_chain;
+use crate::config::DatabaseSettings;
+use crate::store::{self, cards, dead_letters, history, outbox};
+
+/// `card` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CardCommand {
+    /// Show everything known about one card (no card data: only ids, states and history).
+    Show {
+        /// The cardId.
+        card_id: String,
+    },
+}
+
+/// Runs a `card` subcommand.
+pub async fn run(db: &DatabaseSettings, cmd: CardCommand) -> Result<(), CliError> {
+    db.validate()?;
+    let CardCommand::Show { card_id } = cmd;
+    let fail = |e: store::StoreError| CliError::context("card show", error_chain(&e));
+    let pool = store::connect(&db.database_url, 2).await.map_err(fail)?;
+    let record = cards::get(&pool, &card_id).await.map_err(fail)?;
+    let events = history::for_card(&pool, &card_id).await.map_err(fail)?;
+    let rows = outbox::list(&pool, None, Some(&card_id), 100).await.map_err(fail)?;
+    let filter = dead_letters::Filter { card_id: Some(&card_id), ..Default::default() };
+    let letters = dead_letters::list(&pool, &filter, 100).await.map_err(fail)?;
+    if record.is_none() && events.is_empty() && rows.is_empty() && letters.is_empty() {
+        return Err(CliError::Failed(format!("no card {card_id}")));
+    }
+    let record = record.map(|(r, call)| {
+        json!({
+            "cardId": r.card_id.as_str(),
+            "consumerId": r.consumer_id.as_str(),
+            "state": r.state.as_str(),
+            "source": r.source.map(|s| s.as_str()),
+            "cardProductId": r.card_product_id.as_ref().map(|p| p.as_str()),
+            "initialState": r.initial_state.map(|s| s.as_str()),
+            "hasCardData": r.encrypted_card.is_some(),
+            "implicitWhileInFlight": r.implicit_while_in_flight.map(|s| s.as_str()),
+            "failure": r.failure,
+            "registeredAt": r.registered_at,
+            "version": r.version,
+            "call": call.map(|c| format!("{c:?}")),
+        })
+    });
+    let out = json!({ "record": record, "history": events, "outbox": rows, "deadLetters": letters });
+    println!("{}", serde_json::to_string_pretty(&out).map_err(|e| CliError::context("print", e))?);
+    Ok(())
+}

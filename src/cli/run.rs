@@ -1,0 +1,286 @@
+//! `card-registrar run`: ingest and dispatch (each can be turned off to scale them apart), the
+//! admin endpoints, and a graceful shutdown on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::CliError;
+use super::migrate::error_chain;
+use crate::admin::{self, Check, Readiness};
+use crate::config::{
+    AdminSettings, CardDataSettings, ConfigError, D1Settings, DatabaseSettings, DispatchSettings, IngestSettings,
+    KafkaSettings, ValidD1Settings,
+};
+use crate::core::event::EventKind;
+use crate::crypto::{AssertionKey, CardDataKeys, D1EncryptionKey, EnvelopeSealer};
+use crate::d1::{ClientIdentity, D1Client, D1ClientConfig, D1ConfigError};
+use crate::dispatch::attempt::Deps;
+use crate::dispatch::limiter::Limiter;
+use crate::dispatch::maintenance::{self, Retention};
+use crate::dispatch::{DispatchOptions, Dispatcher};
+use crate::ingest::consumer::{self, IngestOptions};
+use crate::ingest::decode::Decoder;
+use crate::ingest::prepare::Pipeline;
+use crate::ingest::registry::{HttpSchemaRegistry, SchemaRegistry};
+use crate::ingest::schemas::SchemaSet;
+use crate::{shutdown, store, telemetry};
+
+/// Settings of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kafka and topics.
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
+    /// D1.
+    #[command(flatten)]
+    pub d1: D1Settings,
+    /// Card-data keys.
+    #[command(flatten)]
+    pub card_data: CardDataSettings,
+    /// Admin endpoints.
+    #[command(flatten)]
+    pub admin: AdminSettings,
+    /// Ingest tuning.
+    #[command(flatten)]
+    pub ingest: IngestSettings,
+    /// Dispatch tuning.
+    #[command(flatten)]
+    pub dispatch: DispatchSettings,
+    /// Run ingest (Kafka -> PostgreSQL).
+    #[arg(long, env = "INGEST_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ingest_enabled: bool,
+    /// Run dispatch (outbox -> D1).
+    #[arg(long, env = "DISPATCH_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dispatch_enabled: bool,
+    /// Seconds to finish work in hand after SIGTERM/SIGINT before exiting anyway.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 25)]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// The three input topics with their event kinds.
+pub fn topic_kinds(kafka: &KafkaSettings) -> Vec<(String, EventKind)> {
+    vec![
+        (kafka.topic_card_created.clone(), EventKind::Created),
+        (kafka.topic_card_tokenized.clone(), EventKind::Tokenized),
+        (kafka.topic_card_ordered.clone(), EventKind::Ordered),
+    ]
+}
+
+/// Decoder (embedded schemas, optional registry), card-data keys and dead-letter sealer.
+pub fn pipeline(kafka: &KafkaSettings, card_data: &CardDataSettings) -> Result<Pipeline, CliError> {
+    let keys_path = card_data.validate()?;
+    let key_error = |e: crate::crypto::KeyError| ConfigError { variable: "CARD_DATA_KEYS", problem: e.to_string() };
+    let keys = CardDataKeys::from_file(&keys_path).map_err(key_error)?;
+    let sealer = EnvelopeSealer::from_file(&keys_path).map_err(key_error)?;
+    let schemas = SchemaSet::embedded().map_err(|e| CliError::context("load the embedded schemas", e))?;
+    let registry: Option<Arc<dyn SchemaRegistry>> = match &kafka.schema_registry_url {
+        Some(url) => Some(Arc::new(HttpSchemaRegistry::new(url, Duration::from_secs(5)).map_err(|e| {
+            ConfigError { variable: "SCHEMA_REGISTRY_URL", problem: format!("cannot build a client ({e})") }
+        })?)),
+        None => None,
+    };
+    info!(kids = ?keys.kids().collect::<Vec<_>>(), "card-data keys loaded");
+    Ok(Pipeline::new(Decoder::new(Arc::new(schemas), registry), Arc::new(keys), Arc::new(sealer)))
+}
+
+/// The D1 client from validated settings; key and TLS problems name their variable.
+pub fn d1_client(d1: &ValidD1Settings) -> Result<D1Client, ConfigError> {
+    let auth_key = AssertionKey::from_file(&d1.auth_key, d1.auth_key_id.clone())
+        .map_err(|e| ConfigError { variable: "D1_AUTH_KEY", problem: e.to_string() })?;
+    let encryption_key = D1EncryptionKey::from_file(&d1.encryption_key)
+        .map_err(|e| ConfigError { variable: "D1_ENCRYPTION_KEY", problem: e.to_string() })?;
+    let config = D1ClientConfig {
+        base_url: d1.api_url.clone(),
+        issuer_id: d1.issuer_id.clone(),
+        auth_key,
+        encryption_key,
+        client_identity: d1.client_tls.clone().map(|(cert, key)| ClientIdentity { cert, key }),
+        ca_cert: d1.ca_cert.clone(),
+        timeout: d1.timeout,
+        audience: d1.audience.clone(),
+    };
+    D1Client::new(config).map_err(|e| {
+        let variable = match &e {
+            D1ConfigError::TlsFile { path, .. } if Some(path) == d1.ca_cert.as_ref() => "D1_CA_CERT",
+            D1ConfigError::TlsFile { path, .. } if d1.client_tls.as_ref().is_some_and(|(_, k)| k == path) => {
+                "D1_CLIENT_KEY"
+            }
+            D1ConfigError::TlsFile { .. } | D1ConfigError::ClientCertWithoutTls => "D1_CLIENT_CERT",
+            _ => "D1_API_URL",
+        };
+        ConfigError { variable, problem: e.to_string() }
+    })
+}
+
+fn owner_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+/// Runs the worker until a signal (or `stop`) and a bounded drain.
+pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) -> Result<(), CliError> {
+    db.validate()?;
+    if !args.ingest_enabled && !args.dispatch_enabled {
+        return Err(ConfigError { variable: "INGEST_ENABLED", problem: "ingest and dispatch are both off".into() }.into());
+    }
+    let pipeline = if args.ingest_enabled {
+        args.kafka.validate()?;
+        Some(Arc::new(pipeline(&args.kafka, &args.card_data)?))
+    } else {
+        None
+    };
+    let dispatch_parts = if args.dispatch_enabled {
+        let d1 = args.d1.validate()?;
+        let client = d1_client(&d1)?;
+        let keys = CardDataKeys::from_file(&args.card_data.validate()?)
+            .map_err(|e| ConfigError { variable: "CARD_DATA_KEYS", problem: e.to_string() })?;
+        Some((d1, client, Arc::new(keys)))
+    } else {
+        None
+    };
+
+    let metrics = telemetry::prometheus::install_metrics().map_err(|e| CliError::context("install metrics", e))?;
+    let mut checks = vec![Check::Database];
+    if args.ingest_enabled {
+        checks.push(Check::Kafka);
+    }
+    let readiness = Readiness::new(&checks);
+    let work = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let admin_task = {
+        let router = admin::router(metrics.clone(), readiness.clone());
+        let listen = args.admin.admin_listen;
+        let admin_stop = admin_stop.clone();
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| ConfigError { variable: "ADMIN_LISTEN", problem: format!("cannot listen on {listen} ({e})") })?;
+        info!(%listen, "admin endpoints: /healthz /readyz /metrics");
+        tokio::spawn(admin::serve(listener, router, admin_stop))
+    };
+    tokio::spawn(telemetry::prometheus::run_metrics_upkeep(metrics, admin_stop.clone()));
+
+    let pool = store::connect_lazy(&db.database_url, db.database_max_connections)
+        .map_err(|e| CliError::context("database", error_chain(&e)))?;
+    let signals = tokio::spawn(shutdown::on_signal(work.clone(), stop));
+    if !migrate_when_ready(&pool, &readiness, &work).await {
+        return finish(readiness, work, admin_stop, admin_task, Vec::new(), args.shutdown_timeout_secs, signals).await;
+    }
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(watch_database(pool.clone(), readiness.clone(), work.clone())));
+
+    if let Some(pipeline) = pipeline {
+        let options = IngestOptions {
+            brokers: args.kafka.kafka_brokers.clone(),
+            group_id: args.kafka.kafka_group_id.clone(),
+            topics: topic_kinds(&args.kafka),
+            batch_max: args.ingest.ingest_batch_max as usize,
+            batch_wait: Duration::from_millis(args.ingest.ingest_batch_wait_ms),
+            queue_capacity: args.ingest.ingest_queue_capacity as usize,
+            revoke_wait: Duration::from_secs(args.shutdown_timeout_secs.saturating_sub(5).max(1)),
+        };
+        let health_readiness = readiness.clone();
+        let health: consumer::HealthSink = Arc::new(move |ok| health_readiness.set_kafka(ok));
+        let (pool, work) = (pool.clone(), work.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = consumer::run(options, pool, pipeline, health, work.clone()).await {
+                tracing::error!(error = %error_chain(&e), "ingest stopped");
+                work.cancel();
+            }
+        }));
+    }
+    if let Some((d1, client, keys)) = dispatch_parts {
+        let deps = Deps {
+            pool: pool.clone(),
+            client,
+            keys,
+            limiter: Limiter::new(d1.max_concurrency, d1.max_rps),
+            policy: args.dispatch.retry_policy(),
+            request_timeout: d1.timeout,
+        };
+        let options = DispatchOptions {
+            owner: owner_id(),
+            claim_batch: d1.max_concurrency as usize,
+            lease: args.dispatch.lease(d1.timeout),
+            poll_interval: Duration::from_millis(args.dispatch.dispatch_poll_ms),
+            breaker_threshold: args.dispatch.dispatch_breaker_threshold,
+            breaker_cool_down: Duration::from_secs(args.dispatch.dispatch_breaker_cool_down_secs),
+            drain_timeout: Duration::from_secs(args.shutdown_timeout_secs.saturating_sub(5).max(1)),
+        };
+        let dispatcher = Arc::new(Dispatcher::new(deps, options));
+        tasks.push(tokio::spawn(dispatcher.run(work.clone())));
+        let retention = Retention {
+            keep: Duration::from_secs(args.dispatch.outbox_retention_days * 86_400),
+            batch: 1000,
+            every: Duration::from_secs(600),
+        };
+        tasks.push(tokio::spawn(maintenance::run(pool.clone(), retention, Duration::from_secs(10), work.clone())));
+    }
+    finish(readiness, work, admin_stop, admin_task, tasks, args.shutdown_timeout_secs, signals).await
+}
+
+async fn finish(
+    readiness: Readiness,
+    work: CancellationToken,
+    admin_stop: CancellationToken,
+    admin_task: tokio::task::JoinHandle<Result<(), admin::AdminError>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    timeout_secs: u64,
+    signals: tokio::task::JoinHandle<()>,
+) -> Result<(), CliError> {
+    work.cancelled().await;
+    readiness.set_shutting_down();
+    info!("shutting down");
+    let all = futures::future::join_all(tasks);
+    let clean = tokio::time::timeout(Duration::from_secs(timeout_secs), all).await.is_ok();
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    signals.abort();
+    if clean {
+        info!("stopped cleanly");
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!("work still running {timeout_secs} s after the stop signal; exiting anyway")))
+    }
+}
+
+/// Applies migrations, retrying while PostgreSQL is unreachable. False when stopped first.
+async fn migrate_when_ready(pool: &PgPool, readiness: &Readiness, work: &CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store::migrate(pool).await {
+            Ok(()) => {
+                readiness.set_database(true);
+                info!("database migrated");
+                return true;
+            }
+            Err(e) => {
+                readiness.set_database(false);
+                warn!(error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "cannot migrate yet");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => delay = (delay * 2).min(Duration::from_secs(10)),
+            _ = work.cancelled() => return false,
+        }
+    }
+}
+
+async fn watch_database(pool: PgPool, readiness: Readiness, work: CancellationToken) {
+    loop {
+        readiness.set_database(store::ping(&pool).await);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = work.cancelled() => return,
+        }
+    }
+}
