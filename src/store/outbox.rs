@@ -135,18 +135,18 @@ pub async fn claim(
 ) -> Result<Vec<ClaimedRow>, StoreError> {
     sqlx::query_as(
         "WITH due AS (
-             (SELECT id FROM outbox WHERE status = 'PENDING' AND next_attempt_at <= now()
-              ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-             UNION ALL
-             (SELECT id FROM outbox WHERE status = 'IN_FLIGHT' AND lease_expires_at < now()
-              ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-         )
+             SELECT id FROM outbox WHERE status = 'PENDING' AND next_attempt_at <= now()
+             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
+         ), expired AS (
+             SELECT id FROM outbox WHERE status = 'IN_FLIGHT' AND lease_expires_at < now()
+             ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
+         ), claimed AS (SELECT id FROM due UNION ALL SELECT id FROM expired)
          UPDATE outbox o SET
              needs_reconcile = o.needs_reconcile OR o.status = 'IN_FLIGHT',
              status = 'IN_FLIGHT', lease_owner = $2,
              lease_expires_at = now() + make_interval(secs => $3::double precision / 1000.0),
              fence = o.fence + 1, attempts = o.attempts + 1, updated_at = now()
-         FROM due WHERE o.id = due.id
+         FROM claimed WHERE o.id = claimed.id
          RETURNING o.id, o.card_id, o.payload, o.attempts, o.fence, o.needs_reconcile, o.attempts_since,
                    o.traceparent, o.tracestate, o.correlation_id, o.lease_expires_at",
     )

@@ -3,6 +3,7 @@
 //! with its own schema and topics), an independent JOSE implementation, the D1 simulator.
 
 mod d1_client;
+mod dispatch;
 mod helpers;
 mod ingest;
 mod jwe_interop;

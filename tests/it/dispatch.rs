@@ -1,0 +1,276 @@
+//! Dispatch against the D1 simulator and real PostgreSQL: sends, reconciles, retries, parks,
+//! and never sends twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use card_registrar::core::record::{CardState, RegistrationSource};
+use card_registrar::crypto::{AssertionKey, CardDataKeys, D1EncryptionKey};
+use card_registrar::d1::{D1Client, D1ClientConfig};
+use card_registrar::dispatch::attempt::Deps;
+use card_registrar::dispatch::limiter::Limiter;
+use card_registrar::dispatch::policy::RetryPolicy;
+use card_registrar::dispatch::{DispatchOptions, Dispatcher, StepOutcome, operator};
+use card_registrar::ingest::apply::{Batch, Prepared, apply_batch};
+use card_registrar::ingest::envelope::RawMessage;
+use card_registrar::ingest::partition::Incoming;
+use card_registrar::store::{cards, outbox};
+use card_registrar::workload::Plan;
+use chrono::Utc;
+use d1_simulator::{Faults, RunningSimulator, SeedCard, SimConfig, Simulator};
+
+use crate::helpers::*;
+use crate::ingest::scripts;
+
+/// The simulator and the keys both sides use.
+pub struct TestD1 {
+    pub sim: RunningSimulator,
+}
+
+impl TestD1 {
+    pub async fn start(keys: &TestKeys) -> Self {
+        Self::start_with(keys, |_| {}).await
+    }
+
+    pub async fn start_with(keys: &TestKeys, adjust: impl FnOnce(&mut SimConfig)) -> Self {
+        let mut config = SimConfig::from_key_files(&keys.files).unwrap();
+        adjust(&mut config);
+        Self { sim: Simulator::start(config, "127.0.0.1:0".parse().unwrap()).await.unwrap() }
+    }
+
+    pub fn client(&self, keys: &TestKeys, timeout: Duration) -> D1Client {
+        self.client_encrypting_for(keys, &keys.files.d1_encryption_public_jwk, timeout)
+    }
+
+    /// A client whose D1 encryption key is read from `d1_key` (another key makes D1 refuse).
+    pub fn client_encrypting_for(&self, keys: &TestKeys, d1_key: &std::path::Path, timeout: Duration) -> D1Client {
+        let f = &keys.files;
+        D1Client::new(D1ClientConfig {
+            base_url: self.sim.base_url().parse().unwrap(),
+            issuer_id: card_registrar::core::ids::IssuerId::parse(f.issuer_id.as_str()).unwrap(),
+            auth_key: AssertionKey::from_file(&f.issuer_auth_private_pem, f.issuer_auth_kid.clone()).unwrap(),
+            encryption_key: D1EncryptionKey::from_file(d1_key).unwrap(),
+            client_identity: None,
+            ca_cert: None,
+            timeout,
+            audience: None,
+        })
+        .unwrap()
+    }
+}
+
+pub fn dispatcher(db: &TestDb, d1: &TestD1, keys: &TestKeys, client: Option<D1Client>) -> Dispatcher {
+    let timeout = Duration::from_millis(800);
+    let deps = Deps {
+        pool: db.pool.clone(),
+        client: client.unwrap_or_else(|| d1.client(keys, timeout)),
+        keys: Arc::new(CardDataKeys::from_file(&keys.files.card_data_private_jwks).unwrap()),
+        limiter: Limiter::new(32, 10_000),
+        policy: RetryPolicy { min_delay: Duration::from_millis(10), max_delay: Duration::from_millis(50), ..Default::default() },
+        request_timeout: timeout,
+    };
+    Dispatcher::new(
+        deps,
+        DispatchOptions {
+            owner: "test-worker".into(),
+            claim_batch: 32,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(50),
+            breaker_threshold: 1000,
+            breaker_cool_down: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(5),
+        },
+    )
+}
+
+/// Applies card scripts' messages straight through the ingest transaction (no Kafka needed here).
+pub async fn ingest_directly(db: &TestDb, keys: &TestKeys, messages: &[card_registrar::workload::Outgoing]) {
+    let pipeline = keys.pipeline();
+    for (i, m) in messages.iter().enumerate() {
+        let raw = RawMessage { key: Some(m.key.clone()), headers: vec![], payload: Some(m.payload.clone()) };
+        let incoming = [Incoming { offset: i as i64, raw }];
+        let prepared: Vec<Prepared> = pipeline.prepare(m.kind, &incoming).await.unwrap();
+        let topic = format!("direct-{:?}", m.kind);
+        let stored = card_registrar::store::offsets::load(&db.pool, "direct", &topic).await.unwrap();
+        let batch = Batch { group: "direct", topic: &topic, partition: 0, from: stored.get(&0).copied(), messages: prepared };
+        apply_batch(&db.pool, pipeline.sealer(), &batch, Utc::now()).await.unwrap();
+    }
+}
+
+async fn drain(d: &Dispatcher) {
+    for _ in 0..200 {
+        match d.step().await.unwrap() {
+            StepOutcome::Idle => {
+                let g = outbox::gauges(&d.deps().pool).await.unwrap();
+                if g.pending == 0 && g.in_flight == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => {}
+        }
+    }
+    panic!("outbox did not drain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_card_is_registered_once_and_becomes_registered_explicitly() {
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let d1 = TestD1::start(&keys).await;
+    let cards = scripts(&keys, "one", 3, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    let d = dispatcher(&db, &d1, &keys, None);
+    assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(3));
+    assert_eq!(d.step().await.unwrap(), StepOutcome::Idle);
+    let stats = d1.sim.stats();
+    assert_eq!((stats.effective_registrations, stats.duplicate_puts, stats.puts_total), (3, 0, 3));
+    for c in &cards {
+        let (r, _) = cards::get(&db.pool, &c.card_id).await.unwrap().unwrap();
+        assert_eq!((r.state, r.source), (CardState::Registered, Some(RegistrationSource::Explicit)));
+        let stored = d1.sim.card(&c.card_id).unwrap();
+        assert_eq!(stored.consumer_id, c.consumer_id);
+        assert_eq!(stored.last_four_digits.as_deref(), Some(&c.pan[c.pan.len() - 4..]));
+    }
+    assert!(outbox::list(&db.pool, Some("DONE"), None, 10).await.unwrap().len() == 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_then_timeout_is_reconciled_with_get_card_and_never_sent_twice() {
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let d1 = TestD1::start(&keys).await;
+    d1.sim
+        .set_faults(Faults { commit_then_timeout_rate: 1.0, commit_timeout_delay_ms: 3000, ..Faults::none() })
+        .unwrap();
+    let cards = scripts(&keys, "amb", 5, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    let d = dispatcher(&db, &d1, &keys, None);
+    assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(5));
+    let rows = outbox::list(&db.pool, Some("PENDING"), None, 10).await.unwrap();
+    assert_eq!(rows.len(), 5, "all timed out and wait for a retry");
+    assert!(rows.iter().all(|r| r.needs_reconcile), "an ambiguous outcome must be reconciled first");
+    d1.sim.set_faults(Faults::none()).unwrap();
+    drain(&d).await;
+    let stats = d1.sim.stats();
+    assert_eq!((stats.effective_registrations, stats.duplicate_puts, stats.puts_total), (5, 0, 5));
+    assert!(stats.gets_total >= 5);
+    for c in &cards {
+        assert_eq!(cards::get(&db.pool, &c.card_id).await.unwrap().unwrap().0.state, CardState::Registered);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_error_parks_the_row_and_fails_the_card_until_an_operator_retries_it() {
+    let (db, keys, other_keys) = (TestDb::new().await, TestKeys::new(), TestKeys::new());
+    let d1 = TestD1::start(&keys).await;
+    let cards = scripts(&keys, "term", 1, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards[0].phase1).await;
+    // Misconfigured: D1's encryption key is another one, so D1 refuses the request (400).
+    let wrong = d1.client_encrypting_for(&keys, &other_keys.files.d1_encryption_public_jwk, Duration::from_secs(2));
+    let broken = dispatcher(&db, &d1, &keys, Some(wrong));
+    assert_eq!(broken.step().await.unwrap(), StepOutcome::Attempted(1));
+    let parked = outbox::list(&db.pool, Some("PARKED"), None, 10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert!(parked[0].last_error.as_deref().unwrap_or_default().contains("400"), "{:?}", parked[0].last_error);
+    let (r, _) = cards::get(&db.pool, &cards[0].card_id).await.unwrap().unwrap();
+    assert_eq!(r.state, CardState::Failed);
+    assert!(r.failure.is_some());
+    assert_eq!(broken.step().await.unwrap(), StepOutcome::Idle, "a parked row is not retried by itself");
+
+    // The cause is fixed (right key); the operator retries the row.
+    operator::retry(&db.pool, parked[0].id).await.unwrap();
+    assert_eq!(cards::get(&db.pool, &cards[0].card_id).await.unwrap().unwrap().0.state, CardState::Pending);
+    let fixed = dispatcher(&db, &d1, &keys, None);
+    drain(&fixed).await;
+    let (r, _) = cards::get(&db.pool, &cards[0].card_id).await.unwrap().unwrap();
+    assert_eq!(r.state, CardState::Registered);
+    assert_eq!(d1.sim.stats().effective_registrations, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_registered_to_another_consumer_at_d1_is_a_terminal_conflict() {
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    // D1 refuses a PUT for a card it already has (one of the two possible answers).
+    let d1 = TestD1::start_with(&keys, |c| c.duplicate_answer = "409:CARD_ALREADY_REGISTERED".parse().unwrap()).await;
+    let cards = scripts(&keys, "conf", 1, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards[0].phase1).await;
+    d1.sim.seed_card(&cards[0].card_id, SeedCard::new("somebody-else", "prod-x")).unwrap();
+    let d = dispatcher(&db, &d1, &keys, None);
+    d.step().await.unwrap();
+    let (r, _) = cards::get(&db.pool, &cards[0].card_id).await.unwrap().unwrap();
+    assert_eq!(r.state, CardState::Failed);
+    assert!(r.failure.unwrap().contains("another consumer"));
+    assert_eq!(outbox::list(&db.pool, Some("PARKED"), None, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_answer_to_a_put_for_a_card_d1_already_has_for_us_counts_as_success() {
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let d1 = TestD1::start_with(&keys, |c| c.duplicate_answer = "409:CARD_ALREADY_REGISTERED".parse().unwrap()).await;
+    let cards = scripts(&keys, "dup", 1, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards[0].phase1).await;
+    d1.sim.seed_card(&cards[0].card_id, SeedCard::new(cards[0].consumer_id.as_str(), "prod-classic")).unwrap();
+    let d = dispatcher(&db, &d1, &keys, None);
+    d.step().await.unwrap();
+    assert_eq!(cards::get(&db.pool, &cards[0].card_id).await.unwrap().unwrap().0.state, CardState::Registered);
+    assert_eq!(d1.sim.stats().gets_total, 1, "the 409 was confirmed with Get Card");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_cancelled_by_an_implicit_registration_is_never_sent() {
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let d1 = TestD1::start(&keys).await;
+    let cards = scripts(&keys, "canc", 4, |_| Plan::CreatedThenTokenized);
+    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    let d = dispatcher(&db, &d1, &keys, None);
+    assert_eq!(d.step().await.unwrap(), StepOutcome::Idle);
+    assert_eq!(d1.sim.stats().puts_total, 0);
+    assert_eq!(outbox::list(&db.pool, Some("CANCELLED"), None, 10).await.unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_lease_expired_is_reconciled_before_it_is_sent_again() {
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let d1 = TestD1::start(&keys).await;
+    let cards = scripts(&keys, "lease", 1, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards[0].phase1).await;
+    // A worker claims the row, sends the PUT, and "crashes" before settling.
+    let claimed = outbox::claim(&db.pool, "crashed-worker", 10, 200).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let crashed = dispatcher(&db, &d1, &keys, None);
+    let request: card_registrar::core::decide::RegistrationRequest =
+        serde_json::from_value(claimed[0].payload.clone()).unwrap();
+    let card = crashed.deps().keys.decrypt(&request.encrypted_card).unwrap();
+    let put = card_registrar::d1::RegisterCard {
+        card_id: &request.card_id,
+        consumer_id: &request.consumer_id,
+        card_product_id: &request.card_product_id,
+        card: &card,
+        state: request.state,
+    };
+    crashed.deps().client.register_card(&put, &card_registrar::core::ids::CorrelationId::for_outbox_row(claimed[0].id)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = dispatcher(&db, &d1, &keys, None);
+    assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(1));
+    let stats = d1.sim.stats();
+    assert_eq!((stats.puts_total, stats.duplicate_puts, stats.gets_total), (1, 0, 1));
+    assert_eq!(cards::get(&db.pool, &cards[0].card_id).await.unwrap().unwrap().0.state, CardState::Registered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_failures_are_retried_until_d1_accepts() {
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let d1 = TestD1::start(&keys).await;
+    let mut faults = Faults::none();
+    faults.error_rates.insert(503, 0.3);
+    faults.error_rates.insert(429, 0.1);
+    faults.retry_after_secs = 0;
+    d1.sim.set_faults(faults).unwrap();
+    let cards = scripts(&keys, "retry", 40, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    let d = dispatcher(&db, &d1, &keys, None);
+    drain(&d).await;
+    let stats = d1.sim.stats();
+    assert_eq!((stats.effective_registrations, stats.duplicate_puts), (40, 0));
+    assert!(stats.puts_total > 40, "some attempts were refused and retried");
+    assert!(outbox::list(&db.pool, Some("PARKED"), None, 10).await.unwrap().is_empty());
+}
