@@ -6,7 +6,10 @@
 //!   No I/O; every rule is unit- and property-tested here.
 //! - [`ingest`]: Kafka -> Avro decode -> validate -> decide -> one PostgreSQL transaction per batch.
 //! - [`store`]: PostgreSQL (sqlx): records, history, outbox, dead letters, consumed offsets.
-//! - [`telemetry`]: metric names and descriptions.
+//! - [`telemetry`]: logs (JSON or text), traces (OpenTelemetry, W3C propagation), metric names and the
+//!   Prometheus recorder; test captures of every log line and span.
+//! - [`admin`]: the admin HTTP server: `/healthz`, `/readyz` (from [`admin::Readiness`]), `/metrics`.
+pub mod admin;
 pub mod config;
 pub mod core;
 pub mod ingest;
