@@ -12,7 +12,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tracing_subscriber::fmt::MakeWriter;
 
 /// A `MakeWriter` that keeps every byte logged; also echoes to stdout when `TEST_LOG` is set.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LogBuffer {
     bytes: Arc<Mutex<Vec<u8>>>,
     echo: bool,
@@ -37,6 +37,12 @@ impl LogBuffer {
     /// Forgets what was logged.
     pub fn clear(&self) {
         self.bytes.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+}
+
+impl Default for LogBuffer {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -76,8 +76,8 @@ pub enum TelemetryError {
 
 /// The built telemetry: its `tracing` dispatcher and the tracer provider behind it.
 ///
-/// [`Telemetry::shutdown`] flushes and stops the exporter. Dropping it shuts down best-effort (not
-/// on a current-thread runtime, where only `shutdown().await` can wait for the exporter task).
+/// [`Telemetry::shutdown`] flushes and stops the exporter. Dropping it only starts a shutdown that
+/// nobody waits for (best effort): call `shutdown().await` before the process exits.
 #[derive(Debug)]
 pub struct Telemetry {
     dispatch: tracing::Dispatch,
@@ -139,15 +139,13 @@ async fn blocking(
 impl Drop for Telemetry {
     fn drop(&mut self) {
         let Some(provider) = self.provider.take() else { return };
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            // The exporter task may need this very thread: waiting for it would deadlock.
-            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {}
-            Ok(_) => {
-                let _ = tokio::task::block_in_place(|| provider.shutdown());
-            }
-            Err(_) => {
-                let _ = provider.shutdown();
-            }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Waiting here could block the very worker the exporter task needs: let a thread finish
+            // the shutdown without us (best effort; `shutdown().await` is the one that waits).
+            let _ =
+                std::thread::Builder::new().name("otel-shutdown".into()).spawn(move || provider.shutdown());
+        } else {
+            let _ = provider.shutdown();
         }
     }
 }
