@@ -10,8 +10,13 @@
 //! - [`ingest`]: Kafka -> Avro decode -> validate -> decide -> one PostgreSQL transaction per batch.
 //! - [`shutdown`]: signals -> cancellation, soft stop then hard stop.
 //! - [`store`]: PostgreSQL (sqlx): records, history, outbox, dead letters, consumed offsets.
-//! - [`telemetry`]: metric names and descriptions.
+//! - [`telemetry`]: logs (JSON or text), traces (OpenTelemetry, W3C propagation), metric names and the
+//!   Prometheus recorder; test captures of every log line and span.
 //! - [`workload`]: synthetic card event streams with expected outcomes (demo, tests, benchmarks).
+//! - [`admin`]: the admin HTTP server: `/healthz`, `/readyz` (from [`admin::Readiness`]), `/metrics`.
+//! - [`cli`]: the subcommands of the `card-registrar` binary.
+pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod core;
 pub mod crypto;

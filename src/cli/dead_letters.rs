@@ -28,7 +28,7 @@ pub enum DeadLettersCommand {
     },
     /// Re-run stored messages through decode, validate and decide (e.g. after adding a schema
     /// version or a card-data key). Successes are applied; failures stay, with the new reason.
-    Replay(ReplayArgs),
+    Replay(Box<ReplayArgs>),
 }
 
 /// Which dead letters to replay.

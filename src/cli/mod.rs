@@ -42,7 +42,7 @@ pub enum Command {
     Outbox(outbox::OutboxCommand),
     /// Inspect and replay dead letters.
     #[command(subcommand, name = "dead-letters")]
-    DeadLetters(Box<dead_letters::DeadLettersCommand>),
+    DeadLetters(dead_letters::DeadLettersCommand),
     /// Publish sample or load events (demo, benchmarks).
     Publish(Box<publish::PublishArgs>),
 }

@@ -158,12 +158,10 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
     let work = CancellationToken::new();
     let admin_stop = CancellationToken::new();
     let admin_task = {
-        let router = admin::router(metrics.clone(), readiness.clone());
+        let router = admin::router(readiness.clone(), metrics.clone());
         let listen = args.admin.admin_listen;
         let admin_stop = admin_stop.clone();
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| ConfigError { variable: "ADMIN_LISTEN", problem: format!("cannot listen on {listen} ({e})") })?;
+        let listener = admin::bind(listen).await.map_err(|e| CliError::context("admin endpoints", e))?;
         info!(%listen, "admin endpoints: /healthz /readyz /metrics");
         tokio::spawn(admin::serve(listener, router, admin_stop))
     };

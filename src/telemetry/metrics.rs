@@ -35,6 +35,31 @@ pub const CIRCUIT_BREAKER_STATE: &str = "card_registrar_circuit_breaker_state";
 pub const CIRCUIT_BREAKER_TRANSITIONS: &str = "card_registrar_circuit_breaker_transitions_total";
 /// Counter, label `outcome` (`ok`, `error`): OAuth token fetches.
 pub const D1_TOKEN_REFRESHES: &str = "card_registrar_d1_token_refreshes_total";
+/// Gauge: 1 while `/readyz` answers 200, else 0 (set by `admin::Readiness`).
+pub const READY: &str = "card_registrar_ready";
+
+/// Every metric name above (dashboards and alerts may use only these; a test checks both).
+pub const ALL: [&str; 16] = [
+    EVENTS_CONSUMED,
+    DECISIONS,
+    DEAD_LETTERS,
+    INGEST_BATCH_SIZE,
+    INGEST_BATCH_DURATION,
+    CONSUMER_LAG,
+    OUTBOX_ROWS,
+    OUTBOX_OLDEST_DUE_AGE,
+    D1_REQUESTS,
+    D1_REQUEST_DURATION,
+    DISPATCH_RETRIES,
+    DISPATCH_OUTCOMES,
+    CIRCUIT_BREAKER_STATE,
+    CIRCUIT_BREAKER_TRANSITIONS,
+    D1_TOKEN_REFRESHES,
+    READY,
+];
+
+/// The histograms among [`ALL`]: Prometheus exposes them as `_bucket`, `_sum` and `_count` series.
+pub const HISTOGRAMS: [&str; 3] = [INGEST_BATCH_SIZE, INGEST_BATCH_DURATION, D1_REQUEST_DURATION];
 
 /// Registers descriptions and units with the installed recorder.
 pub fn describe() {
@@ -53,4 +78,5 @@ pub fn describe() {
     describe_gauge!(CIRCUIT_BREAKER_STATE, "Circuit breaker toward D1: 0 closed, 1 open, 2 half-open");
     describe_counter!(CIRCUIT_BREAKER_TRANSITIONS, "Circuit breaker transitions, by target state");
     describe_counter!(D1_TOKEN_REFRESHES, "OAuth access-token fetches, by outcome");
+    describe_gauge!(READY, "1 while the process is ready (database, Kafka, not shutting down), else 0");
 }

@@ -99,15 +99,12 @@ pub async fn ingest_directly(db: &TestDb, keys: &TestKeys, messages: &[card_regi
 
 async fn drain(d: &Dispatcher) {
     for _ in 0..200 {
-        match d.step().await.unwrap() {
-            StepOutcome::Idle => {
-                let g = outbox::gauges(&d.deps().pool).await.unwrap();
-                if g.pending == 0 && g.in_flight == 0 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        if d.step().await.unwrap() == StepOutcome::Idle {
+            let g = outbox::gauges(&d.deps().pool).await.unwrap();
+            if g.pending == 0 && g.in_flight == 0 {
+                return;
             }
-            _ => {}
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     panic!("outbox did not drain");

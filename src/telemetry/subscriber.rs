@@ -1,0 +1,62 @@
+//! The `tracing` subscriber: a log layer (JSON or text) and an OpenTelemetry layer, each filtered.
+//!
+//! The log layer follows `RUST_LOG` exactly. The trace layer sees at least `info` whatever
+//! `RUST_LOG` says, so quieter logs never cut a trace (nor drop the `traceparent` we store in the
+//! outbox), and never sees the exporter's own crates (h2, hyper, tonic, tower, opentelemetry): their
+//! spans would be exported by the export they describe.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Dispatch;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::{EnvFilter, FilterExt as _, Targets};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::JsonFields;
+use tracing_subscriber::layer::{Layer, SubscriberExt as _};
+use tracing_subscriber::registry::Registry;
+
+use super::TelemetryError;
+use super::json::FlatJson;
+use crate::config::{LogFormat, TelemetrySettings};
+
+/// Crates whose spans and events never go into traces (prefix match on the target).
+const EXPORTER_CRATES: [&str; 6] = ["h2", "hyper", "tonic", "tower::", "opentelemetry", "reqwest"];
+
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// Builds the dispatcher for these settings: logs into `sink`, spans into `provider`.
+pub(super) fn dispatch<W>(
+    settings: &TelemetrySettings,
+    sink: W,
+    provider: &SdkTracerProvider,
+) -> Result<Dispatch, TelemetryError>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let log_filter = EnvFilter::try_new(&settings.rust_log).map_err(TelemetryError::Filter)?;
+    let log_layer: BoxedLayer = match settings.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
+            .with_writer(sink)
+            .with_filter(log_filter)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(sink)
+            .with_filter(log_filter)
+            .boxed(),
+    };
+
+    let at_least_info =
+        EnvFilter::try_new(&settings.rust_log).map_err(TelemetryError::Filter)?.or(LevelFilter::INFO);
+    let not_exporter = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(EXPORTER_CRATES.map(|c| (c, LevelFilter::OFF)));
+    let trace_layer: BoxedLayer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("card-registrar"))
+        .with_filter(at_least_info.and(not_exporter))
+        .boxed();
+
+    Ok(Dispatch::new(Registry::default().with(vec![log_layer, trace_layer])))
+}
