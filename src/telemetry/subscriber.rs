@@ -33,7 +33,13 @@ pub(super) fn dispatch<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let log_filter = EnvFilter::try_new(&settings.rust_log).map_err(TelemetryError::Filter)?;
+    // The SDK's own chatter ("global tracer provider is set") is not for operators, unless asked for.
+    let spec = if settings.rust_log.contains("opentelemetry") {
+        settings.rust_log.clone()
+    } else {
+        format!("{},opentelemetry=warn,opentelemetry_sdk=warn", settings.rust_log)
+    };
+    let log_filter = EnvFilter::try_new(&spec).map_err(TelemetryError::Filter)?;
     let log_layer: BoxedLayer = match settings.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .fmt_fields(JsonFields::new())
