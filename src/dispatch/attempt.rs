@@ -108,11 +108,6 @@ async fn conclude(deps: &Deps, row: &ClaimedRow) -> (Conclusion, Signal) {
             Asked::Failed(c, s) => return (c, s),
         }
     }
-    let left = (row.lease_expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    if left < deps.request_timeout + Duration::from_secs(5) {
-        // The PUT could outlive our lease and race a new holder: give the row back unsent.
-        return (Conclusion::Release, Signal::Silent);
-    }
     let card = match deps.keys.decrypt(&request.encrypted_card) {
         Ok(card) => card,
         Err(e) => {
@@ -121,6 +116,11 @@ async fn conclude(deps: &Deps, row: &ClaimedRow) -> (Conclusion, Signal) {
         }
     };
     deps.limiter.pace().await;
+    let left = (row.lease_expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    if left < deps.request_timeout * 2 {
+        // The PUT could outlive our lease and race a new holder: give the row back unsent.
+        return (Conclusion::Release, Signal::Silent);
+    }
     let put = RegisterCard {
         card_id: &request.card_id,
         consumer_id: &request.consumer_id,
