@@ -145,7 +145,11 @@ impl TestTopics {
             rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
         let topics: Vec<NewTopic<'_>> =
             t.names().iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
-        for r in admin.create_topics(&topics, &AdminOptions::new()).await.expect("Kafka reachable at KAFKA_BROKERS") {
+        for r in admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .expect("Kafka reachable at KAFKA_BROKERS")
+        {
             r.expect("topic created");
         }
         t
@@ -174,12 +178,14 @@ impl TestTopics {
     /// Sum of the high watermarks of every partition (= messages published, on fresh topics).
     pub fn published(&self) -> i64 {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+        let c: BaseConsumer =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
         let mut total = 0;
         for topic in self.names() {
             let md = c.fetch_metadata(Some(topic), std::time::Duration::from_secs(10)).unwrap();
             for p in md.topics()[0].partitions() {
-                let (_, high) = c.fetch_watermarks(topic, p.id(), std::time::Duration::from_secs(10)).unwrap();
+                let (_, high) =
+                    c.fetch_watermarks(topic, p.id(), std::time::Duration::from_secs(10)).unwrap();
                 total += high;
             }
         }
@@ -194,8 +200,9 @@ impl Drop for TestTopics {
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
-                if let Ok(admin) =
-                    rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create::<AdminClient<_>>()
+                if let Ok(admin) = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", brokers())
+                    .create::<AdminClient<_>>()
                 {
                     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                     let _ = admin.delete_topics(&refs, &AdminOptions::new()).await;
@@ -233,7 +240,8 @@ pub struct TestKeys {
 impl TestKeys {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let files = d1_simulator::keys::generate(dir.path(), &d1_simulator::keys::KeyOptions::default()).unwrap();
+        let files =
+            d1_simulator::keys::generate(dir.path(), &d1_simulator::keys::KeyOptions::default()).unwrap();
         Self { files, _dir: dir }
     }
 
@@ -250,7 +258,11 @@ impl TestKeys {
         let keys = CardDataKeys::from_file(&self.files.card_data_private_jwks).unwrap();
         let sealer = EnvelopeSealer::from_file(&self.files.card_data_private_jwks).unwrap();
         let decoder = Decoder::new(std::sync::Arc::new(SchemaSet::embedded().unwrap()), None);
-        card_registrar::ingest::prepare::Pipeline::new(decoder, std::sync::Arc::new(keys), std::sync::Arc::new(sealer))
+        card_registrar::ingest::prepare::Pipeline::new(
+            decoder,
+            std::sync::Arc::new(keys),
+            std::sync::Arc::new(sealer),
+        )
     }
 }
 
@@ -273,4 +285,57 @@ where
 /// Sum of the stored next offsets of `group` (= messages applied, on fresh topics).
 pub async fn applied(pool: &PgPool, group: &str) -> i64 {
     card_registrar::store::offsets::load_group(pool, group).await.unwrap().iter().map(|(_, _, o)| o).sum()
+}
+
+/// Everything ingest writes, without the columns that legitimately differ between runs (row ids,
+/// timestamps, sealed envelopes, consumer group): two runs over the same topics must be equal.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub cards: Vec<serde_json::Value>,
+    pub history: Vec<serde_json::Value>,
+    pub outbox: Vec<serde_json::Value>,
+    pub dead_letters: Vec<serde_json::Value>,
+    pub offsets: Vec<serde_json::Value>,
+    pub consumers: Vec<serde_json::Value>,
+}
+
+impl Snapshot {
+    pub async fn take(pool: &PgPool) -> Self {
+        async fn rows(pool: &PgPool, sql: &str) -> Vec<serde_json::Value> {
+            sqlx::query_scalar::<_, serde_json::Value>(&format!("SELECT row_to_json(t) FROM ({sql}) t"))
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        }
+        Self {
+            cards: rows(pool, "SELECT card_id, consumer_id, state, source, card_product_id, encrypted_card IS NOT NULL AS has_card_data, \
+                               initial_state, implicit_while_in_flight, failure FROM cards ORDER BY card_id").await,
+            history: rows(pool, "SELECT event_id, card_id, kind, outcome, consumer_id, effect, topic, partition, \"offset\" \
+                                 FROM card_events ORDER BY event_id").await,
+            outbox: rows(pool, "SELECT card_id, kind, status, payload FROM outbox ORDER BY card_id").await,
+            dead_letters: rows(pool, "SELECT topic, partition, \"offset\", reason, detail, card_id, event_id \
+                                      FROM dead_letters ORDER BY topic, partition, \"offset\"").await,
+            offsets: rows(pool, "SELECT topic, partition, next_offset FROM consumer_offsets ORDER BY topic, partition").await,
+            consumers: rows(pool, "SELECT consumer_id FROM consumers ORDER BY consumer_id").await,
+        }
+    }
+
+    /// A short description of the first difference, for assertion messages.
+    pub fn diff(&self, other: &Self) -> String {
+        let parts: [(&str, &Vec<serde_json::Value>, &Vec<serde_json::Value>); 6] = [
+            ("cards", &self.cards, &other.cards),
+            ("history", &self.history, &other.history),
+            ("outbox", &self.outbox, &other.outbox),
+            ("dead_letters", &self.dead_letters, &other.dead_letters),
+            ("offsets", &self.offsets, &other.offsets),
+            ("consumers", &self.consumers, &other.consumers),
+        ];
+        for (name, a, b) in parts {
+            if a != b {
+                let first = a.iter().zip(b.iter()).find(|(x, y)| x != y);
+                return format!("{name}: {} vs {} rows; first difference: {first:?}", a.len(), b.len());
+            }
+        }
+        "equal".into()
+    }
 }

@@ -2,9 +2,12 @@
 //! counterpart: PostgreSQL and Kafka (found through `DATABASE_URL` and `KAFKA_BROKERS`, each test
 //! with its own schema and topics), an independent JOSE implementation, the D1 simulator.
 
+mod crash;
 mod d1_client;
 mod dispatch;
+mod exactly_once;
 mod helpers;
 mod ingest;
 mod jwe_interop;
 mod store_apply;
+mod worker;
