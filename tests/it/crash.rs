@@ -154,22 +154,8 @@ fn assigned(log: &std::path::Path) -> usize {
 }
 
 async fn publish_slowly(topics: &[(String, EventKind)], messages: &[Outgoing]) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let topic = |k: EventKind| topics.iter().find(|(_, kind)| *kind == k).map(|(t, _)| t.as_str()).unwrap();
     for chunk in messages.chunks(1000) {
-        let mut pending = Vec::with_capacity(chunk.len());
-        for m in chunk {
-            let record = FutureRecord::to(topic(m.kind)).key(&m.key).payload(&m.payload);
-            pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-        }
-        for p in pending {
-            p.await.unwrap().map_err(|(e, _)| e).unwrap();
-        }
+        publish_to(topics, chunk).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

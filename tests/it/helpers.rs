@@ -159,14 +159,6 @@ impl TestTopics {
         [&self.created, &self.tokenized, &self.ordered]
     }
 
-    pub fn of(&self, kind: EventKind) -> &str {
-        match kind {
-            EventKind::Created => &self.created,
-            EventKind::Tokenized => &self.tokenized,
-            EventKind::Ordered => &self.ordered,
-        }
-    }
-
     pub fn kinds(&self) -> Vec<(String, EventKind)> {
         vec![
             (self.created.clone(), EventKind::Created),
@@ -215,7 +207,13 @@ impl Drop for TestTopics {
 
 /// Publishes messages to the test topics and waits for every delivery.
 pub async fn publish(topics: &TestTopics, messages: &[card_registrar::workload::Outgoing]) {
+    publish_to(&topics.kinds(), messages).await;
+}
+
+/// Publishes messages to the given topic of each kind and waits for every delivery.
+pub async fn publish_to(topics: &[(String, EventKind)], messages: &[card_registrar::workload::Outgoing]) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
+    let topic = |k: EventKind| topics.iter().find(|(_, kind)| *kind == k).map(|(t, _)| t.as_str()).unwrap();
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("linger.ms", "5")
@@ -223,7 +221,7 @@ pub async fn publish(topics: &TestTopics, messages: &[card_registrar::workload::
         .unwrap();
     let mut pending = Vec::with_capacity(messages.len());
     for m in messages {
-        let record = FutureRecord::to(topics.of(m.kind)).key(&m.key).payload(&m.payload);
+        let record = FutureRecord::to(topic(m.kind)).key(&m.key).payload(&m.payload);
         pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
     }
     for p in pending {
