@@ -12,8 +12,11 @@
 //! - [`card`]: the card rules (identifier patterns, PAN, Luhn, expiry, "cardId is not the PAN").
 //! - [`keys`]: key and certificate generation (`d1-simulator keys`).
 //! - [`server`]: [`Simulator::start`] and the [`RunningSimulator`] handle.
+//! - [`telemetry`]: the binary's logs and its optional OTLP span export (`service.name`
+//!   `d1-simulator`); every request runs in a server span under the caller's `traceparent`.
 //! - private: `jwk` (key files), `jwt` (assertion checks), `jwe` (decryption), `injector` (fault
-//!   decisions), `state` (shared in-memory state), `api_error`, `routes` (HTTP handlers), `tls`.
+//!   decisions), `state` (shared in-memory state), `api_error`, `routes` (HTTP handlers and the
+//!   request spans), `tls`.
 
 #![warn(missing_docs)]
 
@@ -23,6 +26,7 @@ pub mod faults;
 pub mod keys;
 pub mod server;
 pub mod stats;
+pub mod telemetry;
 
 mod api_error;
 mod injector;

@@ -1,5 +1,7 @@
 //! The `d1-simulator` binary: `serve` runs the simulator from flags or `D1SIM_*` environment
 //! variables until SIGINT/SIGTERM; `keys` writes key files. Logs go to stderr; never a PAN or key.
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, request spans are exported over OTLP (`service.name`
+//! `d1-simulator`) and flushed before exit.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +11,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use d1_simulator::config::{DEFAULT_ISSUER_ID, load_encryption_keys, load_issuer_keys};
 use d1_simulator::faults::parse_error_rates;
-use d1_simulator::{DuplicateAnswer, Faults, KeyOptions, Latency, SimConfig, Simulator, TlsConfig};
+use d1_simulator::{
+    DuplicateAnswer, Faults, KeyOptions, Latency, SimConfig, Simulator, TlsConfig, telemetry,
+};
 
 /// A stand-in for Thales D1 with fault injection.
 #[derive(Parser)]
@@ -83,6 +87,12 @@ struct ServeArgs {
     /// CA (PEM) whose client certificates are required (mutual TLS).
     #[arg(long, env = "D1SIM_CLIENT_CA", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// OTLP collector base URL (e.g. `http://127.0.0.1:4317`); request spans are exported only when set.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otel_exporter_otlp_endpoint: Option<String>,
+    /// OTLP protocol: `grpc` or `http/protobuf`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc")]
+    otel_exporter_otlp_protocol: String,
 }
 
 #[derive(Args)]
@@ -108,17 +118,12 @@ struct KeysArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let result = match Cli::parse().command {
         Command::Serve(args) => serve(*args),
-        Command::Keys(args) => keys(args),
+        Command::Keys(args) => match telemetry::init(None) {
+            Ok(_logs_only) => keys(args),
+            Err(error) => Err(error.to_string()),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,19 +148,33 @@ fn keys(args: KeysArgs) -> Result<(), String> {
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
+    let otlp = args.otel_exporter_otlp_endpoint.clone().map(|endpoint| telemetry::OtlpSettings {
+        endpoint,
+        protocol: args.otel_exporter_otlp_protocol.clone(),
+    });
     let config = serve_config(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|error| format!("cannot start the runtime: {error}"))?;
     runtime.block_on(async move {
-        let listen = config.1;
-        let simulator = Simulator::start(config.0, listen).await.map_err(|error| error.to_string())?;
-        tracing::info!(base_url = simulator.base_url(), "serving; stop with SIGINT or SIGTERM");
-        wait_for_signal().await?;
-        simulator.shutdown().await;
-        Ok(())
+        // Inside the runtime: the OTLP batch processor runs on it.
+        let telemetry = telemetry::init(otlp.as_ref()).map_err(|error| error.to_string())?;
+        let served = run(config).await;
+        // Spans still buffered leave before the process does, whatever happened.
+        if let Err(message) = telemetry.shutdown().await {
+            eprintln!("d1-simulator: warning: {message}");
+        }
+        served
     })
+}
+
+async fn run((config, listen): (SimConfig, SocketAddr)) -> Result<(), String> {
+    let simulator = Simulator::start(config, listen).await.map_err(|error| error.to_string())?;
+    tracing::info!(base_url = simulator.base_url(), "serving; stop with SIGINT or SIGTERM");
+    wait_for_signal().await?;
+    simulator.shutdown().await;
+    Ok(())
 }
 
 fn serve_config(args: ServeArgs) -> Result<(SimConfig, SocketAddr), String> {

@@ -5,12 +5,11 @@
 
 use std::time::Instant;
 
-use opentelemetry::propagation::Injector;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use reqwest::header::HeaderMap;
 
 use super::error::{D1Error, Operation, classify_transport};
 use crate::telemetry::metrics::{D1_REQUEST_DURATION, D1_REQUESTS};
+use crate::telemetry::propagation::inject_current_context;
 
 /// The most of a response body we read: D1 answers are small JSON documents.
 const MAX_BODY: usize = 64 * 1024;
@@ -20,8 +19,9 @@ pub(crate) async fn send(
     op: Operation,
     request: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, D1Error> {
+    // Always W3C, whatever global propagator is (or is not) installed: D1 and the simulator read it.
     let mut trace_headers = HeaderMap::new();
-    inject_trace_context(&mut trace_headers);
+    inject_current_context(&mut trace_headers);
     let started = Instant::now();
     let result = request.headers(trace_headers).send().await;
     metrics::histogram!(D1_REQUEST_DURATION, "operation" => op.as_str())
@@ -53,22 +53,4 @@ pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>
         }
     }
     Ok(body)
-}
-
-/// Writes W3C trace context of the current span into `headers`; a no-op without a propagator.
-fn inject_trace_context(headers: &mut HeaderMap) {
-    let cx = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
-}
-
-/// Adapts a header map to OpenTelemetry's propagation API.
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value))
-        {
-            self.0.insert(name, value);
-        }
-    }
 }

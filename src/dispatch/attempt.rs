@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::Utc;
 use sqlx::PgPool;
 use tracing::{Instrument, info, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::limiter::Limiter;
 use super::policy::{RetryPolicy, Verdict, classify};
@@ -22,6 +23,7 @@ use crate::d1::{D1Card, D1Client, D1Error, Operation, RegisterCard};
 use crate::store::outbox::{ClaimedRow, Finish};
 use crate::store::{StoreError, cards, locks, outbox};
 use crate::telemetry::metrics::{DISPATCH_OUTCOMES, DISPATCH_RETRIES};
+use crate::telemetry::propagation::parent_from_trace_headers;
 
 /// What every attempt needs; shared by all dispatch tasks of the process.
 pub struct Deps {
@@ -65,6 +67,13 @@ pub async fn run(deps: &Deps, row: ClaimedRow) -> Signal {
     let span = info_span!("dispatch.attempt", outbox_id = %row.id, card_id = %row.card_id,
                           correlation_id = %row.correlation_id, attempt = row.attempts,
                           reconcile = row.needs_reconcile, outcome = tracing::field::Empty);
+    // Continue the trace of the decision that enqueued the row (stored with it, so it survives
+    // a restart); a row without one starts its own trace.
+    if let Some(parent) =
+        row.traceparent.as_deref().and_then(|tp| parent_from_trace_headers(tp, row.tracestate.as_deref()))
+    {
+        let _ = span.set_parent(parent);
+    }
     async move {
         let (conclusion, signal) = conclude(deps, &row).await;
         match settle(deps, &row, conclusion).await {

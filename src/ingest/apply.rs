@@ -5,6 +5,10 @@
 //! from the offset the batch started at (a fence against a zombie consumer). A replay after a
 //! crash re-applies only uncommitted messages; the eventId check and idempotent decisions make
 //! even a double delivery harmless.
+//!
+//! Each message gets an `ingest.message` span under the producer's trace (module `spans`);
+//! an enqueued call stores the trace context of its `card.decide` span, so dispatch continues
+//! the same trace.
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,6 +17,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::envelope::{RawMessage, SealError, Sealer};
+use super::spans::{self, MessageOutcome};
 use crate::core::dead_letter::DeadLetterReason;
 use crate::core::decide::{Action, Effect, decide};
 use crate::core::record::{CallStatus, CardRecord};
@@ -20,6 +25,7 @@ use crate::core::validate::ValidEvent;
 use crate::store::history::HistoryRow;
 use crate::store::outbox::NewRegistration;
 use crate::store::{StoreError, cards, dead_letters, history, locks, offsets, outbox};
+use crate::telemetry::propagation::{TraceHeaders, current_trace_headers};
 
 /// Why a message will not be applied, decided before the transaction (decoding, validation).
 #[derive(Debug, Clone)]
@@ -41,7 +47,7 @@ pub struct Prepared {
     pub offset: i64,
     /// The message as received (sealed into a dead letter if refused).
     pub raw: RawMessage,
-    /// W3C trace context to store with an enqueued call.
+    /// The message's W3C `traceparent` header: the parent of its `ingest.message` span.
     pub traceparent: Option<String>,
     /// W3C `tracestate`.
     pub tracestate: Option<String>,
@@ -171,71 +177,93 @@ pub async fn apply_messages(
     let mut dead: Vec<Dead> = Vec::new();
 
     for m in messages {
-        let event = match &m.outcome {
-            Err(r) => {
-                dead.push(Dead {
-                    offset: m.offset,
-                    reason: r.reason,
-                    detail: r.detail.clone(),
-                    card_id: r.card_id.clone(),
-                    event_id: r.event_id,
-                    envelope: sealer.seal(&m.raw.to_bytes())?,
-                });
-                continue;
-            }
-            Ok(e) => e,
-        };
-        let meta = event.event().meta();
-        let event_id = meta.event_id.as_uuid();
-        if seen.contains(&event_id) || in_batch.contains(&event_id) {
-            applied.duplicates += 1;
-            continue;
-        }
-        let card_id = meta.card_id.as_str();
-        let (record, call) = state.entry(card_id.to_owned()).or_insert((None, None));
-        let decision = decide(record.as_ref(), *call, event, now);
-        for action in &decision.actions {
-            match action {
-                Action::EnqueueRegistration(request) => {
-                    enqueues.push((request.clone(), m.traceparent.as_deref(), m.tracestate.as_deref()));
-                    *call = Some(CallStatus::Queued);
+        let span = spans::message(topic, partition, m);
+        // Synchronous: the spans are entered and left without crossing an await.
+        let outcome = span.in_scope(|| -> Result<MessageOutcome, ApplyError> {
+            let event = match &m.outcome {
+                Err(r) => {
+                    let _dead_letter = spans::dead_letter(r.reason).entered();
+                    dead.push(Dead {
+                        offset: m.offset,
+                        reason: r.reason,
+                        detail: r.detail.clone(),
+                        card_id: r.card_id.clone(),
+                        event_id: r.event_id,
+                        envelope: sealer.seal(&m.raw.to_bytes())?,
+                    });
+                    return Ok(MessageOutcome::DeadLetter);
                 }
-                Action::CancelQueuedRegistration => {
-                    cancels.push(card_id);
-                    if matches!(call, Some(CallStatus::Queued | CallStatus::Parked)) {
-                        *call = Some(CallStatus::Cancelled);
+                Ok(e) => e,
+            };
+            let meta = event.event().meta();
+            let event_id = meta.event_id.as_uuid();
+            if seen.contains(&event_id) || in_batch.contains(&event_id) {
+                applied.duplicates += 1;
+                return Ok(MessageOutcome::Duplicate);
+            }
+            let card_id = meta.card_id.as_str();
+            let decide_span = spans::decide();
+            let _decide = decide_span.enter();
+            let (record, call) = state.entry(card_id.to_owned()).or_insert((None, None));
+            let decision = decide(record.as_ref(), *call, event, now);
+            let mut outcome = MessageOutcome::Applied;
+            for action in &decision.actions {
+                match action {
+                    Action::EnqueueRegistration(request) => {
+                        // Dispatch continues the trace from this decision, also after a restart.
+                        let trace = current_trace_headers().or_else(|| {
+                            m.traceparent.clone().map(|traceparent| TraceHeaders {
+                                traceparent,
+                                tracestate: m.tracestate.clone(),
+                            })
+                        });
+                        enqueues.push((request.clone(), trace));
+                        *call = Some(CallStatus::Queued);
+                    }
+                    Action::CancelQueuedRegistration => {
+                        cancels.push(card_id);
+                        if matches!(call, Some(CallStatus::Queued | CallStatus::Parked)) {
+                            *call = Some(CallStatus::Cancelled);
+                        }
+                    }
+                    Action::History(effect) => {
+                        decide_span.record("effect", effect.as_str());
+                        in_batch.insert(event_id);
+                        applied.effects.push(*effect);
+                        history_rows.push(HistoryRow {
+                            event_id,
+                            card_id,
+                            kind: event.event().kind().as_str(),
+                            outcome: event.event().outcome_str(),
+                            consumer_id: meta.consumer_id.as_str(),
+                            occurred_at: meta.occurred_at,
+                            effect: effect.as_str(),
+                            topic,
+                            partition,
+                            offset: m.offset,
+                        });
+                    }
+                    Action::DeadLetter(reason) => {
+                        let _dead_letter = spans::dead_letter(*reason).entered();
+                        outcome = MessageOutcome::DeadLetter;
+                        dead.push(Dead {
+                            offset: m.offset,
+                            reason: *reason,
+                            detail: format!("{} for card {card_id}", reason.code()),
+                            card_id: Some(card_id.to_owned()),
+                            event_id: Some(event_id),
+                            envelope: sealer.seal(&m.raw.to_bytes())?,
+                        });
                     }
                 }
-                Action::History(effect) => {
-                    in_batch.insert(event_id);
-                    applied.effects.push(*effect);
-                    history_rows.push(HistoryRow {
-                        event_id,
-                        card_id,
-                        kind: event.event().kind().as_str(),
-                        outcome: event.event().outcome_str(),
-                        consumer_id: meta.consumer_id.as_str(),
-                        occurred_at: meta.occurred_at,
-                        effect: effect.as_str(),
-                        topic,
-                        partition,
-                        offset: m.offset,
-                    });
-                }
-                Action::DeadLetter(reason) => dead.push(Dead {
-                    offset: m.offset,
-                    reason: *reason,
-                    detail: format!("{} for card {card_id}", reason.code()),
-                    card_id: Some(card_id.to_owned()),
-                    event_id: Some(event_id),
-                    envelope: sealer.seal(&m.raw.to_bytes())?,
-                }),
             }
-        }
-        if let Some(next) = decision.record {
-            *record = Some(next);
-            dirty.push(card_id.to_owned());
-        }
+            if let Some(next) = decision.record {
+                *record = Some(next);
+                dirty.push(card_id.to_owned());
+            }
+            Ok(outcome)
+        })?;
+        spans::record_outcome(&span, outcome);
     }
 
     dirty.sort_unstable();
@@ -250,10 +278,10 @@ pub async fn apply_messages(
     history::append(tx, &history_rows).await?;
     let new_rows: Vec<NewRegistration<'_>> = enqueues
         .iter()
-        .map(|(request, traceparent, tracestate)| NewRegistration {
+        .map(|(request, trace)| NewRegistration {
             request,
-            traceparent: *traceparent,
-            tracestate: *tracestate,
+            traceparent: trace.as_ref().map(|t| t.traceparent.as_str()),
+            tracestate: trace.as_ref().and_then(|t| t.tracestate.as_deref()),
         })
         .collect();
     outbox::enqueue(tx, &new_rows).await?;

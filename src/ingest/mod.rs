@@ -17,6 +17,7 @@ pub mod prepare;
 pub mod registry;
 pub mod replay;
 pub mod schemas;
+mod spans;
 
 #[cfg(test)]
 mod decode_tests;

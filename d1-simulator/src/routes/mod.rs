@@ -1,10 +1,12 @@
 //! The HTTP surface: D1's token, Register Card and Get Card endpoints, and the `/_sim` admin
 //! routes. Shared helpers for answering: refusals are counted by errorCode and logged by code only
-//! (a path or body might hold a PAN), injected faults are counted by kind.
+//! (a path or body might hold a PAN), injected faults are counted by kind. Every request runs
+//! in a server span under the caller's W3C trace context (`trace`).
 
 mod admin;
 mod cards;
 mod oauth;
+mod trace;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +32,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/banking/v1/issuers/{issuer_id}/cards/{card_id}", get(cards::get))
         .nest("/_sim", admin::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint") })
+        .layer(axum::middleware::from_fn(trace::request_span))
         .with_state(state)
 }
 

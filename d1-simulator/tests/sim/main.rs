@@ -8,3 +8,4 @@ mod oauth;
 mod register;
 mod throughput;
 mod tls;
+mod trace;
