@@ -81,7 +81,7 @@ pub struct SpanCapture {
     spans: Arc<Mutex<Vec<SpanData>>>,
 }
 
-/// A finished span in plain form: name, ids, attributes and events.
+/// A finished span in plain form: name, ids, attributes, events and links.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CapturedSpan {
     /// Span name.
@@ -96,6 +96,8 @@ pub struct CapturedSpan {
     pub attributes: Vec<(String, String)>,
     /// Events in order.
     pub events: Vec<CapturedEvent>,
+    /// Span ids of the spans this one links to (e.g. a message span to its batch).
+    pub links: Vec<String>,
 }
 
 /// An event recorded in a span (a `tracing` event inside it).
@@ -165,6 +167,7 @@ impl From<&SpanData> for CapturedSpan {
                 .iter()
                 .map(|e| CapturedEvent { name: e.name.to_string(), attributes: pairs(&e.attributes) })
                 .collect(),
+            links: span.links.iter().map(|l| l.span_context.span_id().to_string()).collect(),
         }
     }
 }
