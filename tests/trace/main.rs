@@ -5,4 +5,6 @@
 #[allow(dead_code)]
 #[path = "../it/helpers.rs"]
 mod helpers;
+mod jaeger;
+mod processes;
 mod propagation;
