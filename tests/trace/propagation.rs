@@ -2,17 +2,9 @@
 //! through ingest, the decision, the outbox row, dispatch, the D1 client and the simulator,
 //! checked span by span through the parent links (every finished span is captured).
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use card_registrar::config::{LogFormat, TelemetrySettings};
 use card_registrar::core::event::EventKind;
-use card_registrar::crypto::{AssertionKey, CardDataKeys, D1EncryptionKey};
-use card_registrar::d1::{D1Client, D1ClientConfig};
-use card_registrar::dispatch::attempt::Deps;
-use card_registrar::dispatch::limiter::Limiter;
-use card_registrar::dispatch::policy::RetryPolicy;
-use card_registrar::dispatch::{DispatchOptions, Dispatcher, StepOutcome};
+use card_registrar::dispatch::StepOutcome;
 use card_registrar::ingest::apply::{Batch, apply_batch};
 use card_registrar::ingest::encode::Framing;
 use card_registrar::ingest::envelope::RawMessage;
@@ -24,6 +16,7 @@ use chrono::Utc;
 use d1_simulator::{SimConfig, Simulator};
 use tracing::Instrument as _;
 
+use crate::dispatcher::dispatcher;
 use crate::helpers::{TestDb, TestKeys};
 
 const TRACE_ID: &str = "5b8efff798038103d269b633813fc60c";
@@ -46,40 +39,6 @@ fn with_traceparent(m: &Outgoing) -> RawMessage {
         headers: vec![("traceparent".into(), Some(traceparent.into_bytes()))],
         payload: Some(m.payload.clone()),
     }
-}
-
-fn dispatcher(db: &TestDb, keys: &TestKeys, d1_url: &str) -> Dispatcher {
-    let f = &keys.files;
-    let timeout = Duration::from_secs(5);
-    let client = D1Client::new(D1ClientConfig {
-        base_url: d1_url.parse().unwrap(),
-        issuer_id: card_registrar::core::ids::IssuerId::parse(f.issuer_id.as_str()).unwrap(),
-        auth_key: AssertionKey::from_file(&f.issuer_auth_private_pem, f.issuer_auth_kid.clone()).unwrap(),
-        encryption_key: D1EncryptionKey::from_file(&f.d1_encryption_public_jwk).unwrap(),
-        client_identity: None,
-        ca_cert: None,
-        timeout,
-        audience: None,
-    })
-    .unwrap();
-    let deps = Deps {
-        pool: db.pool.clone(),
-        client,
-        keys: Arc::new(CardDataKeys::from_file(&f.card_data_private_jwks).unwrap()),
-        limiter: Limiter::new(4, 1000),
-        policy: RetryPolicy::default(),
-        request_timeout: timeout,
-    };
-    let options = DispatchOptions {
-        owner: "trace-test".into(),
-        claim_batch: 4,
-        lease: Duration::from_secs(30),
-        poll_interval: Duration::from_millis(50),
-        breaker_threshold: 100,
-        breaker_cool_down: Duration::from_millis(100),
-        drain_timeout: Duration::from_secs(5),
-    };
-    Dispatcher::new(deps, options)
 }
 
 /// The one span called `name` whose attribute `key` is `value` (or the only one when `key` is empty).
@@ -130,7 +89,7 @@ async fn one_trace_links_the_kafka_message_the_decision_the_dispatch_and_the_sim
         .unwrap();
 
     // Dispatch: the row's stored context is the parent, also in a fresh dispatcher (as after a restart).
-    let d = dispatcher(&db, &keys, sim.base_url());
+    let d = dispatcher(&db.pool, &keys, sim.base_url());
     assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(1));
     assert_eq!(sim.stats().effective_registrations, 1);
 
