@@ -8,4 +8,3 @@ mod oauth;
 mod register;
 mod throughput;
 mod tls;
-mod trace;

@@ -1,5 +1,13 @@
 //! Request spans: each request runs in a server span named after its route template, a child of
 //! the caller's W3C `traceparent`, with the response status and never the request path.
+//!
+//! Its own test binary: the test reads spans through a thread-local subscriber, and `tracing`
+//! caches each callsite's interest process-wide, so a request served by a parallel test on another
+//! thread (without a subscriber) could disable the span callsite for this one.
+
+#[allow(dead_code)]
+#[path = "sim/helpers.rs"]
+mod helpers;
 
 use std::sync::{Arc, Mutex};
 
@@ -8,7 +16,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor, SpanData, SpanExporter};
 use tracing_subscriber::layer::SubscriberExt as _;
 
-use crate::helpers::{PAN, TestSim};
+use helpers::{PAN, TestSim};
 
 /// Keeps every finished span.
 #[derive(Debug, Clone, Default)]
