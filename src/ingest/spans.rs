@@ -6,6 +6,11 @@
 //! a few recorded fields: the `eventId` is the only value formatted. Never a field from the
 //! message key, value or headers other than the trace context: a key or a malformed value may
 //! be a clear PAN, and only a `cardId` that passed validation (or was shown safe) is recorded.
+//!
+//! These spans go into traces only, not into log lines (see `telemetry::subscriber`): formatting
+//! their fields for the log layer cost more than the spans. Measured in a release build without an
+//! exporter: about 4 µs per message with both spans, the parent and the stored trace context
+//! (8 µs when the log layer saw them too).
 
 use opentelemetry::trace::TraceContextExt as _;
 use tracing::field::Empty;

@@ -168,3 +168,23 @@ fn an_otlp_endpoint_outside_a_tokio_runtime_is_an_error_not_a_panic() {
 
     assert!(matches!(error, TelemetryError::NoRuntime), "{error}");
 }
+
+#[test]
+fn per_message_ingest_spans_reach_traces_but_not_log_lines() {
+    let (lines, spans) = captured("trace", LogFormat::Json, || {
+        let batch = tracing::info_span!("ingest.batch", topic = "card-created");
+        batch.in_scope(|| {
+            let message =
+                tracing::info_span!(target: "card_registrar::ingest::spans", "ingest.message", card_id = "card-7");
+            message.in_scope(|| tracing::warn!("inside the message span"));
+        });
+    });
+
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = json(&lines[0]);
+    assert_eq!(line["span"], "ingest.batch", "{line}");
+    assert_eq!(line["topic"], "card-created");
+    assert!(line.get("card_id").is_none(), "{line}");
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["ingest.message", "ingest.batch"]);
+}

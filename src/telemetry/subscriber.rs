@@ -1,15 +1,16 @@
 //! The `tracing` subscriber: a log layer (JSON or text) and an OpenTelemetry layer, each filtered.
 //!
-//! The log layer follows `RUST_LOG` exactly. The trace layer sees at least `info` whatever
-//! `RUST_LOG` says, so quieter logs never cut a trace (nor drop the `traceparent` we store in the
-//! outbox), and never sees the exporter's own crates (h2, hyper, tonic, tower, opentelemetry): their
-//! spans would be exported by the export they describe.
+//! The log layer follows `RUST_LOG` exactly, except for the per-message ingest spans, which only
+//! traces get (a log line inside one names its batch's span and trace). The trace layer sees at
+//! least `info` whatever `RUST_LOG` says, so quieter logs never cut a trace (nor drop the
+//! `traceparent` we store in the outbox), and never sees the exporter's own crates (h2, hyper,
+//! tonic, tower, opentelemetry): their spans would be exported by the export they describe.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Dispatch;
 use tracing::level_filters::LevelFilter;
-use tracing_subscriber::filter::{EnvFilter, FilterExt as _, Targets};
+use tracing_subscriber::filter::{EnvFilter, FilterExt as _, Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::{Layer, SubscriberExt as _};
@@ -21,6 +22,11 @@ use crate::config::{LogFormat, TelemetrySettings};
 
 /// Crates whose spans and events never go into traces (prefix match on the target).
 const EXPORTER_CRATES: [&str; 6] = ["h2", "hyper", "tonic", "tower::", "opentelemetry", "reqwest"];
+
+/// Where the per-message ingest spans are created. They go into traces only: the log layer would
+/// format every field of every span to JSON for log lines that are never written inside them, which
+/// costs more than the spans themselves at tens of thousands of messages per second.
+const TRACE_ONLY_SPANS: &str = "card_registrar::ingest::spans";
 
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
@@ -39,7 +45,8 @@ where
     } else {
         format!("{},opentelemetry=warn,opentelemetry_sdk=warn", settings.rust_log)
     };
-    let log_filter = EnvFilter::try_new(&spec).map_err(TelemetryError::Filter)?;
+    let not_trace_only = filter_fn(|meta| !(meta.is_span() && meta.target() == TRACE_ONLY_SPANS));
+    let log_filter = EnvFilter::try_new(&spec).map_err(TelemetryError::Filter)?.and(not_trace_only);
     let log_layer: BoxedLayer = match settings.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .fmt_fields(JsonFields::new())
