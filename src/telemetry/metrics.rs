@@ -15,9 +15,10 @@ pub const DEAD_LETTERS: &str = "card_registrar_dead_letters_total";
 pub const INGEST_BATCH_SIZE: &str = "card_registrar_ingest_batch_size";
 /// Histogram of ingest transaction duration, seconds.
 pub const INGEST_BATCH_DURATION: &str = "card_registrar_ingest_batch_duration_seconds";
-/// Gauge, labels `topic`, `partition`: high watermark minus stored next offset.
+/// Gauge, labels `topic`, `partition`: librdkafka's consumer lag (high watermark minus the committed
+/// offset), refreshed with its statistics every 5 s.
 pub const CONSUMER_LAG: &str = "card_registrar_consumer_lag";
-/// Gauge, label `status`: outbox rows per status.
+/// Gauge, label `status` (`PENDING`, `IN_FLIGHT`, `PARKED`): outbox rows per status, every 10 s.
 pub const OUTBOX_ROWS: &str = "card_registrar_outbox_rows";
 /// Gauge: age in seconds of the oldest outbox row that is due and not sent.
 pub const OUTBOX_OLDEST_DUE_AGE: &str = "card_registrar_outbox_oldest_due_age_seconds";
@@ -27,7 +28,8 @@ pub const D1_REQUESTS: &str = "card_registrar_d1_requests_total";
 pub const D1_REQUEST_DURATION: &str = "card_registrar_d1_request_duration_seconds";
 /// Counter, label `reason` (`retryable`, `ambiguous`, `rate_limited`): attempts rescheduled.
 pub const DISPATCH_RETRIES: &str = "card_registrar_dispatch_retries_total";
-/// Counter, label `outcome` (`done`, `parked`, `cancelled`, `retry`): finished dispatch attempts.
+/// Counter, label `outcome` (`done`, `parked`, `cancelled`, `retry`, `released`, `lease_lost`):
+/// settled dispatch attempts.
 pub const DISPATCH_OUTCOMES: &str = "card_registrar_dispatch_outcomes_total";
 /// Gauge: circuit breaker state, 0 closed, 1 open, 2 half-open.
 pub const CIRCUIT_BREAKER_STATE: &str = "card_registrar_circuit_breaker_state";
