@@ -10,7 +10,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Dispatch;
 use tracing::level_filters::LevelFilter;
-use tracing_subscriber::filter::{EnvFilter, FilterExt as _, Targets, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, FilterExt as _, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::{Layer, SubscriberExt as _};
@@ -23,9 +23,9 @@ use crate::config::{LogFormat, TelemetrySettings};
 /// Crates whose spans and events never go into traces (prefix match on the target).
 const EXPORTER_CRATES: [&str; 6] = ["h2", "hyper", "tonic", "tower::", "opentelemetry", "reqwest"];
 
-/// Where the per-message ingest spans are created. They go into traces only: the log layer would
-/// format every field of every span to JSON for log lines that are never written inside them, which
-/// costs more than the spans themselves at tens of thousands of messages per second.
+/// Where the per-message ingest spans are created (and nothing is logged). They go into traces only:
+/// the log layer would format every field of every span to JSON for log lines that are never written
+/// inside them, which costs more than the spans themselves at tens of thousands of messages a second.
 const TRACE_ONLY_SPANS: &str = "card_registrar::ingest::spans";
 
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
@@ -40,13 +40,15 @@ where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     // The SDK's own chatter ("global tracer provider is set") is not for operators, unless asked for.
-    let spec = if settings.rust_log.contains("opentelemetry") {
-        settings.rust_log.clone()
+    let quiet_sdk = if settings.rust_log.contains("opentelemetry") {
+        ""
     } else {
-        format!("{},opentelemetry=warn,opentelemetry_sdk=warn", settings.rust_log)
+        ",opentelemetry=warn,opentelemetry_sdk=warn"
     };
-    let not_trace_only = filter_fn(|meta| !(meta.is_span() && meta.target() == TRACE_ONLY_SPANS));
-    let log_filter = EnvFilter::try_new(&spec).map_err(TelemetryError::Filter)?.and(not_trace_only);
+    // A directive, not a filter function: its callsites are decided once (never logged), so the
+    // per-message spans cost the log layer nothing and every other callsite keeps its interest.
+    let spec = format!("{}{quiet_sdk},{TRACE_ONLY_SPANS}=off", settings.rust_log);
+    let log_filter = EnvFilter::try_new(&spec).map_err(TelemetryError::Filter)?;
     let log_layer: BoxedLayer = match settings.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .fmt_fields(JsonFields::new())
