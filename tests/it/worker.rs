@@ -18,6 +18,12 @@ pub struct WorkerEnv {
 }
 
 impl WorkerEnv {
+    /// Overrides or adds one variable.
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.vars.retain(|(k, _)| k != key);
+        self.vars.push((key.into(), value.into()));
+    }
+
     /// Environment for a worker on this schema, these topics and keys; `d1_url` None = no dispatch.
     pub fn new(db: &TestDb, topics: &TestTopics, keys: &TestKeys, group: &str, d1_url: Option<&str>) -> Self {
         let f = &keys.files;
