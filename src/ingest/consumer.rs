@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::statistics::Statistics;
@@ -100,7 +100,8 @@ struct Ctx {
     kinds: HashMap<String, EventKind>,
     router: Mutex<Router>,
     commits: std::sync::mpsc::Sender<Committed>,
-    health: HealthSink,
+    /// Set by the error callback; the poll loop reports it (it alone talks to the health sink).
+    brokers_down: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx {
@@ -215,7 +216,7 @@ impl ClientContext for Ctx {
 
     fn error(&self, error: KafkaError, reason: &str) {
         if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
-            (self.health)(false);
+            self.brokers_down.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         warn!(error = %error, reason, "kafka client error");
     }
@@ -229,8 +230,6 @@ impl ConsumerContext for Ctx {
             other => error!(error = ?other, "rebalance error"),
         }
     }
-
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
 }
 
 /// Runs ingest until `shutdown` is cancelled: stop fetching, let each partition finish and commit
@@ -289,7 +288,7 @@ fn poll_thread(
         kinds,
         router: Mutex::new(Router { slots: HashMap::new() }),
         commits: commits_tx,
-        health: health.clone(),
+        brokers_down: std::sync::atomic::AtomicBool::new(false),
     };
     let consumer: BaseConsumer<Ctx> = client_config(&options)
         .create_with_context(ctx)
@@ -301,20 +300,31 @@ fn poll_thread(
     info!(topics = ?names, group = %options.group_id, "ingest started");
 
     let mut last_check = Instant::now() - Duration::from_secs(60);
+    let mut healthy = None;
+    let mut report = |ok: bool| {
+        // Only changes are reported: the readiness gauge is not touched per message.
+        if healthy != Some(ok) {
+            healthy = Some(ok);
+            health(ok);
+        }
+    };
     while !shutdown.is_cancelled() {
+        if consumer.context().brokers_down.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            report(false);
+        }
         flush_overflow(&consumer);
         drain_commits(&consumer, &commits_rx);
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(message)) => {
-                health(true);
+                report(true);
                 route(&consumer, &message);
             }
             Some(Err(e)) => warn!(error = %e, "kafka poll error"),
         }
         if last_check.elapsed() >= Duration::from_secs(5) {
             last_check = Instant::now();
-            health(consumer.fetch_metadata(names.first().copied(), Duration::from_secs(2)).is_ok());
+            report(consumer.fetch_metadata(names.first().copied(), Duration::from_secs(2)).is_ok());
         }
     }
 
