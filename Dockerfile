@@ -17,7 +17,8 @@ ARG RUST_VERSION=1.95
 # ---------------------------------------------------------------- build
 FROM rust:${RUST_VERSION}-bookworm AS builder
 
-# rdkafka builds librdkafka with cmake and links OpenSSL, libcurl and zlib dynamically.
+# rdkafka builds librdkafka with cmake (statically linked into the binary) against OpenSSL and zlib;
+# libcurl's headers are there for librdkafka's optional HTTP features, which we do not enable.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev \
@@ -27,20 +28,24 @@ WORKDIR /src
 COPY . .
 
 # The cache mounts keep the registry and the compiled dependencies between builds, so a source
-# change recompiles only our two crates. The binaries leave the cached target/ in the same step.
+# change recompiles only our two crates. The binaries leave the cached target/ in the same step,
+# with their line tables (release profile: debug = "line-tables-only", for file:line in panics)
+# compressed: card-registrar is ~100 MB as built, ~41 MB compressed, ~17 MB stripped.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked --workspace --bins \
- && install -D -m 0755 target/release/card-registrar /out/card-registrar \
- && install -D -m 0755 target/release/d1-simulator /out/d1-simulator
+ && mkdir -p /out \
+ && objcopy --compress-debug-sections=zlib target/release/card-registrar /out/card-registrar \
+ && objcopy --compress-debug-sections=zlib target/release/d1-simulator /out/d1-simulator
 
 # ---------------------------------------------------------------- runtime
 FROM debian:bookworm-slim AS runtime
 
-# Only the shared libraries the binaries link (checked with ldd) and the CA bundle for TLS.
+# Only the shared libraries the binaries link beyond the base image's libc and libgcc_s (ldd:
+# libssl.so.3, libcrypto.so.3, libz.so.1) and the CA bundle for TLS.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libssl3 libcurl4 zlib1g \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can verify it and volumes can be chowned to it.
