@@ -167,7 +167,7 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
             let delivery = producer.send_result(record).map_err(|(e, _)| CliError::context("publish", e))?;
             pending.push(delivery);
             sent += 1;
-            if sent % 5000 == 0 {
+            if sent.is_multiple_of(5000) {
                 eprintln!(
                     "published {sent}/{total} ({:.0}/s)",
                     sent as f64 / started.elapsed().as_secs_f64()
@@ -185,10 +185,10 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
     }
     producer.flush(Duration::from_secs(30)).map_err(|e| CliError::context("flush", e))?;
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "published {sent} messages for {} cards in {secs:.1} s ({:.0}/s)",
+    super::print_out(&format!(
+        "published {sent} messages for {} cards in {secs:.1} s ({:.0}/s)\n",
         args.cards,
         sent as f64 / secs
-    );
+    ))?;
     Ok(())
 }

@@ -421,10 +421,8 @@ fn drain_commits(consumer: &BaseConsumer<Ctx>, commits: &std::sync::mpsc::Receiv
         }
         any = true;
     }
-    if any {
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            debug!(error = %e, "async Kafka commit failed (PostgreSQL holds the offsets)");
-        }
+    if any && let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        debug!(error = %e, "async Kafka commit failed (PostgreSQL holds the offsets)");
     }
 }
 

@@ -121,10 +121,10 @@ impl Worker {
         let url = format!("http://{}/readyz", self.admin);
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if let Ok(r) = reqwest::get(&url).await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status().is_success()
+            {
+                return;
             }
             assert!(tokio::time::Instant::now() < deadline, "worker never ready; log:\n{}", tail(&self.log));
             tokio::time::sleep(Duration::from_millis(100)).await;
