@@ -110,6 +110,21 @@ impl Ctx {
         self.router.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Stops partition tasks and waits for their batches in hand, up to `revoke_wait` in all.
+    fn stop_and_wait(&self, slots: Vec<((String, i32), Slot)>, late: &str) {
+        for (_, slot) in &slots {
+            slot.stop.cancel();
+        }
+        let deadline = Instant::now() + self.options.revoke_wait;
+        for ((topic, partition), slot) in slots {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.rt.block_on(async { tokio::time::timeout(left, slot.task).await }).is_err() {
+                // Safe either way: a late commit is fenced by the stored offset.
+                warn!(topic, partition, "{late}");
+            }
+        }
+    }
+
     /// Reads the stored offsets for the group, retrying while PostgreSQL is unreachable: a
     /// partition must never start from a guessed offset.
     fn stored_offsets(&self) -> HashMap<(String, i32), i64> {
@@ -171,25 +186,18 @@ impl Ctx {
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
-        let mut stopping = Vec::new();
-        {
+        let stopping: Vec<_> = {
             let mut router = self.router();
-            for elem in tpl.elements() {
-                let key = (elem.topic().to_owned(), elem.partition());
-                if let Some(slot) = router.slots.remove(&key) {
-                    slot.stop.cancel();
-                    stopping.push((key, slot.task));
-                }
-            }
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .filter_map(|key| router.slots.remove(&key).map(|slot| (key, slot)))
+                .collect()
+        };
+        for ((topic, partition), _) in &stopping {
+            info!(topic, partition, "partition revoked");
         }
-        let deadline = Instant::now() + self.options.revoke_wait;
-        for ((topic, partition), task) in stopping {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rt.block_on(async { tokio::time::timeout(left, task).await }) {
-                Ok(_) => info!(topic, partition, "partition revoked"),
-                Err(_) => warn!(topic, partition, "partition revoked while its batch was still running"),
-            }
-        }
+        self.stop_and_wait(stopping, "partition revoked while its batch was still running");
         let result =
             if matches!(consumer.rebalance_protocol(), rdkafka::consumer::RebalanceProtocol::Cooperative) {
                 consumer.incremental_unassign(tpl)
@@ -329,24 +337,8 @@ fn poll_thread(
     }
 
     info!("ingest stopping: finishing batches in hand");
-    let tasks: Vec<_> = {
-        let mut router = consumer.context().router();
-        router
-            .slots
-            .drain()
-            .map(|(key, slot)| {
-                slot.stop.cancel();
-                (key, slot.task)
-            })
-            .collect()
-    };
-    let deadline = Instant::now() + options.revoke_wait;
-    for ((topic, partition), task) in tasks {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if consumer.context().rt.block_on(async { tokio::time::timeout(left, task).await }).is_err() {
-            warn!(topic, partition, "batch still running at shutdown; it will be replayed");
-        }
-    }
+    let slots: Vec<_> = consumer.context().router().slots.drain().collect();
+    consumer.context().stop_and_wait(slots, "batch still running at shutdown; it will be replayed");
     drain_commits(&consumer, &commits_rx);
     consumer.unsubscribe();
     // Dropping the consumer closes it: it leaves the group so partitions move at once.
