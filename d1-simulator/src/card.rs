@@ -244,7 +244,7 @@ pub fn luhn_ok(digits: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// True when the cardId equals or contains the PAN, or is its SHA-256 digest in hex or base64.

@@ -34,21 +34,24 @@ pub async fn run(db: &DatabaseSettings, cmd: CardCommand) -> Result<(), CliError
     }
     let record = record.map(|(r, call)| {
         json!({
-            "cardId": r.card_id.as_str(),
-            "consumerId": r.consumer_id.as_str(),
+            "card_id": r.card_id.as_str(),
+            "consumer_id": r.consumer_id.as_str(),
             "state": r.state.as_str(),
             "source": r.source.map(|s| s.as_str()),
-            "cardProductId": r.card_product_id.as_ref().map(|p| p.as_str()),
-            "initialState": r.initial_state.map(|s| s.as_str()),
-            "hasCardData": r.encrypted_card.is_some(),
-            "implicitWhileInFlight": r.implicit_while_in_flight.map(|s| s.as_str()),
+            "card_product_id": r.card_product_id.as_ref().map(|p| p.as_str()),
+            "initial_state": r.initial_state.map(|s| s.as_str()),
+            "has_card_data": r.encrypted_card.is_some(),
+            "implicit_while_in_flight": r.implicit_while_in_flight.map(|s| s.as_str()),
             "failure": r.failure,
-            "registeredAt": r.registered_at,
+            "registered_at": r.registered_at,
             "version": r.version,
             "call": call.map(|c| format!("{c:?}")),
         })
     });
-    let out = json!({ "record": record, "history": events, "outbox": rows, "deadLetters": letters });
-    println!("{}", serde_json::to_string_pretty(&out).map_err(|e| CliError::context("print", e))?);
+    let out = json!({ "record": record, "history": events, "outbox": rows, "dead_letters": letters });
+    super::print_out(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(&out).map_err(|e| CliError::context("print", e))?
+    ))?;
     Ok(())
 }

@@ -10,7 +10,7 @@ pub async fn run(db: &DatabaseSettings) -> Result<(), CliError> {
     let pool = store::connect(&db.database_url, 2).await.map_err(|e| CliError::context("migrate", e))?;
     store::migrate(&pool).await.map_err(|e| CliError::context("migrate", error_chain(&e)))?;
     let applied = store::MIGRATOR.iter().count();
-    println!("migrations applied ({applied} known)");
+    super::print_out(&format!("migrations applied ({applied} known)\n"))?;
     Ok(())
 }
 

@@ -67,8 +67,21 @@ impl CliError {
 
 /// Prints rows as JSON lines (machine-readable, one object per line).
 pub(crate) fn print_json<T: serde::Serialize>(rows: &[T]) -> Result<(), CliError> {
+    let mut text = String::new();
     for r in rows {
-        println!("{}", serde_json::to_string(r).map_err(|e| CliError::context("print", e))?);
+        text.push_str(&serde_json::to_string(r).map_err(|e| CliError::context("print", e))?);
+        text.push('\n');
     }
-    Ok(())
+    print_out(&text)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+pub(crate) fn print_out(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::context("write to stdout", e)),
+    }
 }

@@ -54,10 +54,10 @@ pub async fn run(db: &DatabaseSettings, cmd: OutboxCommand) -> Result<(), CliErr
         .map_err(|e| CliError::context("outbox", error_chain(&e)))?;
     match cmd {
         OutboxCommand::List { status, card, limit } => {
-            if let Some(s) = &status {
-                if !STATUSES.contains(&s.as_str()) {
-                    return Err(CliError::Failed(format!("--status must be one of {}", STATUSES.join(", "))));
-                }
+            if let Some(s) = &status
+                && !STATUSES.contains(&s.as_str())
+            {
+                return Err(CliError::Failed(format!("--status must be one of {}", STATUSES.join(", "))));
             }
             let rows = outbox::list(&pool, status.as_deref(), card.as_deref(), limit)
                 .await
@@ -76,14 +76,14 @@ pub async fn run(db: &DatabaseSettings, cmd: OutboxCommand) -> Result<(), CliErr
                     .await
                     .map_err(|e| CliError::context("outbox retry", error_chain(&e)))?;
             }
-            println!("retried {} row(s)", ids.len());
+            super::print_out(&format!("retried {} row(s)\n", ids.len()))?;
             Ok(())
         }
         OutboxCommand::Cancel { id } => {
             operator::cancel(&pool, id)
                 .await
                 .map_err(|e| CliError::context("outbox cancel", error_chain(&e)))?;
-            println!("cancelled {id}");
+            super::print_out(&format!("cancelled {id}\n"))?;
             Ok(())
         }
     }

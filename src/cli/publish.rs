@@ -64,11 +64,42 @@ pub struct PublishArgs {
     /// Write the expected outcome per card (JSON lines: cardId, plan) to this file.
     #[arg(long)]
     pub expect_out: Option<PathBuf>,
+    /// Create the three topics first (this many partitions each) when they do not exist.
+    #[arg(long)]
+    pub create_topics: Option<i32>,
+}
+
+/// Creates the configured topics with `partitions` partitions each; existing ones are kept.
+async fn create_topics(kafka: &KafkaSettings, partitions: i32) -> Result<(), CliError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.kafka_brokers)
+        .create()
+        .map_err(|e| CliError::context("create the Kafka admin client", e))?;
+    let names = [&kafka.topic_card_created, &kafka.topic_card_tokenized, &kafka.topic_card_ordered];
+    let topics: Vec<NewTopic<'_>> =
+        names.iter().map(|n| NewTopic::new(n.as_str(), partitions, TopicReplication::Fixed(1))).collect();
+    let results = admin
+        .create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .await
+        .map_err(|e| CliError::context("create topics", e))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(CliError::Failed(format!("create topic {topic}: {code}"))),
+        }
+    }
+    Ok(())
 }
 
 /// Publishes the stream and prints a summary.
 pub async fn run(args: PublishArgs) -> Result<(), CliError> {
     args.kafka.validate()?;
+    if let Some(partitions) = args.create_topics {
+        create_topics(&args.kafka, partitions).await?;
+    }
     let key = RecipientKey::from_file(&args.card_data_public_key)
         .map_err(|e| ConfigError { variable: "CARD_DATA_PUBLIC_KEY", problem: e.to_string() })?;
     let schemas = SchemaSet::embedded().map_err(|e| CliError::context("load schemas", e))?;
@@ -136,7 +167,7 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
             let delivery = producer.send_result(record).map_err(|(e, _)| CliError::context("publish", e))?;
             pending.push(delivery);
             sent += 1;
-            if sent % 5000 == 0 {
+            if sent.is_multiple_of(5000) {
                 eprintln!(
                     "published {sent}/{total} ({:.0}/s)",
                     sent as f64 / started.elapsed().as_secs_f64()
@@ -154,10 +185,10 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
     }
     producer.flush(Duration::from_secs(30)).map_err(|e| CliError::context("flush", e))?;
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "published {sent} messages for {} cards in {secs:.1} s ({:.0}/s)",
+    super::print_out(&format!(
+        "published {sent} messages for {} cards in {secs:.1} s ({:.0}/s)\n",
         args.cards,
         sent as f64 / secs
-    );
+    ))?;
     Ok(())
 }

@@ -122,13 +122,13 @@ pub fn decide(
 ) -> Decision {
     let event = event.event();
     let meta = event.meta();
-    if let Some(r) = record {
-        if r.consumer_id != meta.consumer_id {
-            return Decision {
-                record: None,
-                actions: vec![Action::DeadLetter(DeadLetterReason::ConsumerMismatch)],
-            };
-        }
+    if let Some(r) = record
+        && r.consumer_id != meta.consumer_id
+    {
+        return Decision {
+            record: None,
+            actions: vec![Action::DeadLetter(DeadLetterReason::ConsumerMismatch)],
+        };
     }
     match event {
         CardEvent::Created(c) => on_created(record, c),

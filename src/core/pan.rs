@@ -84,7 +84,7 @@ pub fn luhn_valid(digits: &str) -> bool {
         }
         sum += d;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Card expiry as `MMYY`, month 01..12.
@@ -291,5 +291,64 @@ mod tests {
         // A digest of another PAN is fine.
         let other = hex::encode(sha2::Sha256::digest(b"5555555555554444"));
         assert_eq!(card_id_derivation(&other, &p), None);
+    }
+
+    use proptest::prelude::*;
+
+    /// Any 12..19-digit Luhn-valid PAN: random digits, then the check digit that makes it valid.
+    fn any_pan() -> impl Strategy<Value = String> {
+        proptest::collection::vec(0u8..10, 11..=18).prop_map(|body| {
+            let mut digits: String = body.iter().map(|d| char::from(b'0' + d)).collect();
+            let check = (0..10u8).find(|c| luhn_valid(&format!("{digits}{c}"))).unwrap_or(0);
+            digits.push(char::from(b'0' + check));
+            digits
+        })
+    }
+
+    fn digest_forms(pan: &str) -> Vec<String> {
+        let b = pan.as_bytes();
+        let digests = [
+            md5::Md5::digest(b).to_vec(),
+            sha1::Sha1::digest(b).to_vec(),
+            sha2::Sha256::digest(b).to_vec(),
+            sha2::Sha512::digest(b).to_vec(),
+        ];
+        let mut forms = Vec::new();
+        for d in digests {
+            forms.push(hex::encode(&d));
+            forms.push(hex::encode_upper(&d));
+            for e in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+                forms.push(e.encode(&d));
+            }
+        }
+        forms
+    }
+
+    proptest! {
+        #[test]
+        fn every_pan_derived_card_id_form_is_detected(pan in any_pan(), prefix in "[a-z_-]{0,8}", suffix in "[a-z_-]{0,8}") {
+            let p = Pan::parse(pan.clone()).unwrap();
+            prop_assert!(card_id_derivation(&pan, &p).is_some());
+            let wrapped = format!("{prefix}{pan}{suffix}");
+            prop_assert!(card_id_derivation(&wrapped, &p).is_some());
+            for form in digest_forms(&pan) {
+                prop_assert_eq!(card_id_derivation(&form, &p), Some(PanDerivation::Digest));
+            }
+        }
+
+        #[test]
+        fn random_safe_card_ids_are_accepted(pan in any_pan(), id in "[A-Za-z_-][A-Za-z0-9_-]{0,47}") {
+            let p = Pan::parse(pan.clone()).unwrap();
+            // A random id only collides with the PAN if it happens to contain it.
+            prop_assume!(!id.contains(&pan));
+            prop_assert_eq!(card_id_derivation(&id, &p), None);
+        }
+
+        #[test]
+        fn a_pan_never_appears_in_debug_or_display(pan in any_pan()) {
+            let p = Pan::parse(pan.clone()).unwrap();
+            let shown = format!("{p:?}{p}");
+            prop_assert!(!shown.contains(&pan));
+        }
     }
 }

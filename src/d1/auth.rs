@@ -93,15 +93,15 @@ impl TokenSource {
     pub(crate) async fn get(&self) -> Result<AccessToken, D1Error> {
         let seen = self.fetches.load(Ordering::Acquire);
         let mut state = self.state.lock().await;
-        if let Some((token, refresh_at)) = &state.token {
-            if Instant::now() < *refresh_at {
-                return Ok(token.clone());
-            }
+        if let Some((token, refresh_at)) = &state.token
+            && Instant::now() < *refresh_at
+        {
+            return Ok(token.clone());
         }
-        if let Some((n, error)) = &state.failure {
-            if *n > seen {
-                return Err(error.clone());
-            }
+        if let Some((n, error)) = &state.failure
+            && *n > seen
+        {
+            return Err(error.clone());
         }
         let result = self.fetch().await;
         let n = self.fetches.fetch_add(1, Ordering::AcqRel) + 1;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::statistics::Statistics;
@@ -100,13 +100,29 @@ struct Ctx {
     kinds: HashMap<String, EventKind>,
     router: Mutex<Router>,
     commits: std::sync::mpsc::Sender<Committed>,
-    health: HealthSink,
+    /// Set by the error callback; the poll loop reports it (it alone talks to the health sink).
+    brokers_down: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx {
     fn router(&self) -> MutexGuard<'_, Router> {
         // A poisoned lock only means a panic elsewhere on this thread; the map is still usable.
         self.router.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops partition tasks and waits for their batches in hand, up to `revoke_wait` in all.
+    fn stop_and_wait(&self, slots: Vec<((String, i32), Slot)>, late: &str) {
+        for (_, slot) in &slots {
+            slot.stop.cancel();
+        }
+        let deadline = Instant::now() + self.options.revoke_wait;
+        for ((topic, partition), slot) in slots {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.rt.block_on(async { tokio::time::timeout(left, slot.task).await }).is_err() {
+                // Safe either way: a late commit is fenced by the stored offset.
+                warn!(topic, partition, "{late}");
+            }
+        }
     }
 
     /// Reads the stored offsets for the group, retrying while PostgreSQL is unreachable: a
@@ -170,25 +186,18 @@ impl Ctx {
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
-        let mut stopping = Vec::new();
-        {
+        let stopping: Vec<_> = {
             let mut router = self.router();
-            for elem in tpl.elements() {
-                let key = (elem.topic().to_owned(), elem.partition());
-                if let Some(slot) = router.slots.remove(&key) {
-                    slot.stop.cancel();
-                    stopping.push((key, slot.task));
-                }
-            }
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .filter_map(|key| router.slots.remove(&key).map(|slot| (key, slot)))
+                .collect()
+        };
+        for ((topic, partition), _) in &stopping {
+            info!(topic, partition, "partition revoked");
         }
-        let deadline = Instant::now() + self.options.revoke_wait;
-        for ((topic, partition), task) in stopping {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rt.block_on(async { tokio::time::timeout(left, task).await }) {
-                Ok(_) => info!(topic, partition, "partition revoked"),
-                Err(_) => warn!(topic, partition, "partition revoked while its batch was still running"),
-            }
-        }
+        self.stop_and_wait(stopping, "partition revoked while its batch was still running");
         let result =
             if matches!(consumer.rebalance_protocol(), rdkafka::consumer::RebalanceProtocol::Cooperative) {
                 consumer.incremental_unassign(tpl)
@@ -215,7 +224,7 @@ impl ClientContext for Ctx {
 
     fn error(&self, error: KafkaError, reason: &str) {
         if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
-            (self.health)(false);
+            self.brokers_down.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         warn!(error = %error, reason, "kafka client error");
     }
@@ -229,8 +238,6 @@ impl ConsumerContext for Ctx {
             other => error!(error = ?other, "rebalance error"),
         }
     }
-
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
 }
 
 /// Runs ingest until `shutdown` is cancelled: stop fetching, let each partition finish and commit
@@ -289,7 +296,7 @@ fn poll_thread(
         kinds,
         router: Mutex::new(Router { slots: HashMap::new() }),
         commits: commits_tx,
-        health: health.clone(),
+        brokers_down: std::sync::atomic::AtomicBool::new(false),
     };
     let consumer: BaseConsumer<Ctx> = client_config(&options)
         .create_with_context(ctx)
@@ -301,42 +308,37 @@ fn poll_thread(
     info!(topics = ?names, group = %options.group_id, "ingest started");
 
     let mut last_check = Instant::now() - Duration::from_secs(60);
+    let mut healthy = None;
+    let mut report = |ok: bool| {
+        // Only changes are reported: the readiness gauge is not touched per message.
+        if healthy != Some(ok) {
+            healthy = Some(ok);
+            health(ok);
+        }
+    };
     while !shutdown.is_cancelled() {
+        if consumer.context().brokers_down.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            report(false);
+        }
         flush_overflow(&consumer);
         drain_commits(&consumer, &commits_rx);
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(message)) => {
-                health(true);
+                report(true);
                 route(&consumer, &message);
             }
             Some(Err(e)) => warn!(error = %e, "kafka poll error"),
         }
         if last_check.elapsed() >= Duration::from_secs(5) {
             last_check = Instant::now();
-            health(consumer.fetch_metadata(names.first().copied(), Duration::from_secs(2)).is_ok());
+            report(consumer.fetch_metadata(names.first().copied(), Duration::from_secs(2)).is_ok());
         }
     }
 
     info!("ingest stopping: finishing batches in hand");
-    let tasks: Vec<_> = {
-        let mut router = consumer.context().router();
-        router
-            .slots
-            .drain()
-            .map(|(key, slot)| {
-                slot.stop.cancel();
-                (key, slot.task)
-            })
-            .collect()
-    };
-    let deadline = Instant::now() + options.revoke_wait;
-    for ((topic, partition), task) in tasks {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if consumer.context().rt.block_on(async { tokio::time::timeout(left, task).await }).is_err() {
-            warn!(topic, partition, "batch still running at shutdown; it will be replayed");
-        }
-    }
+    let slots: Vec<_> = consumer.context().router().slots.drain().collect();
+    consumer.context().stop_and_wait(slots, "batch still running at shutdown; it will be replayed");
     drain_commits(&consumer, &commits_rx);
     consumer.unsubscribe();
     // Dropping the consumer closes it: it leaves the group so partitions move at once.
@@ -411,10 +413,8 @@ fn drain_commits(consumer: &BaseConsumer<Ctx>, commits: &std::sync::mpsc::Receiv
         }
         any = true;
     }
-    if any {
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            debug!(error = %e, "async Kafka commit failed (PostgreSQL holds the offsets)");
-        }
+    if any && let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        debug!(error = %e, "async Kafka commit failed (PostgreSQL holds the offsets)");
     }
 }
 

@@ -103,7 +103,7 @@ pub async fn load_for_update(
     .map_err(|e| StoreError::db("lock registration rows", e))?;
     let mut call_by_card = HashMap::with_capacity(calls.len());
     for (card_id, status) in calls {
-        let s = call_status(&status).ok_or_else(|| corrupt(&card_id, "outbox status"))?;
+        let s = call_status_of(&card_id, &status)?;
         call_by_card.insert(card_id, s);
     }
     let rows: Vec<CardRow> =
@@ -123,7 +123,7 @@ pub async fn load_for_update(
 
 /// Reads one card with its registration call's status (no lock).
 pub async fn get(db: impl PgExecutor<'_>, card_id: &str) -> Result<Option<CardView>, StoreError> {
-    let row: Option<(CardRow, Option<String>)> = sqlx::query_as::<_, CardRowWithCall>(&format!(
+    let row: Option<CardRowWithCall> = sqlx::query_as(&format!(
         "SELECT {CARD_COLUMNS}, o.status AS call_status FROM cards c
          LEFT JOIN outbox o ON o.card_id = c.card_id AND o.kind = 'REGISTER_CARD'
          WHERE c.card_id = $1"
@@ -131,17 +131,14 @@ pub async fn get(db: impl PgExecutor<'_>, card_id: &str) -> Result<Option<CardVi
     .bind(card_id)
     .fetch_optional(db)
     .await
-    .map_err(|e| StoreError::db("read card", e))?
-    .map(|r| (r.card, r.call_status));
-    match row {
-        None => Ok(None),
-        Some((card, status)) => {
-            let call = status
-                .map(|s| call_status(&s).ok_or_else(|| corrupt(card_id, "outbox status")))
-                .transpose()?;
-            Ok(Some((card.into_record()?, call)))
-        }
-    }
+    .map_err(|e| StoreError::db("read card", e))?;
+    let Some(CardRowWithCall { card, call_status }) = row else { return Ok(None) };
+    let call = call_status.map(|s| call_status_of(card_id, &s)).transpose()?;
+    Ok(Some((card.into_record()?, call)))
+}
+
+fn call_status_of(card_id: &str, status: &str) -> Result<CallStatus, StoreError> {
+    call_status(status).ok_or_else(|| corrupt(card_id, "outbox status"))
 }
 
 #[derive(sqlx::FromRow)]

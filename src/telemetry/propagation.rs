@@ -55,10 +55,11 @@ where
     let mut carrier = HashMap::new();
     for (name, value) in headers {
         let name = name.to_ascii_lowercase();
-        if (name == TRACEPARENT || name == TRACESTATE) && !carrier.contains_key(&name) {
-            if let Ok(value) = std::str::from_utf8(value) {
-                carrier.insert(name, value.to_owned());
-            }
+        if (name == TRACEPARENT || name == TRACESTATE)
+            && !carrier.contains_key(&name)
+            && let Ok(value) = std::str::from_utf8(value)
+        {
+            carrier.insert(name, value.to_owned());
         }
     }
     extract(&carrier)

@@ -308,3 +308,87 @@ async fn retryable_failures_are_retried_until_d1_accepts() {
     assert!(stats.puts_total > 40, "some attempts were refused and retried");
     assert!(outbox::list(&db.pool, Some("PARKED"), None, 10).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_after_k_failures_then_lets_one_probe_through_and_closes_on_success() {
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let d1 = TestD1::start(&keys).await;
+    let mut down = Faults::none();
+    down.error_rates.insert(503, 1.0);
+    d1.sim.set_faults(down).unwrap();
+    let cards = scripts(&keys, "brk", 5, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    let cool_down = Duration::from_millis(300);
+    let d = Dispatcher::new(
+        Deps {
+            pool: db.pool.clone(),
+            client: d1.client(&keys, Duration::from_millis(800)),
+            keys: Arc::new(CardDataKeys::from_file(&keys.files.card_data_private_jwks).unwrap()),
+            limiter: Limiter::new(32, 10_000),
+            policy: RetryPolicy {
+                min_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(2),
+                ..Default::default()
+            },
+            request_timeout: Duration::from_millis(800),
+        },
+        DispatchOptions {
+            owner: "breaker-test".into(),
+            claim_batch: 32,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(50),
+            breaker_threshold: 3,
+            breaker_cool_down: cool_down,
+            drain_timeout: Duration::from_secs(5),
+        },
+    );
+    assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(5));
+    let after_first = d1.sim.stats().puts_total + d1.sim.stats().gets_total;
+    assert_eq!(d.step().await.unwrap(), StepOutcome::Paused, "5 consecutive failures opened it");
+    assert_eq!(d1.sim.stats().puts_total + d1.sim.stats().gets_total, after_first, "nothing sent while open");
+    tokio::time::sleep(cool_down + Duration::from_millis(50)).await;
+    assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(1), "one probe after the cool-down");
+    assert_eq!(d.step().await.unwrap(), StepOutcome::Paused, "the failed probe reopened it");
+    d1.sim.set_faults(Faults::none()).unwrap();
+    tokio::time::sleep(cool_down + Duration::from_millis(50)).await;
+    assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(1), "the probe succeeds");
+    drain(&d).await;
+    assert_eq!((d1.sim.stats().effective_registrations, d1.sim.stats().duplicate_puts), (5, 0));
+}
+
+#[tokio::test]
+async fn retention_deletes_only_finished_rows_older_than_the_limit_in_bounded_batches() {
+    use card_registrar::dispatch::maintenance::{Retention, purge_finished};
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let cards = scripts(&keys, "ret", 6, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    // Two old DONE, one old CANCELLED, one recent DONE, one old PARKED, one PENDING.
+    let set = |status: &'static str, age_days: i32, card: String| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query("UPDATE outbox SET status = $1, finished_at = now() - make_interval(days => $2) WHERE card_id = $3")
+                .bind(status)
+                .bind(age_days)
+                .bind(card)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    set("DONE", 8, cards[0].card_id.clone()).await;
+    set("DONE", 9, cards[1].card_id.clone()).await;
+    set("CANCELLED", 30, cards[2].card_id.clone()).await;
+    set("DONE", 1, cards[3].card_id.clone()).await;
+    set("PARKED", 30, cards[4].card_id.clone()).await;
+    let retention =
+        Retention { keep: Duration::from_secs(7 * 86_400), batch: 2, every: Duration::from_secs(60) };
+    assert_eq!(purge_finished(&db.pool, &retention).await.unwrap(), 3);
+    let left: Vec<String> =
+        outbox::list(&db.pool, None, None, 10).await.unwrap().into_iter().map(|r| r.status).collect();
+    assert_eq!(left.len(), 3);
+    assert!(
+        left.contains(&"PARKED".to_owned())
+            && left.contains(&"PENDING".to_owned())
+            && left.contains(&"DONE".to_owned())
+    );
+}

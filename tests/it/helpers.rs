@@ -237,9 +237,14 @@ pub struct TestKeys {
 
 impl TestKeys {
     pub fn new() -> Self {
+        Self::with_card_data_kid("card-data-1")
+    }
+
+    /// Keys whose card-data key has this kid (a rotated key has a new kid).
+    pub fn with_card_data_kid(kid: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let files =
-            d1_simulator::keys::generate(dir.path(), &d1_simulator::keys::KeyOptions::default()).unwrap();
+        let options = d1_simulator::keys::KeyOptions { card_data_kid: kid.into(), ..Default::default() };
+        let files = d1_simulator::keys::generate(dir.path(), &options).unwrap();
         Self { files, _dir: dir }
     }
 

@@ -2,6 +2,7 @@
 //! counterpart: PostgreSQL and Kafka (found through `DATABASE_URL` and `KAFKA_BROKERS`, each test
 //! with its own schema and topics), an independent JOSE implementation, the D1 simulator.
 
+mod cli;
 mod crash;
 mod d1_client;
 mod dispatch;
@@ -9,5 +10,6 @@ mod exactly_once;
 mod helpers;
 mod ingest;
 mod jwe_interop;
+mod smoke;
 mod store_apply;
 mod worker;

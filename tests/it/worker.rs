@@ -18,6 +18,12 @@ pub struct WorkerEnv {
 }
 
 impl WorkerEnv {
+    /// Overrides or adds one variable.
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.vars.retain(|(k, _)| k != key);
+        self.vars.push((key.into(), value.into()));
+    }
+
     /// Environment for a worker on this schema, these topics and keys; `d1_url` None = no dispatch.
     pub fn new(db: &TestDb, topics: &TestTopics, keys: &TestKeys, group: &str, d1_url: Option<&str>) -> Self {
         let f = &keys.files;
@@ -115,10 +121,10 @@ impl Worker {
         let url = format!("http://{}/readyz", self.admin);
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if let Ok(r) = reqwest::get(&url).await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status().is_success()
+            {
+                return;
             }
             assert!(tokio::time::Instant::now() < deadline, "worker never ready; log:\n{}", tail(&self.log));
             tokio::time::sleep(Duration::from_millis(100)).await;
