@@ -1,8 +1,8 @@
 //! End to end against a real Jaeger v2: spans exported over OTLP (gRPC and HTTP/protobuf) arrive
 //! under the trace of their W3C parent and can be read back through Jaeger's query API.
 //!
-//! Run with: `scripts/services jaeger`, then
-//! `JAEGER_QUERY_URL=http://127.0.0.1:16686 cargo test --lib telemetry::jaeger -- --ignored`
+//! Needs Jaeger: `scripts/services jaeger`, then `eval "$(scripts/services env)"` before `cargo test`
+//! (scripts/test does both)
 //! (OTLP at `JAEGER_OTLP_GRPC` / `JAEGER_OTLP_HTTP`, defaults `http://127.0.0.1:4317` / `:4318`).
 
 use std::time::{Duration, Instant};
@@ -38,9 +38,10 @@ async fn find_span(query: &str, trace_id: &str, operation: &str) -> serde_json::
 }
 
 #[tokio::test]
-#[ignore = "needs Jaeger: scripts/services jaeger; JAEGER_QUERY_URL=http://127.0.0.1:16686 cargo test --lib telemetry::jaeger -- --ignored"]
 async fn spans_exported_over_otlp_reach_jaeger_under_their_parent_trace() {
-    let query = std::env::var("JAEGER_QUERY_URL").expect("JAEGER_QUERY_URL (see scripts/services jaeger)");
+    let query = std::env::var("JAEGER_QUERY_URL").expect(
+        "JAEGER_QUERY_URL is not set: run `scripts/services jaeger` and `eval \"$(scripts/services env)\"`",
+    );
     let endpoints = [
         ("grpc", env_or("JAEGER_OTLP_GRPC", "http://127.0.0.1:4317")),
         ("http/protobuf", env_or("JAEGER_OTLP_HTTP", "http://127.0.0.1:4318")),

@@ -6,5 +6,4 @@ mod helpers;
 mod keys;
 mod oauth;
 mod register;
-mod throughput;
 mod tls;
