@@ -1,4 +1,4 @@
-//! `docs/operations.md`: every setting appears with its default, every command shown parses with
+//! The operator's guide in `README.md`: every setting appears with its default, every command shown parses with
 //! its flags.
 
 use std::collections::BTreeMap;

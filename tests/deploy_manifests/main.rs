@@ -1,5 +1,5 @@
 //! The deployment files agree with the binary they deploy: `Dockerfile`, `docker-compose.yml`,
-//! `deploy/kubernetes/` and the operator's guide `docs/operations.md`.
+//! `deploy/kubernetes/` and the operator's guide in `README.md`.
 //!
 //! Every environment variable they set must be one `card-registrar` accepts, read from its own
 //! `--help` (so renaming a setting breaks this test, not a deployment); probes must hit the admin

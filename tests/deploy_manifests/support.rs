@@ -17,7 +17,7 @@ pub const KUBERNETES: &str = "deploy/kubernetes";
 /// The compose file.
 pub const COMPOSE: &str = "docker-compose.yml";
 /// The operator's guide.
-pub const GUIDE: &str = "docs/operations.md";
+pub const GUIDE: &str = "README.md";
 
 /// The repository root.
 pub fn root() -> PathBuf {
