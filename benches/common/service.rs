@@ -61,8 +61,11 @@ impl Keys {
     /// One message per card, `n` cards following `plan` (a one-message plan), ids `<prefix>-<i>`.
     pub fn messages(&self, prefix: &str, n: usize, plan: Plan) -> anyhow::Result<Vec<Outgoing>> {
         let card_key = card_registrar::crypto::RecipientKey::from_file(&self.files.card_data_public_jwk)?;
+        // The seed decides the event ids: one per prefix, or two workloads would share ids and the
+        // second one's events would be taken for re-published duplicates.
+        let seed = prefix.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         let mut generator =
-            Generator::new(SchemaSet::embedded()?, card_key, Framing::SingleObject, 7, prefix);
+            Generator::new(SchemaSet::embedded()?, card_key, Framing::SingleObject, seed, prefix);
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
             let script = generator.card(i, plan)?;
