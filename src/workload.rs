@@ -48,14 +48,7 @@ impl Plan {
 
     /// Whether no PUT may ever be made for the card.
     pub fn forbids_put(self) -> bool {
-        matches!(
-            self,
-            Self::TokenizedOnly
-                | Self::OrderedOnly
-                | Self::TokenizedThenCreated
-                | Self::PanAsCardId
-                | Self::BadLuhn
-        )
+        matches!(self, Self::TokenizedOnly | Self::OrderedOnly | Self::TokenizedThenCreated | Self::PanAsCardId | Self::BadLuhn)
     }
 
     /// Whether the card must end REGISTERED in the store.
@@ -124,13 +117,7 @@ pub enum WorkloadError {
 impl Generator {
     /// A generator encrypting card data for `card_key` (our card-data public key), with card ids
     /// starting with `prefix` (so runs do not collide).
-    pub fn new(
-        schemas: SchemaSet,
-        card_key: RecipientKey,
-        framing: Framing,
-        seed: u64,
-        prefix: &str,
-    ) -> Self {
+    pub fn new(schemas: SchemaSet, card_key: RecipientKey, framing: Framing, seed: u64, prefix: &str) -> Self {
         Self { schemas, card_key, framing, rng: StdRng::seed_from_u64(seed), prefix: prefix.to_owned() }
     }
 
@@ -167,9 +154,7 @@ impl Generator {
                 s.phase1.push(self.tokenized(&s, TokenizationOutcome::Declined, &s.consumer_id)?);
                 s.phase2.push(created(self, &s)?);
             }
-            Plan::TokenizedOnly => {
-                s.phase1.push(self.tokenized(&s, TokenizationOutcome::Approved, &s.consumer_id)?)
-            }
+            Plan::TokenizedOnly => s.phase1.push(self.tokenized(&s, TokenizationOutcome::Approved, &s.consumer_id)?),
             Plan::OrderedOnly => s.phase1.push(self.ordered(&s)?),
             Plan::TokenizedThenCreated => {
                 s.phase1.push(self.tokenized(&s, TokenizationOutcome::Approved, &s.consumer_id)?);
@@ -207,25 +192,18 @@ impl Generator {
         };
         let event = CardEvent::Created(CardCreated {
             meta: self.meta(s, &s.consumer_id)?,
-            card_product_id: CardProductId::parse("prod-classic")
-                .map_err(|_| WorkloadError::Invalid("product"))?,
+            card_product_id: CardProductId::parse("prod-classic").map_err(|_| WorkloadError::Invalid("product"))?,
             encrypted_card: EncryptedCard::new(jwe),
             initial_state: InitialState::Active,
         });
         self.out(EventKind::Created, s, &event)
     }
 
-    fn tokenized(
-        &mut self,
-        s: &CardScript,
-        outcome: TokenizationOutcome,
-        consumer: &str,
-    ) -> Result<Outgoing, WorkloadError> {
+    fn tokenized(&mut self, s: &CardScript, outcome: TokenizationOutcome, consumer: &str) -> Result<Outgoing, WorkloadError> {
         let event = CardEvent::Tokenized(CardTokenized {
             meta: self.meta(s, consumer)?,
             outcome,
-            digital_card_id: (outcome == TokenizationOutcome::Approved)
-                .then(|| format!("dc-{}", self.rng.r#gen::<u32>())),
+            digital_card_id: (outcome == TokenizationOutcome::Approved).then(|| format!("dc-{}", self.rng.r#gen::<u32>())),
             token_requestor_id: Some("40010030273".into()),
         });
         self.out(EventKind::Tokenized, s, &event)
@@ -235,30 +213,20 @@ impl Generator {
         let event = CardEvent::Ordered(CardOrdered {
             meta: self.meta(s, &s.consumer_id)?,
             outcome: OrderOutcome::Accepted,
-            card_product_id: Some(
-                CardProductId::parse("prod-metal").map_err(|_| WorkloadError::Invalid("product"))?,
-            ),
+            card_product_id: Some(CardProductId::parse("prod-metal").map_err(|_| WorkloadError::Invalid("product"))?),
             order_id: Some(format!("order-{}", self.rng.r#gen::<u32>())),
         });
         self.out(EventKind::Ordered, s, &event)
     }
 
     fn out(&self, kind: EventKind, s: &CardScript, event: &CardEvent) -> Result<Outgoing, WorkloadError> {
-        Ok(Outgoing {
-            kind,
-            key: s.card_id.as_bytes().to_vec(),
-            payload: encode(&self.schemas, event, self.framing)?,
-        })
+        Ok(Outgoing { kind, key: s.card_id.as_bytes().to_vec(), payload: encode(&self.schemas, event, self.framing)? })
     }
 
     /// A message no decoder accepts (unknown framing), on the given topic.
     pub fn poison(&mut self, kind: EventKind) -> Outgoing {
         let n: u32 = self.rng.r#gen();
-        Outgoing {
-            kind,
-            key: format!("poison-{n}").into_bytes(),
-            payload: format!("{{\"not\":\"avro {n}\"}}").into_bytes(),
-        }
+        Outgoing { kind, key: format!("poison-{n}").into_bytes(), payload: format!("{{\"not\":\"avro {n}\"}}").into_bytes() }
     }
 }
 

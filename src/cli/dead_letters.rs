@@ -66,11 +66,7 @@ pub async fn run(db: &DatabaseSettings, cmd: DeadLettersCommand) -> Result<(), C
     match cmd {
         DeadLettersCommand::List { reason, topic, limit } => {
             check_reason(reason.as_deref())?;
-            let filter = dead_letters::Filter {
-                reason: reason.as_deref(),
-                topic: topic.as_deref(),
-                ..Default::default()
-            };
+            let filter = dead_letters::Filter { reason: reason.as_deref(), topic: topic.as_deref(), ..Default::default() };
             let rows = dead_letters::list(&pool, &filter, limit).await.map_err(fail("dead-letters list"))?;
             print_json(&rows)
         }
@@ -83,8 +79,7 @@ pub async fn run(db: &DatabaseSettings, cmd: DeadLettersCommand) -> Result<(), C
                 (Some(id), _) => vec![id],
                 (None, reason) => {
                     let pending = ["NEW", "STILL_FAILING"];
-                    let filter =
-                        dead_letters::Filter { reason, replay_status: Some(&pending), ..Default::default() };
+                    let filter = dead_letters::Filter { reason, replay_status: Some(&pending), ..Default::default() };
                     dead_letters::list(&pool, &filter, i64::MAX)
                         .await
                         .map_err(fail("dead-letters replay"))?

@@ -49,9 +49,7 @@ const STATUSES: [&str; 5] = ["PENDING", "IN_FLIGHT", "DONE", "CANCELLED", "PARKE
 /// Runs an `outbox` subcommand.
 pub async fn run(db: &DatabaseSettings, cmd: OutboxCommand) -> Result<(), CliError> {
     db.validate()?;
-    let pool = store::connect(&db.database_url, 2)
-        .await
-        .map_err(|e| CliError::context("outbox", error_chain(&e)))?;
+    let pool = store::connect(&db.database_url, 2).await.map_err(|e| CliError::context("outbox", error_chain(&e)))?;
     match cmd {
         OutboxCommand::List { status, card, limit } => {
             if let Some(s) = &status {
@@ -67,22 +65,16 @@ pub async fn run(db: &DatabaseSettings, cmd: OutboxCommand) -> Result<(), CliErr
         OutboxCommand::Retry(RetryArgs { id, parked }) => {
             let ids = match (id, parked) {
                 (Some(id), _) => vec![id],
-                (None, _) => outbox::parked_ids(&pool)
-                    .await
-                    .map_err(|e| CliError::context("outbox retry", error_chain(&e)))?,
+                (None, _) => outbox::parked_ids(&pool).await.map_err(|e| CliError::context("outbox retry", error_chain(&e)))?,
             };
             for id in &ids {
-                operator::retry(&pool, *id)
-                    .await
-                    .map_err(|e| CliError::context("outbox retry", error_chain(&e)))?;
+                operator::retry(&pool, *id).await.map_err(|e| CliError::context("outbox retry", error_chain(&e)))?;
             }
             println!("retried {} row(s)", ids.len());
             Ok(())
         }
         OutboxCommand::Cancel { id } => {
-            operator::cancel(&pool, id)
-                .await
-                .map_err(|e| CliError::context("outbox cancel", error_chain(&e)))?;
+            operator::cancel(&pool, id).await.map_err(|e| CliError::context("outbox cancel", error_chain(&e)))?;
             println!("cancelled {id}");
             Ok(())
         }

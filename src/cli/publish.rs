@@ -82,17 +82,12 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
         };
         let script = generator.card(i, plan).map_err(|e| CliError::context("generate events", e))?;
         if script.plan != Plan::PanAsCardId {
-            expectations
-                .push(serde_json::json!({ "cardId": script.card_id, "plan": format!("{:?}", script.plan) }));
+            expectations.push(serde_json::json!({ "cardId": script.card_id, "plan": format!("{:?}", script.plan) }));
         }
         phase1.extend(script.phase1);
         phase2.extend(script.phase2);
     }
-    let dup_every = if args.duplicates_percent == 0 {
-        usize::MAX
-    } else {
-        (100 / args.duplicates_percent.min(100)) as usize
-    };
+    let dup_every = if args.duplicates_percent == 0 { usize::MAX } else { (100 / args.duplicates_percent.min(100)) as usize };
     for phase in [&mut phase1, &mut phase2] {
         let dups: Vec<Outgoing> = phase.iter().step_by(dup_every.max(1)).cloned().collect();
         phase.extend(dups);
@@ -103,8 +98,7 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
     }
     if let Some(path) = &args.expect_out {
         let lines: Vec<String> = expectations.iter().map(|e| e.to_string()).collect();
-        std::fs::write(path, lines.join("\n") + "\n")
-            .map_err(|e| CliError::context("write --expect-out", e))?;
+        std::fs::write(path, lines.join("\n") + "\n").map_err(|e| CliError::context("write --expect-out", e))?;
     }
 
     let producer: FutureProducer = ClientConfig::new()
@@ -137,10 +131,7 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
             pending.push(delivery);
             sent += 1;
             if sent % 5000 == 0 {
-                eprintln!(
-                    "published {sent}/{total} ({:.0}/s)",
-                    sent as f64 / started.elapsed().as_secs_f64()
-                );
+                eprintln!("published {sent}/{total} ({:.0}/s)", sent as f64 / started.elapsed().as_secs_f64());
             }
         }
         use futures::StreamExt;
@@ -154,10 +145,6 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
     }
     producer.flush(Duration::from_secs(30)).map_err(|e| CliError::context("flush", e))?;
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "published {sent} messages for {} cards in {secs:.1} s ({:.0}/s)",
-        args.cards,
-        sent as f64 / secs
-    );
+    println!("published {sent} messages for {} cards in {secs:.1} s ({:.0}/s)", args.cards, sent as f64 / secs);
     Ok(())
 }

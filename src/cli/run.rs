@@ -13,8 +13,8 @@ use super::CliError;
 use super::migrate::error_chain;
 use crate::admin::{self, Check, Readiness};
 use crate::config::{
-    AdminSettings, CardDataSettings, ConfigError, D1Settings, DatabaseSettings, DispatchSettings,
-    IngestSettings, KafkaSettings, ValidD1Settings,
+    AdminSettings, CardDataSettings, ConfigError, D1Settings, DatabaseSettings, DispatchSettings, IngestSettings,
+    KafkaSettings, ValidD1Settings,
 };
 use crate::core::event::EventKind;
 use crate::crypto::{AssertionKey, CardDataKeys, D1EncryptionKey, EnvelopeSealer};
@@ -74,8 +74,7 @@ pub fn topic_kinds(kafka: &KafkaSettings) -> Vec<(String, EventKind)> {
 /// Decoder (embedded schemas, optional registry), card-data keys and dead-letter sealer.
 pub fn pipeline(kafka: &KafkaSettings, card_data: &CardDataSettings) -> Result<Pipeline, CliError> {
     let keys_path = card_data.validate()?;
-    let key_error =
-        |e: crate::crypto::KeyError| ConfigError { variable: "CARD_DATA_KEYS", problem: e.to_string() };
+    let key_error = |e: crate::crypto::KeyError| ConfigError { variable: "CARD_DATA_KEYS", problem: e.to_string() };
     let keys = CardDataKeys::from_file(&keys_path).map_err(key_error)?;
     let sealer = EnvelopeSealer::from_file(&keys_path).map_err(key_error)?;
     let schemas = SchemaSet::embedded().map_err(|e| CliError::context("load the embedded schemas", e))?;
@@ -132,11 +131,7 @@ fn owner_id() -> String {
 pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) -> Result<(), CliError> {
     db.validate()?;
     if !args.ingest_enabled && !args.dispatch_enabled {
-        return Err(ConfigError {
-            variable: "INGEST_ENABLED",
-            problem: "ingest and dispatch are both off".into(),
-        }
-        .into());
+        return Err(ConfigError { variable: "INGEST_ENABLED", problem: "ingest and dispatch are both off".into() }.into());
     }
     let pipeline = if args.ingest_enabled {
         args.kafka.validate()?;
@@ -154,8 +149,7 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
         None
     };
 
-    let metrics =
-        telemetry::prometheus::install_metrics().map_err(|e| CliError::context("install metrics", e))?;
+    let metrics = telemetry::prometheus::install_metrics().map_err(|e| CliError::context("install metrics", e))?;
     let mut checks = vec![Check::Database];
     if args.ingest_enabled {
         checks.push(Check::Kafka);
@@ -177,16 +171,7 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
         .map_err(|e| CliError::context("database", error_chain(&e)))?;
     let signals = tokio::spawn(shutdown::on_signal(work.clone(), stop));
     if !migrate_when_ready(&pool, &readiness, &work).await {
-        return finish(
-            readiness,
-            work,
-            admin_stop,
-            admin_task,
-            Vec::new(),
-            args.shutdown_timeout_secs,
-            signals,
-        )
-        .await;
+        return finish(readiness, work, admin_stop, admin_task, Vec::new(), args.shutdown_timeout_secs, signals).await;
     }
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(watch_database(pool.clone(), readiness.clone(), work.clone())));
@@ -236,12 +221,7 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             batch: 1000,
             every: Duration::from_secs(600),
         };
-        tasks.push(tokio::spawn(maintenance::run(
-            pool.clone(),
-            retention,
-            Duration::from_secs(10),
-            work.clone(),
-        )));
+        tasks.push(tokio::spawn(maintenance::run(pool.clone(), retention, Duration::from_secs(10), work.clone())));
     }
     finish(readiness, work, admin_stop, admin_task, tasks, args.shutdown_timeout_secs, signals).await
 }
@@ -267,9 +247,7 @@ async fn finish(
         info!("stopped cleanly");
         Ok(())
     } else {
-        Err(CliError::Failed(format!(
-            "work still running {timeout_secs} s after the stop signal; exiting anyway"
-        )))
+        Err(CliError::Failed(format!("work still running {timeout_secs} s after the stop signal; exiting anyway")))
     }
 }
 

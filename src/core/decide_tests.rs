@@ -139,9 +139,7 @@ fn pending_with_a_call_in_flight_lets_the_call_finish_and_notes_the_implicit_reg
 fn a_call_that_fails_after_an_implicit_registration_is_cancelled_and_the_card_registered_implicitly() {
     let mut r = pending();
     r.implicit_while_in_flight = Some(RegistrationSource::ImplicitOrder);
-    for outcome in
-        [CallOutcome::WillRetry, CallOutcome::GaveUp { reason: "x".into() }, CallOutcome::Superseded]
-    {
+    for outcome in [CallOutcome::WillRetry, CallOutcome::GaveUp { reason: "x".into() }, CallOutcome::Superseded] {
         let CallDecision { record, row } = on_call_outcome(&r, &outcome, now());
         assert_eq!(row, RowFate::Cancel);
         assert_eq!(record.state, CardState::Registered);

@@ -55,10 +55,8 @@ impl Sealer for EnvelopeSealer {
         header.set_content_encryption(JWE_ENC);
         header.set_key_id(self.current.0.as_str());
         header.set_content_type("application/vnd.card-registrar.dead-letter+json");
-        josekit::jwe::serialize_compact(plaintext, &header, &self.current.1).map_err(|_| SealError {
-            op: "seal",
-            detail: format!("encryption to kid {} failed", self.current.0),
-        })
+        josekit::jwe::serialize_compact(plaintext, &header, &self.current.1)
+            .map_err(|_| SealError { op: "seal", detail: format!("encryption to kid {} failed", self.current.0) })
     }
 
     fn open(&self, sealed: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
@@ -97,20 +95,14 @@ mod tests {
     #[test]
     fn a_sealed_envelope_opens_after_a_key_rotation_and_hides_its_content() {
         let (old, new) = (key("card-1"), key("card-2"));
-        let before = EnvelopeSealer::from_jwk_bytes(
-            &serde_json::to_vec(&serde_json::json!({"keys": [old.clone()]})).unwrap(),
-        )
-        .unwrap();
+        let before = EnvelopeSealer::from_jwk_bytes(&serde_json::to_vec(&serde_json::json!({"keys": [old.clone()]})).unwrap()).unwrap();
         let sealed = before.seal(b"4111111111111111").unwrap();
         assert!(!sealed.contains("4111111111111111"));
-        let after = EnvelopeSealer::from_jwk_bytes(
-            &serde_json::to_vec(&serde_json::json!({"keys": [new, old]})).unwrap(),
-        )
-        .unwrap();
+        let after =
+            EnvelopeSealer::from_jwk_bytes(&serde_json::to_vec(&serde_json::json!({"keys": [new, old]})).unwrap()).unwrap();
         assert_eq!(after.open(&sealed).unwrap().as_slice(), b"4111111111111111");
         assert!(after.seal(b"x").unwrap().split('.').count() == 5);
-        let without_old =
-            EnvelopeSealer::from_jwk_bytes(&serde_json::to_vec(&key("card-3")).unwrap()).unwrap();
+        let without_old = EnvelopeSealer::from_jwk_bytes(&serde_json::to_vec(&key("card-3")).unwrap()).unwrap();
         assert!(without_old.open(&sealed).is_err());
         assert!(format!("{after:?}").contains("card-2"));
     }

@@ -90,9 +90,7 @@ async fn conclude(deps: &Deps, row: &ClaimedRow) -> (Conclusion, Signal) {
     };
     // An implicit registration may have arrived since the row was claimed: no PUT needed.
     match cards::get(&deps.pool, &row.card_id).await {
-        Ok(Some((record, _)))
-            if record.state == CardState::Registered || record.implicit_while_in_flight.is_some() =>
-        {
+        Ok(Some((record, _))) if record.state == CardState::Registered || record.implicit_while_in_flight.is_some() => {
             return (Conclusion::Superseded, Signal::Silent);
         }
         Ok(_) => {}
@@ -118,8 +116,7 @@ async fn conclude(deps: &Deps, row: &ClaimedRow) -> (Conclusion, Signal) {
     let card = match deps.keys.decrypt(&request.encrypted_card) {
         Ok(card) => card,
         Err(e) => {
-            let why =
-                format!("stored card data cannot be opened ({}); check CARD_DATA_KEYS", e.reason().code());
+            let why = format!("stored card data cannot be opened ({}); check CARD_DATA_KEYS", e.reason().code());
             return (Conclusion::GaveUp(why), Signal::Silent);
         }
     };
@@ -136,10 +133,9 @@ async fn conclude(deps: &Deps, row: &ClaimedRow) -> (Conclusion, Signal) {
     match result {
         Ok(()) => (Conclusion::Registered, Signal::Answered),
         Err(e) => match classify(Operation::Register, &e) {
-            Verdict::Retry { reconcile, retry_after } => (
-                Conclusion::Failed { error: e.to_string(), reconcile_next: reconcile, retry_after },
-                Signal::Failed,
-            ),
+            Verdict::Retry { reconcile, retry_after } => {
+                (Conclusion::Failed { error: e.to_string(), reconcile_next: reconcile, retry_after }, Signal::Failed)
+            }
             // D1's answer to a second PUT is unknown: a 4xx may mean "already there".
             Verdict::ConfirmFirst => match ask(deps, &request, &correlation).await {
                 Asked::Registered => (Conclusion::Registered, Signal::Answered),
@@ -178,9 +174,7 @@ async fn ask(deps: &Deps, request: &RegistrationRequest, correlation: &Correlati
                 Conclusion::Failed { error: e.to_string(), reconcile_next: true, retry_after },
                 Signal::Failed,
             ),
-            Verdict::ConfirmFirst | Verdict::GiveUp => {
-                Asked::Failed(Conclusion::GaveUp(e.to_string()), signal_of(&e))
-            }
+            Verdict::ConfirmFirst | Verdict::GiveUp => Asked::Failed(Conclusion::GaveUp(e.to_string()), signal_of(&e)),
         },
     }
 }
@@ -218,13 +212,7 @@ async fn settle(deps: &Deps, row: &ClaimedRow, conclusion: Conclusion) -> Result
                 None => {
                     let delay = deps.policy.delay(attempts, retry_after, &mut rand::thread_rng());
                     let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
-                    let reason = if reconcile_next {
-                        "ambiguous"
-                    } else if retry_after.is_some() {
-                        "rate_limited"
-                    } else {
-                        "retryable"
-                    };
+                    let reason = if reconcile_next { "ambiguous" } else if retry_after.is_some() { "rate_limited" } else { "retryable" };
                     metrics::counter!(DISPATCH_RETRIES, "reason" => reason).increment(1);
                     (CallOutcome::WillRetry, Some((at, error, reconcile_next)))
                 }
@@ -249,9 +237,7 @@ async fn settle(deps: &Deps, row: &ClaimedRow, conclusion: Conclusion) -> Result
     let decision = on_call_outcome(&record, &outcome, now);
     let (finish, label) = match decision.row {
         RowFate::Done => (Finish::Done, "done"),
-        RowFate::Cancel => {
-            (Finish::Cancelled { why: "implicit registration came first".into() }, "cancelled")
-        }
+        RowFate::Cancel => (Finish::Cancelled { why: "implicit registration came first".into() }, "cancelled"),
         RowFate::Park => {
             let error = match &outcome {
                 CallOutcome::GaveUp { reason } => reason.clone(),

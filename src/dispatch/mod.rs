@@ -135,14 +135,7 @@ impl Dispatcher {
                     continue;
                 }
             };
-            let rows = match outbox::claim(
-                &self.deps.pool,
-                &self.options.owner,
-                limit as i64,
-                self.lease_ms(),
-            )
-            .await
-            {
+            let rows = match outbox::claim(&self.deps.pool, &self.options.owner, limit as i64, self.lease_ms()).await {
                 Ok(rows) => {
                     claim_errors = 0;
                     rows
@@ -181,10 +174,7 @@ impl Dispatcher {
         })
         .await;
         if drained.is_err() {
-            warn!(
-                left = tasks.len(),
-                "calls still in flight at the drain deadline; their rows will be reconciled"
-            );
+            warn!(left = tasks.len(), "calls still in flight at the drain deadline; their rows will be reconciled");
             tasks.abort_all();
         }
         listener.abort();
@@ -237,9 +227,7 @@ fn transition(before: BreakerState, after: BreakerState) {
     metrics::gauge!(CIRCUIT_BREAKER_STATE).set(after.gauge());
     metrics::counter!(CIRCUIT_BREAKER_TRANSITIONS, "to" => after.label()).increment(1);
     match after {
-        BreakerState::Open { .. } => {
-            warn!(from = before.label(), "circuit breaker open: pausing calls to D1")
-        }
+        BreakerState::Open { .. } => warn!(from = before.label(), "circuit breaker open: pausing calls to D1"),
         _ => info!(from = before.label(), to = after.label(), "circuit breaker"),
     }
 }

@@ -54,9 +54,7 @@ async fn change(
     let Some(card_id) = outbox::card_of(pool, id).await? else { return Err(OperatorError::NotFound(id)) };
     let mut tx = pool.begin().await.map_err(|e| StoreError::db("begin operator action", e))?;
     locks::lock_cards(&mut tx, &[card_id.as_str()]).await?;
-    let Some(row) = outbox::get_for_update(&mut tx, id).await? else {
-        return Err(OperatorError::NotFound(id));
-    };
+    let Some(row) = outbox::get_for_update(&mut tx, id).await? else { return Err(OperatorError::NotFound(id)) };
     if !allowed.contains(&row.status.as_str()) {
         return Err(OperatorError::WrongStatus { id, status: row.status, action, applies_to });
     }

@@ -146,19 +146,10 @@ mod tests {
     #[test]
     fn outcomes_are_classified_for_the_dispatcher() {
         use Operation::{GetCard, Register};
-        assert_eq!(
-            classify(Register, &retryable(true, None)),
-            Verdict::Retry { reconcile: true, retry_after: None }
-        );
+        assert_eq!(classify(Register, &retryable(true, None)), Verdict::Retry { reconcile: true, retry_after: None });
         let ra = Some(Duration::from_secs(2));
-        assert_eq!(
-            classify(Register, &retryable(false, ra)),
-            Verdict::Retry { reconcile: false, retry_after: ra }
-        );
-        assert_eq!(
-            classify(GetCard, &retryable(true, None)),
-            Verdict::Retry { reconcile: false, retry_after: None }
-        );
+        assert_eq!(classify(Register, &retryable(false, ra)), Verdict::Retry { reconcile: false, retry_after: ra });
+        assert_eq!(classify(GetCard, &retryable(true, None)), Verdict::Retry { reconcile: false, retry_after: None });
         let terminal = D1Error::Terminal { status: 409, error_code: Some("X".into()), message: None };
         assert_eq!(classify(Register, &terminal), Verdict::ConfirmFirst);
         assert_eq!(classify(GetCard, &terminal), Verdict::GiveUp);

@@ -120,8 +120,7 @@ pub async fn apply_batch(
     let last = batch.messages.last().ok_or(ApplyError::Empty)?;
     let next_offset = last.offset + 1;
     let mut tx = pool.begin().await.map_err(|e| StoreError::db("begin ingest transaction", e))?;
-    let mut applied =
-        apply_messages(&mut tx, sealer, batch.topic, batch.partition, &batch.messages, now).await?;
+    let mut applied = apply_messages(&mut tx, sealer, batch.topic, batch.partition, &batch.messages, now).await?;
     applied.next_offset = next_offset;
     if !offsets::advance(&mut tx, batch.group, batch.topic, batch.partition, batch.from, next_offset).await? {
         // Dropping the transaction rolls it back.
@@ -155,12 +154,11 @@ pub async fn apply_messages(
 
     locks::lock_cards(tx, &card_ids).await?;
     let seen = history::seen(tx, &event_ids).await?;
-    let mut state: HashMap<String, (Option<CardRecord>, Option<CallStatus>)> =
-        cards::load_for_update(tx, &card_ids)
-            .await?
-            .into_iter()
-            .map(|(k, (r, c))| (k, (Some(r), c)))
-            .collect();
+    let mut state: HashMap<String, (Option<CardRecord>, Option<CallStatus>)> = cards::load_for_update(tx, &card_ids)
+        .await?
+        .into_iter()
+        .map(|(k, (r, c))| (k, (Some(r), c)))
+        .collect();
 
     let mut applied = Applied::default();
     let mut in_batch: HashSet<Uuid> = HashSet::new();

@@ -162,10 +162,7 @@ impl Ctx {
                 stop: stop.clone(),
             };
             let task = self.rt.spawn(task.run(rx));
-            router.slots.insert(
-                (topic, partition),
-                Slot { tx, stop, task, overflow: VecDeque::new(), paused: false },
-            );
+            router.slots.insert((topic, partition), Slot { tx, stop, task, overflow: VecDeque::new(), paused: false });
         }
     }
 
@@ -189,12 +186,11 @@ impl Ctx {
                 Err(_) => warn!(topic, partition, "partition revoked while its batch was still running"),
             }
         }
-        let result =
-            if matches!(consumer.rebalance_protocol(), rdkafka::consumer::RebalanceProtocol::Cooperative) {
-                consumer.incremental_unassign(tpl)
-            } else {
-                consumer.unassign()
-            };
+        let result = if matches!(consumer.rebalance_protocol(), rdkafka::consumer::RebalanceProtocol::Cooperative) {
+            consumer.incremental_unassign(tpl)
+        } else {
+            consumer.unassign()
+        };
         if let Err(e) = result {
             warn!(error = %e, "unassign failed");
         }
@@ -295,9 +291,7 @@ fn poll_thread(
         .create_with_context(ctx)
         .map_err(|source| IngestError::Kafka { op: "create the Kafka consumer", source })?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&names)
-        .map_err(|source| IngestError::Kafka { op: "subscribe to the topics", source })?;
+    consumer.subscribe(&names).map_err(|source| IngestError::Kafka { op: "subscribe to the topics", source })?;
     info!(topics = ?names, group = %options.group_id, "ingest started");
 
     let mut last_check = Instant::now() - Duration::from_secs(60);
@@ -367,9 +361,7 @@ fn route(consumer: &BaseConsumer<Ctx>, message: &BorrowedMessage<'_>) {
                 slot.paused = true;
             }
         }
-        Err(TrySendError::Closed(_)) => {
-            warn!(topic = %key.0, partition = key.1, "partition task has stopped")
-        }
+        Err(TrySendError::Closed(_)) => warn!(topic = %key.0, partition = key.1, "partition task has stopped"),
     }
 }
 
@@ -423,9 +415,5 @@ fn raw_message(message: &BorrowedMessage<'_>) -> RawMessage {
         .headers()
         .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
         .unwrap_or_default();
-    RawMessage {
-        key: message.key().map(<[u8]>::to_vec),
-        headers,
-        payload: message.payload().map(<[u8]>::to_vec),
-    }
+    RawMessage { key: message.key().map(<[u8]>::to_vec), headers, payload: message.payload().map(<[u8]>::to_vec) }
 }

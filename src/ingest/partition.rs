@@ -21,9 +21,7 @@ use super::envelope::RawMessage;
 use super::prepare::Pipeline;
 use crate::core::event::EventKind;
 use crate::store::offsets;
-use crate::telemetry::metrics::{
-    DEAD_LETTERS, DECISIONS, EVENTS_CONSUMED, INGEST_BATCH_DURATION, INGEST_BATCH_SIZE,
-};
+use crate::telemetry::metrics::{DEAD_LETTERS, DECISIONS, EVENTS_CONSUMED, INGEST_BATCH_DURATION, INGEST_BATCH_SIZE};
 
 /// A message handed from the poll thread to its partition task.
 #[derive(Debug)]
@@ -158,12 +156,9 @@ impl PartitionTask {
                     let dead = applied.dead_letters.len() as u64;
                     let dup = applied.duplicates as u64;
                     let ok = (size as u64).saturating_sub(dead + dup);
-                    metrics::counter!(EVENTS_CONSUMED, "topic" => topic.clone(), "outcome" => "applied")
-                        .increment(ok);
-                    metrics::counter!(EVENTS_CONSUMED, "topic" => topic.clone(), "outcome" => "duplicate")
-                        .increment(dup);
-                    metrics::counter!(EVENTS_CONSUMED, "topic" => topic, "outcome" => "dead_letter")
-                        .increment(dead);
+                    metrics::counter!(EVENTS_CONSUMED, "topic" => topic.clone(), "outcome" => "applied").increment(ok);
+                    metrics::counter!(EVENTS_CONSUMED, "topic" => topic.clone(), "outcome" => "duplicate").increment(dup);
+                    metrics::counter!(EVENTS_CONSUMED, "topic" => topic, "outcome" => "dead_letter").increment(dead);
                     return true;
                 }
                 Err(ApplyError::Fenced { .. }) => {

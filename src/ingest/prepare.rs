@@ -45,11 +45,7 @@ impl Pipeline {
     }
 
     /// Decodes and validates every message of a batch, in order.
-    pub async fn prepare(
-        &self,
-        kind: EventKind,
-        messages: &[Incoming],
-    ) -> Result<Vec<Prepared>, PrepareError> {
+    pub async fn prepare(&self, kind: EventKind, messages: &[Incoming]) -> Result<Vec<Prepared>, PrepareError> {
         let mut decoded = Vec::with_capacity(messages.len());
         for m in messages {
             let payload = m.raw.payload.as_deref().unwrap_or_default();
@@ -87,10 +83,7 @@ impl Pipeline {
     }
 }
 
-fn validate_all(
-    keys: &CardDataKeys,
-    decoded: Vec<Result<CardEvent, Rejection>>,
-) -> Vec<Result<ValidEvent, Rejection>> {
+fn validate_all(keys: &CardDataKeys, decoded: Vec<Result<CardEvent, Rejection>>) -> Vec<Result<ValidEvent, Rejection>> {
     decoded.into_iter().map(|d| d.and_then(|event| validate_one(keys, event))).collect()
 }
 
@@ -99,10 +92,9 @@ pub fn validate_one(keys: &CardDataKeys, event: CardEvent) -> Result<ValidEvent,
     let meta = event.meta();
     let event_id = Some(meta.event_id.as_uuid());
     let safe_card_id = (!card_id_looks_like_pan(meta.card_id.as_str())).then(|| meta.card_id.to_string());
-    let reject =
-        |reason: crate::core::dead_letter::DeadLetterReason, detail: String, card_id: Option<String>| {
-            Rejection { reason, detail, card_id, event_id }
-        };
+    let reject = |reason: crate::core::dead_letter::DeadLetterReason, detail: String, card_id: Option<String>| {
+        Rejection { reason, detail, card_id, event_id }
+    };
     match event {
         CardEvent::Created(created) => {
             let card = keys.decrypt(&created.encrypted_card).map_err(|e| {

@@ -62,9 +62,7 @@ async fn replay_one(
     id: i64,
 ) -> Result<Option<Replayed>, ReplayError> {
     let mut tx = pool.begin().await.map_err(|e| StoreError::db("begin replay", e))?;
-    let Some((letter, envelope)) = dead_letters::envelope_for_update(&mut tx, id).await? else {
-        return Ok(None);
-    };
+    let Some((letter, envelope)) = dead_letters::envelope_for_update(&mut tx, id).await? else { return Ok(None) };
     if letter.replay_status == "REPLAYED" {
         return Ok(Some(Replayed { id, status: "REPLAYED", detail: "already replayed".into() }));
     }
@@ -78,9 +76,7 @@ async fn replay_one(
                 let incoming = [Incoming { offset: letter.offset, raw }];
                 let prepared = pipeline.prepare(*kind, &incoming).await?;
                 match prepared.first().map(|p| &p.outcome) {
-                    Some(Err(rejection)) => {
-                        still(format!("{}: {}", rejection.reason.code(), rejection.detail))
-                    }
+                    Some(Err(rejection)) => still(format!("{}: {}", rejection.reason.code(), rejection.detail)),
                     _ => {
                         let applied = apply_messages(
                             &mut tx,
@@ -96,11 +92,9 @@ async fn replay_one(
                             (None, Some(effect), _) => {
                                 Replayed { id, status: "REPLAYED", detail: effect.as_str().to_owned() }
                             }
-                            (None, None, _) => Replayed {
-                                id,
-                                status: "REPLAYED",
-                                detail: "already applied (duplicate event)".into(),
-                            },
+                            (None, None, _) => {
+                                Replayed { id, status: "REPLAYED", detail: "already applied (duplicate event)".into() }
+                            }
                         }
                     }
                 }

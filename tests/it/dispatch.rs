@@ -43,12 +43,7 @@ impl TestD1 {
     }
 
     /// A client whose D1 encryption key is read from `d1_key` (another key makes D1 refuse).
-    pub fn client_encrypting_for(
-        &self,
-        keys: &TestKeys,
-        d1_key: &std::path::Path,
-        timeout: Duration,
-    ) -> D1Client {
+    pub fn client_encrypting_for(&self, keys: &TestKeys, d1_key: &std::path::Path, timeout: Duration) -> D1Client {
         let f = &keys.files;
         D1Client::new(D1ClientConfig {
             base_url: self.sim.base_url().parse().unwrap(),
@@ -71,11 +66,7 @@ pub fn dispatcher(db: &TestDb, d1: &TestD1, keys: &TestKeys, client: Option<D1Cl
         client: client.unwrap_or_else(|| d1.client(keys, timeout)),
         keys: Arc::new(CardDataKeys::from_file(&keys.files.card_data_private_jwks).unwrap()),
         limiter: Limiter::new(32, 10_000),
-        policy: RetryPolicy {
-            min_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(50),
-            ..Default::default()
-        },
+        policy: RetryPolicy { min_delay: Duration::from_millis(10), max_delay: Duration::from_millis(50), ..Default::default() },
         request_timeout: timeout,
     };
     Dispatcher::new(
@@ -101,13 +92,7 @@ pub async fn ingest_directly(db: &TestDb, keys: &TestKeys, messages: &[card_regi
         let prepared: Vec<Prepared> = pipeline.prepare(m.kind, &incoming).await.unwrap();
         let topic = format!("direct-{:?}", m.kind);
         let stored = card_registrar::store::offsets::load(&db.pool, "direct", &topic).await.unwrap();
-        let batch = Batch {
-            group: "direct",
-            topic: &topic,
-            partition: 0,
-            from: stored.get(&0).copied(),
-            messages: prepared,
-        };
+        let batch = Batch { group: "direct", topic: &topic, partition: 0, from: stored.get(&0).copied(), messages: prepared };
         apply_batch(&db.pool, pipeline.sealer(), &batch, Utc::now()).await.unwrap();
     }
 }
@@ -177,17 +162,12 @@ async fn a_terminal_error_parks_the_row_and_fails_the_card_until_an_operator_ret
     let cards = scripts(&keys, "term", 1, |_| Plan::CreatedOnly);
     ingest_directly(&db, &keys, &cards[0].phase1).await;
     // Misconfigured: D1's encryption key is another one, so D1 refuses the request (400).
-    let wrong =
-        d1.client_encrypting_for(&keys, &other_keys.files.d1_encryption_public_jwk, Duration::from_secs(2));
+    let wrong = d1.client_encrypting_for(&keys, &other_keys.files.d1_encryption_public_jwk, Duration::from_secs(2));
     let broken = dispatcher(&db, &d1, &keys, Some(wrong));
     assert_eq!(broken.step().await.unwrap(), StepOutcome::Attempted(1));
     let parked = outbox::list(&db.pool, Some("PARKED"), None, 10).await.unwrap();
     assert_eq!(parked.len(), 1);
-    assert!(
-        parked[0].last_error.as_deref().unwrap_or_default().contains("400"),
-        "{:?}",
-        parked[0].last_error
-    );
+    assert!(parked[0].last_error.as_deref().unwrap_or_default().contains("400"), "{:?}", parked[0].last_error);
     let (r, _) = cards::get(&db.pool, &cards[0].card_id).await.unwrap().unwrap();
     assert_eq!(r.state, CardState::Failed);
     assert!(r.failure.is_some());
@@ -207,9 +187,7 @@ async fn a_terminal_error_parks_the_row_and_fails_the_card_until_an_operator_ret
 async fn a_card_registered_to_another_consumer_at_d1_is_a_terminal_conflict() {
     let (db, keys) = (TestDb::new().await, TestKeys::new());
     // D1 refuses a PUT for a card it already has (one of the two possible answers).
-    let d1 =
-        TestD1::start_with(&keys, |c| c.duplicate_answer = "409:CARD_ALREADY_REGISTERED".parse().unwrap())
-            .await;
+    let d1 = TestD1::start_with(&keys, |c| c.duplicate_answer = "409:CARD_ALREADY_REGISTERED".parse().unwrap()).await;
     let cards = scripts(&keys, "conf", 1, |_| Plan::CreatedOnly);
     ingest_directly(&db, &keys, &cards[0].phase1).await;
     d1.sim.seed_card(&cards[0].card_id, SeedCard::new("somebody-else", "prod-x")).unwrap();
@@ -224,20 +202,13 @@ async fn a_card_registered_to_another_consumer_at_d1_is_a_terminal_conflict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_4xx_answer_to_a_put_for_a_card_d1_already_has_for_us_counts_as_success() {
     let (db, keys) = (TestDb::new().await, TestKeys::new());
-    let d1 =
-        TestD1::start_with(&keys, |c| c.duplicate_answer = "409:CARD_ALREADY_REGISTERED".parse().unwrap())
-            .await;
+    let d1 = TestD1::start_with(&keys, |c| c.duplicate_answer = "409:CARD_ALREADY_REGISTERED".parse().unwrap()).await;
     let cards = scripts(&keys, "dup", 1, |_| Plan::CreatedOnly);
     ingest_directly(&db, &keys, &cards[0].phase1).await;
-    d1.sim
-        .seed_card(&cards[0].card_id, SeedCard::new(cards[0].consumer_id.as_str(), "prod-classic"))
-        .unwrap();
+    d1.sim.seed_card(&cards[0].card_id, SeedCard::new(cards[0].consumer_id.as_str(), "prod-classic")).unwrap();
     let d = dispatcher(&db, &d1, &keys, None);
     d.step().await.unwrap();
-    assert_eq!(
-        cards::get(&db.pool, &cards[0].card_id).await.unwrap().unwrap().0.state,
-        CardState::Registered
-    );
+    assert_eq!(cards::get(&db.pool, &cards[0].card_id).await.unwrap().unwrap().0.state, CardState::Registered);
     assert_eq!(d1.sim.stats().gets_total, 1, "the 409 was confirmed with Get Card");
 }
 
@@ -273,21 +244,13 @@ async fn a_row_whose_lease_expired_is_reconciled_before_it_is_sent_again() {
         card: &card,
         state: request.state,
     };
-    crashed
-        .deps()
-        .client
-        .register_card(&put, &card_registrar::core::ids::CorrelationId::for_outbox_row(claimed[0].id))
-        .await
-        .unwrap();
+    crashed.deps().client.register_card(&put, &card_registrar::core::ids::CorrelationId::for_outbox_row(claimed[0].id)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let d = dispatcher(&db, &d1, &keys, None);
     assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(1));
     let stats = d1.sim.stats();
     assert_eq!((stats.puts_total, stats.duplicate_puts, stats.gets_total), (1, 0, 1));
-    assert_eq!(
-        cards::get(&db.pool, &cards[0].card_id).await.unwrap().unwrap().0.state,
-        CardState::Registered
-    );
+    assert_eq!(cards::get(&db.pool, &cards[0].card_id).await.unwrap().unwrap().0.state, CardState::Registered);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,11 +145,7 @@ impl TestTopics {
             rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
         let topics: Vec<NewTopic<'_>> =
             t.names().iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
-        for r in admin
-            .create_topics(&topics, &AdminOptions::new())
-            .await
-            .expect("Kafka reachable at KAFKA_BROKERS")
-        {
+        for r in admin.create_topics(&topics, &AdminOptions::new()).await.expect("Kafka reachable at KAFKA_BROKERS") {
             r.expect("topic created");
         }
         t
@@ -178,14 +174,12 @@ impl TestTopics {
     /// Sum of the high watermarks of every partition (= messages published, on fresh topics).
     pub fn published(&self) -> i64 {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer =
-            rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+        let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
         let mut total = 0;
         for topic in self.names() {
             let md = c.fetch_metadata(Some(topic), std::time::Duration::from_secs(10)).unwrap();
             for p in md.topics()[0].partitions() {
-                let (_, high) =
-                    c.fetch_watermarks(topic, p.id(), std::time::Duration::from_secs(10)).unwrap();
+                let (_, high) = c.fetch_watermarks(topic, p.id(), std::time::Duration::from_secs(10)).unwrap();
                 total += high;
             }
         }
@@ -200,9 +194,8 @@ impl Drop for TestTopics {
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
-                if let Ok(admin) = rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", brokers())
-                    .create::<AdminClient<_>>()
+                if let Ok(admin) =
+                    rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create::<AdminClient<_>>()
                 {
                     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                     let _ = admin.delete_topics(&refs, &AdminOptions::new()).await;
@@ -240,8 +233,7 @@ pub struct TestKeys {
 impl TestKeys {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let files =
-            d1_simulator::keys::generate(dir.path(), &d1_simulator::keys::KeyOptions::default()).unwrap();
+        let files = d1_simulator::keys::generate(dir.path(), &d1_simulator::keys::KeyOptions::default()).unwrap();
         Self { files, _dir: dir }
     }
 
@@ -258,11 +250,7 @@ impl TestKeys {
         let keys = CardDataKeys::from_file(&self.files.card_data_private_jwks).unwrap();
         let sealer = EnvelopeSealer::from_file(&self.files.card_data_private_jwks).unwrap();
         let decoder = Decoder::new(std::sync::Arc::new(SchemaSet::embedded().unwrap()), None);
-        card_registrar::ingest::prepare::Pipeline::new(
-            decoder,
-            std::sync::Arc::new(keys),
-            std::sync::Arc::new(sealer),
-        )
+        card_registrar::ingest::prepare::Pipeline::new(decoder, std::sync::Arc::new(keys), std::sync::Arc::new(sealer))
     }
 }
 

@@ -45,16 +45,12 @@ impl Ingest {
 
     pub async fn stop(self) {
         self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("ingest stops in time")
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("ingest stops in time").unwrap();
     }
 }
 
 pub fn scripts(keys: &TestKeys, prefix: &str, n: usize, plan: impl Fn(usize) -> Plan) -> Vec<CardScript> {
-    let mut g =
-        Generator::new(SchemaSet::embedded().unwrap(), keys.card_public(), Framing::SingleObject, 7, prefix);
+    let mut g = Generator::new(SchemaSet::embedded().unwrap(), keys.card_public(), Framing::SingleObject, 7, prefix);
     (0..n).map(|i| g.card(i, plan(i)).unwrap()).collect()
 }
 
@@ -67,8 +63,7 @@ async fn a_mixed_stream_gives_exactly_the_expected_records_outbox_rows_dead_lett
     // Re-published duplicates, undecodable bytes, and a single-object message of an unknown schema.
     let duplicates: Vec<Outgoing> = phase1.iter().step_by(10).cloned().collect();
     phase1.extend(duplicates.iter().cloned());
-    let mut g =
-        Generator::new(SchemaSet::embedded().unwrap(), keys.card_public(), Framing::SingleObject, 9, "p");
+    let mut g = Generator::new(SchemaSet::embedded().unwrap(), keys.card_public(), Framing::SingleObject, 9, "p");
     phase1.push(g.poison(EventKind::Created));
     phase1.push(g.poison(EventKind::Tokenized));
     let mut unknown = phase1[0].clone();
@@ -78,16 +73,10 @@ async fn a_mixed_stream_gives_exactly_the_expected_records_outbox_rows_dead_lett
     let ingest = Ingest::start(&db, &topics, &keys);
     publish(&topics, &phase1).await;
     let n1 = topics.published();
-    wait_until("phase 1 applied", Duration::from_secs(60), || async {
-        applied(&db.pool, &ingest.group).await == n1
-    })
-    .await;
+    wait_until("phase 1 applied", Duration::from_secs(60), || async { applied(&db.pool, &ingest.group).await == n1 }).await;
     publish(&topics, &phase2).await;
     let n2 = topics.published();
-    wait_until("phase 2 applied", Duration::from_secs(60), || async {
-        applied(&db.pool, &ingest.group).await == n2
-    })
-    .await;
+    wait_until("phase 2 applied", Duration::from_secs(60), || async { applied(&db.pool, &ingest.group).await == n2 }).await;
     ingest.stop().await;
 
     // Every partition's stored offset is its high watermark.
@@ -103,20 +92,9 @@ async fn a_mixed_stream_gives_exactly_the_expected_records_outbox_rows_dead_lett
     assert_eq!(dead_by_reason.get("UNKNOWN_FRAMING"), Some(&2));
     assert_eq!(dead_by_reason.get("UNKNOWN_SCHEMA"), Some(&1));
     // Re-published copies of refused messages are refused again (each is a message received).
-    let dup_of = |p: Plan| {
-        duplicates
-            .iter()
-            .filter(|d| cards.iter().any(|c| c.plan == p && d.key == c.card_id.as_bytes()))
-            .count()
-    };
-    assert_eq!(
-        dead_by_reason.get("CARD_ID_DERIVED_FROM_PAN").copied(),
-        Some(count(Plan::PanAsCardId) + dup_of(Plan::PanAsCardId))
-    );
-    assert_eq!(
-        dead_by_reason.get("INVALID_PAN").copied(),
-        Some(count(Plan::BadLuhn) + dup_of(Plan::BadLuhn))
-    );
+    let dup_of = |p: Plan| duplicates.iter().filter(|d| cards.iter().any(|c| c.plan == p && d.key == c.card_id.as_bytes())).count();
+    assert_eq!(dead_by_reason.get("CARD_ID_DERIVED_FROM_PAN").copied(), Some(count(Plan::PanAsCardId) + dup_of(Plan::PanAsCardId)));
+    assert_eq!(dead_by_reason.get("INVALID_PAN").copied(), Some(count(Plan::BadLuhn) + dup_of(Plan::BadLuhn)));
     assert_eq!(dead_by_reason.get("CONSUMER_MISMATCH").copied(), Some(count(Plan::ConsumerMismatch)));
 
     for c in &cards {
@@ -131,18 +109,12 @@ async fn a_mixed_stream_gives_exactly_the_expected_records_outbox_rows_dead_lett
             Plan::TokenizedOnly | Plan::OrderedOnly => {
                 let (r, call) = view.unwrap();
                 assert_eq!(r.state, CardState::Registered);
-                assert!(matches!(
-                    r.source,
-                    Some(RegistrationSource::ImplicitTokenization | RegistrationSource::ImplicitOrder)
-                ));
+                assert!(matches!(r.source, Some(RegistrationSource::ImplicitTokenization | RegistrationSource::ImplicitOrder)));
                 assert_eq!(call, None);
             }
             Plan::TokenizedThenCreated => {
                 let (r, call) = view.unwrap();
-                assert_eq!(
-                    (r.state, r.source),
-                    (CardState::Registered, Some(RegistrationSource::ImplicitTokenization))
-                );
+                assert_eq!((r.state, r.source), (CardState::Registered, Some(RegistrationSource::ImplicitTokenization)));
                 assert!(r.encrypted_card.is_some() && r.card_product_id.is_some(), "enriched by CardCreated");
                 assert_eq!(call, None);
             }
@@ -155,18 +127,12 @@ async fn a_mixed_stream_gives_exactly_the_expected_records_outbox_rows_dead_lett
         // One history row per distinct applied event, duplicates recognised.
         if c.plan.ends_registered() {
             let expected = c.phase1.len() + c.phase2.len() - usize::from(c.plan == Plan::ConsumerMismatch);
-            assert_eq!(
-                history::for_card(&db.pool, &c.card_id).await.unwrap().len(),
-                expected,
-                "{:?}",
-                c.plan
-            );
+            assert_eq!(history::for_card(&db.pool, &c.card_id).await.unwrap().len(), expected, "{:?}", c.plan);
         }
     }
 }
 
 async fn group_of(db: &TestDb) -> String {
-    let row: (String,) =
-        sqlx::query_as("SELECT group_id FROM consumer_offsets LIMIT 1").fetch_one(&db.pool).await.unwrap();
+    let row: (String,) = sqlx::query_as("SELECT group_id FROM consumer_offsets LIMIT 1").fetch_one(&db.pool).await.unwrap();
     row.0
 }
