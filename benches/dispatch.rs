@@ -29,7 +29,7 @@ use card_registrar::dispatch::Dispatcher;
 use card_registrar::store::outbox;
 use card_registrar::workload::{Outgoing, Plan, test_pan};
 use chrono::{DateTime, Utc};
-use common::db::Schema;
+use common::db::{Schema, durability};
 use common::kafka::{GroupWatch, Topic, producer};
 use common::service::{Ingest, Keys, apply_directly, d1_caps, d1_client, dispatcher, start_simulator};
 use common::{Knobs, ServiceSettings, cpu_seconds, per_second, poll_until, quantile};
@@ -94,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         settings.dispatch.dispatch_poll_ms,
         settings.ingest_line()
     );
+    println!("postgres: {}", service_rt.block_on(durability(&settings.database.database_url))?);
     let a = service_rt.block_on(throughput(&settings, &keys, &sim, registrations, partitions))?;
     print_throughput(&a);
     sim.reset();

@@ -24,7 +24,7 @@ use card_registrar::ingest::prepare::Pipeline;
 use card_registrar::telemetry::metrics::{INGEST_BATCH_DURATION, INGEST_BATCH_SIZE};
 use card_registrar::telemetry::prometheus::install_metrics;
 use card_registrar::workload::Plan;
-use common::db::Schema;
+use common::db::{Schema, durability};
 use common::kafka::{ConsumerPerf, GroupWatch, Topic, consumer_performance, publish_all};
 use common::pgbench::{self, PgbenchResult, Script};
 use common::service::{ApplyTimes, Ingest, Keys, applied, apply_directly};
@@ -101,12 +101,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let keys = Keys::generate()?;
-        let probe = Schema::create(&settings.database.database_url, 1).await?;
         println!("ingest throughput, end to end through the broker, {partitions} partitions per topic");
         println!("command:  {}", knobs.command("ingest"));
         println!("settings: {}", settings.ingest_line());
-        println!("postgres: {}", probe.durability().await?);
-        drop(probe);
+        println!("postgres: {}", durability(&settings.database.database_url).await?);
         let mut results = Vec::new();
         for case in &cases {
             let figures = measure(case, &settings, &keys, &metrics, partitions).await?;
@@ -144,6 +142,7 @@ async fn measure(
     let jwe_len = mean_jwe_len(&schema).await?;
     drop(schema);
 
+    // The external tools block this worker while they run; nothing else is running then.
     let kafka = consumer_performance(&topic, total)?;
     drop(topic);
 

@@ -37,17 +37,6 @@ impl Schema {
             sqlx::query_as(&format!("SELECT count(*) FROM {table}{filter}")).fetch_one(&self.pool).await?;
         Ok(n)
     }
-
-    /// The server settings that decide what a commit costs, for the report header.
-    pub async fn durability(&self) -> anyhow::Result<String> {
-        let mut parts = Vec::new();
-        for setting in ["synchronous_commit", "fsync", "shared_buffers", "max_wal_size"] {
-            let (value,): (String,) =
-                sqlx::query_as(&format!("SHOW {setting}")).fetch_one(&self.pool).await?;
-            parts.push(format!("{setting}={value}"));
-        }
-        Ok(parts.join(" "))
-    }
 }
 
 impl Drop for Schema {
@@ -71,4 +60,16 @@ impl Drop for Schema {
             Err(_) => eprintln!("could not drop schema {}: cleanup thread panicked", self.name),
         }
     }
+}
+
+/// The server settings that decide what a commit costs, for the report header.
+pub async fn durability(base: &str) -> anyhow::Result<String> {
+    let admin = store::connect(base, 1).await?;
+    let mut parts = Vec::new();
+    for setting in ["synchronous_commit", "fsync", "shared_buffers", "max_wal_size"] {
+        let (value,): (String,) = sqlx::query_as(&format!("SHOW {setting}")).fetch_one(&admin).await?;
+        parts.push(format!("{setting}={value}"));
+    }
+    admin.close().await;
+    Ok(parts.join(" "))
 }
