@@ -1,0 +1,340 @@
+//! Dispatch against the in-process d1-simulator (plain HTTP on loopback, no injected latency or
+//! faults), with the service's production settings except an unlimited `D1_MAX_RPS`.
+//!
+//! (a) Throughput: N created cards are queued in the outbox through ingest's own apply path,
+//!     then `Dispatcher::run` drains it; prints registrations/s, the CPU per registration of the
+//!     service and of the simulator (read from /proc by thread name), and the simulator's
+//!     duplicate PUT count, which must be 0.
+//! (b) Latency: ingest and dispatch run together; created events are published at a steady rate
+//!     and each card's publish time is compared with the time the simulator stored it. That time
+//!     is the simulator's `createdAt`: the wall clock of this same process, in milliseconds, taken
+//!     when it commits the card after its token, JWE and card checks (so each figure may be up to
+//!     1 ms short from the truncation, and includes the simulator's own checks).
+//!
+//! Needs the real services: `eval "$(scripts/services env)"`. Run: `cargo bench --bench dispatch`;
+//! sizes: BENCH_REGISTRATIONS (20,000), BENCH_RATE (500 events/s), BENCH_SECONDS (30),
+//! BENCH_PARTITIONS (6). Service settings come from the variables of `card-registrar run`.
+
+#[allow(dead_code)] // each bench uses a part of the shared fixtures
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use card_registrar::core::event::{EncryptedCard, EventKind};
+use card_registrar::core::pan::CardData;
+use card_registrar::crypto::{RecipientKey, encrypt_card_data};
+use card_registrar::dispatch::Dispatcher;
+use card_registrar::store::outbox;
+use card_registrar::workload::{Outgoing, Plan, test_pan};
+use chrono::{DateTime, Utc};
+use common::db::{Schema, durability};
+use common::kafka::{GroupWatch, Topic, producer};
+use common::service::{Ingest, Keys, apply_directly, d1_caps, d1_client, dispatcher, start_simulator};
+use common::{Knobs, ServiceSettings, cpu_seconds, per_second, poll_until, quantile};
+use d1_simulator::RunningSimulator;
+use rdkafka::producer::FutureRecord;
+use tokio::runtime::Runtime;
+use tokio_util::sync::CancellationToken;
+
+/// Prefix of the simulator runtime's thread names, to tell its CPU apart.
+const SIM_THREADS: &str = "sim-rt";
+
+/// Part (a)'s figures.
+struct Throughput {
+    registrations: usize,
+    elapsed: Duration,
+    service_cpu: f64,
+    sim_cpu: f64,
+    duplicates: u64,
+    crypto: Crypto,
+}
+
+/// The JOSE work of one registration in the service, timed apart on one thread.
+struct Crypto {
+    /// Opening the stored `encryptedCard` with our card-data key.
+    decrypt: Duration,
+    /// Encrypting the card for D1 (ECDH-ES + A256GCM to a P-256 key).
+    encrypt: Duration,
+}
+
+/// Part (b)'s figures.
+struct Latency {
+    published: usize,
+    publish_rate: f64,
+    /// Publish -> stored at D1, ms, sorted.
+    millis: Vec<f64>,
+    duplicates: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut knobs = Knobs::default();
+    let registrations = knobs.usize("BENCH_REGISTRATIONS", 20_000);
+    let rate = knobs.usize("BENCH_RATE", 500);
+    let seconds = knobs.usize("BENCH_SECONDS", 30);
+    let partitions = knobs.usize("BENCH_PARTITIONS", 6);
+    let settings = ServiceSettings::from_env()?;
+    let keys = Keys::generate()?;
+    // The simulator gets a runtime of its own, so its CPU can be read apart from the service's.
+    let sim_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(SIM_THREADS)
+        .enable_all()
+        .build()?;
+    let sim = start_simulator(&sim_rt, &keys)?;
+    // The service's runtime: multi-threaded, one worker per core, as `main.rs` builds it.
+    let service_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+
+    let (concurrency, rps) = d1_caps(&settings);
+    println!("dispatch against the in-process d1-simulator: no injected latency, no faults");
+    println!("command:  {}", knobs.command("dispatch"));
+    println!(
+        "settings: D1_MAX_CONCURRENCY={concurrency} D1_MAX_RPS={rps} DISPATCH_POLL_MS={} {}",
+        settings.dispatch.dispatch_poll_ms,
+        settings.ingest_line()
+    );
+    println!("postgres: {}", service_rt.block_on(durability(&settings.database.database_url))?);
+    let a = service_rt.block_on(throughput(&settings, &keys, &sim, registrations, partitions))?;
+    print_throughput(&a);
+    sim.reset();
+    let b = service_rt.block_on(latency(&settings, &keys, &sim, rate, seconds, partitions))?;
+    print_latency(&b, rate, seconds);
+    drop(sim);
+    shut_down(service_rt, sim_rt);
+    Ok(())
+}
+
+/// (a): queue `n` registrations, then time `Dispatcher::run` until the outbox is drained.
+async fn throughput(
+    settings: &ServiceSettings,
+    keys: &Keys,
+    sim: &RunningSimulator,
+    n: usize,
+    partitions: usize,
+) -> anyhow::Result<Throughput> {
+    let schema =
+        Schema::create(&settings.database.database_url, settings.database.database_max_connections).await?;
+    let messages = keys.messages("bthr", n, Plan::CreatedOnly)?;
+    let pipeline = Arc::new(keys.pipeline()?);
+    let batch_max = settings.ingest.ingest_batch_max as usize;
+    apply_directly(&schema.pool, pipeline, EventKind::Created, &messages, partitions, batch_max).await?;
+    anyhow::ensure!(
+        schema.count("outbox", "status = 'PENDING'").await? == n as i64,
+        "not every card was queued"
+    );
+
+    let timeout = Duration::from_millis(settings.d1.d1_timeout_ms);
+    let dispatcher =
+        Arc::new(dispatcher(settings, schema.pool.clone(), d1_client(sim, keys, timeout)?, keys)?);
+    let (cpu_before, sim_before) = cpu_seconds(SIM_THREADS);
+    let started = Instant::now();
+    let running = Running::start(dispatcher);
+    let limit = Duration::from_secs(120).max(Duration::from_millis(n as u64 * 5));
+    poll_until("the outbox to drain", limit, Duration::from_millis(20), || async {
+        let g = outbox::gauges(&schema.pool).await?;
+        Ok((g.pending == 0 && g.in_flight == 0).then_some(()))
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let (cpu_after, sim_after) = cpu_seconds(SIM_THREADS);
+    running.stop().await?;
+
+    let done = schema.count("outbox", "status = 'DONE'").await?;
+    let stats = sim.stats();
+    anyhow::ensure!(
+        done == n as i64 && stats.effective_registrations == n as u64,
+        "{done} rows DONE and {} cards registered at D1, of {n}",
+        stats.effective_registrations
+    );
+    let sim_cpu = sim_after - sim_before;
+    Ok(Throughput {
+        registrations: n,
+        elapsed,
+        service_cpu: cpu_after - cpu_before - sim_cpu,
+        sim_cpu,
+        duplicates: stats.duplicate_puts,
+        crypto: crypto_per_registration(keys, 500)?,
+    })
+}
+
+/// Times, over `n` cards on this thread, the two JOSE operations each registration makes in the
+/// service: sealing card data for a P-256 key (to our own card-data key here, so the result can
+/// be opened next; D1's key costs the same) and opening it with our card-data keys.
+fn crypto_per_registration(keys: &Keys, n: usize) -> anyhow::Result<Crypto> {
+    let recipient = RecipientKey::from_file(&keys.files.card_data_public_jwk)?;
+    let ours = keys.card_data_keys()?;
+    let card = CardData::from_json(
+        format!(r#"{{"pan":"{}","exp":"1230"}}"#, test_pan(&mut rand::thread_rng())).as_bytes(),
+    )?;
+    let started = Instant::now();
+    let sealed = (0..n).map(|_| encrypt_card_data(&card, &recipient)).collect::<Result<Vec<_>, _>>()?;
+    let encrypt = started.elapsed() / u32::try_from(n)?;
+    let started = Instant::now();
+    for jwe in sealed {
+        ours.decrypt(&EncryptedCard::new(jwe))?;
+    }
+    Ok(Crypto { decrypt: started.elapsed() / u32::try_from(n)?, encrypt })
+}
+
+/// (b): ingest and dispatch together; created events at `rate`/s for `seconds`, each card's
+/// publish time against its D1 store time.
+async fn latency(
+    settings: &ServiceSettings,
+    keys: &Keys,
+    sim: &RunningSimulator,
+    rate: usize,
+    seconds: usize,
+    partitions: usize,
+) -> anyhow::Result<Latency> {
+    let schema =
+        Schema::create(&settings.database.database_url, settings.database.database_max_connections).await?;
+    let topic = Topic::create("latency", i32::try_from(partitions)?).await?;
+    let warm_up = keys.messages("bwarm", 1, Plan::CreatedOnly)?;
+    let messages = keys.messages("blat", rate * seconds, Plan::CreatedOnly)?;
+    let pipeline = Arc::new(keys.pipeline()?);
+    let ingest = Ingest::start(
+        settings,
+        schema.pool.clone(),
+        vec![(topic.name.clone(), EventKind::Created)],
+        pipeline,
+    );
+    let timeout = Duration::from_millis(settings.d1.d1_timeout_ms);
+    let running = Running::start(Arc::new(dispatcher(
+        settings,
+        schema.pool.clone(),
+        d1_client(sim, keys, timeout)?,
+        keys,
+    )?));
+
+    // One card end to end first: the group has joined, D1's token and connections are warm.
+    let watch = GroupWatch::new()?;
+    poll_until("the consumer group to form", Duration::from_secs(60), Duration::from_millis(10), || async {
+        Ok(watch.is_stable(&ingest.group).await?.then_some(()))
+    })
+    .await?;
+    publish_paced(&topic, &warm_up, 1).await?;
+    wait_registered(sim, &warm_up, Duration::from_secs(60)).await?;
+
+    let started = Instant::now();
+    let published = publish_paced(&topic, &messages, rate).await?;
+    let publish_rate = per_second(messages.len(), started.elapsed());
+    wait_registered(sim, &messages, Duration::from_secs(120)).await?;
+    running.stop().await?;
+    ingest.stop().await?;
+
+    let mut millis = Vec::with_capacity(published.len());
+    for (card_id, at) in &published {
+        let card = sim.card(card_id).with_context(|| format!("{card_id} is not at D1"))?;
+        let stored = DateTime::parse_from_rfc3339(&card.created_at)?.with_timezone(&Utc);
+        millis.push((stored - *at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e3);
+    }
+    millis.sort_by(f64::total_cmp);
+    Ok(Latency { published: messages.len(), publish_rate, millis, duplicates: sim.stats().duplicate_puts })
+}
+
+/// A dispatcher running in the background until stopped.
+struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(dispatcher: Arc<Dispatcher>) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(dispatcher.run(stop.clone()));
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .context("dispatch did not stop in 30 s")??;
+        Ok(())
+    }
+}
+
+/// Publishes `messages` at `rate` per second on average (a late send is not made up by a pause,
+/// the next ones catch up), recording each card's publish time; waits for every delivery.
+async fn publish_paced(
+    topic: &Topic,
+    messages: &[Outgoing],
+    rate: usize,
+) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
+    let producer = producer()?;
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let start = tokio::time::Instant::now();
+    let mut published = Vec::with_capacity(messages.len());
+    let mut deliveries = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        tokio::time::sleep_until(start + period.mul_f64(i as f64)).await;
+        published.push((String::from_utf8(m.key.clone())?, Utc::now()));
+        let record = FutureRecord::to(&topic.name).key(&m.key).payload(&m.payload);
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).context("enqueue a message")?);
+    }
+    for delivery in deliveries {
+        delivery.await.context("delivery cancelled")?.map_err(|(e, _)| e).context("deliver a message")?;
+    }
+    Ok(published)
+}
+
+/// Waits until the simulator holds every card of `messages` (keys are card ids), checking them
+/// in order so each poll costs a few look-ups.
+async fn wait_registered(
+    sim: &RunningSimulator,
+    messages: &[Outgoing],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut next = 0;
+    poll_until("every card at D1", timeout, Duration::from_millis(20), || {
+        while next < messages.len() && sim.card(&String::from_utf8_lossy(&messages[next].key)).is_some() {
+            next += 1;
+        }
+        let done = next == messages.len();
+        async move { Ok(done.then_some(())) }
+    })
+    .await
+}
+
+fn print_throughput(a: &Throughput) {
+    let n = a.registrations as f64;
+    println!();
+    println!(
+        "(a) throughput: {} created cards queued in the outbox, drained by Dispatcher::run",
+        a.registrations
+    );
+    println!(
+        "  {:>9.0} registrations/s  ({:.2} s)",
+        per_second(a.registrations, a.elapsed),
+        a.elapsed.as_secs_f64()
+    );
+    println!(
+        "  CPU per registration: service {:.0} µs, simulator {:.0} µs (PostgreSQL not counted)",
+        a.service_cpu / n * 1e6,
+        a.sim_cpu / n * 1e6
+    );
+    println!(
+        "    of which JOSE (timed apart, one thread): open the stored JWE {:.0} µs + encrypt for D1 {:.0} µs",
+        a.crypto.decrypt.as_secs_f64() * 1e6,
+        a.crypto.encrypt.as_secs_f64() * 1e6
+    );
+    println!("  duplicate PUTs at the simulator: {} (must be 0)", a.duplicates);
+}
+
+fn print_latency(b: &Latency, rate: usize, seconds: usize) {
+    println!();
+    println!(
+        "(b) latency, publish -> stored at D1: created events at {rate}/s for {seconds} s ({} events, published at {:.0}/s)",
+        b.published, b.publish_rate
+    );
+    let q = |p: f64| quantile(&b.millis, p).unwrap_or(f64::NAN);
+    println!("  p50 {:.1} ms   p90 {:.1} ms   p99 {:.1} ms   max {:.1} ms", q(0.5), q(0.9), q(0.99), q(1.0));
+    println!("  duplicate PUTs at the simulator: {} (must be 0)", b.duplicates);
+}
+
+/// Drops both runtimes outside any async context (dropping one inside another panics).
+fn shut_down(service: Runtime, sim: Runtime) {
+    service.shutdown_timeout(Duration::from_secs(5));
+    sim.shutdown_timeout(Duration::from_secs(5));
+}
