@@ -157,6 +157,38 @@ impl CardData {
     }
 }
 
+/// Masks every run of 12..19 digits that passes Luhn (a possible PAN) in text that comes from
+/// outside (e.g. an error body from D1) before it is logged or stored.
+pub fn mask_pan_like(text: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let (mut i, mut copied) = (0, 0);
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        let run = &text[start..i];
+        if (12..=19).contains(&run.len()) && luhn_valid(run) {
+            let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            o.push_str(&text[copied..start]);
+            o.push_str("[masked]");
+            copied = i;
+        }
+    }
+    match out {
+        None => std::borrow::Cow::Borrowed(text),
+        Some(mut o) => {
+            o.push_str(&text[copied..]);
+            std::borrow::Cow::Owned(o)
+        }
+    }
+}
+
 /// How a `cardId` was found to come from the PAN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PanDerivation {
@@ -293,6 +325,14 @@ mod tests {
         assert_eq!(card_id_derivation(&other, &p), None);
     }
 
+    #[test]
+    fn pan_like_digit_runs_are_masked_and_other_text_is_kept() {
+        assert_eq!(mask_pan_like("card 4111111111111111 refused"), "card [masked] refused");
+        assert_eq!(mask_pan_like("id 4111111111111112, code 12"), "id 4111111111111112, code 12");
+        assert_eq!(mask_pan_like("5555555555554444/378282246310005"), "[masked]/[masked]");
+        assert!(matches!(mask_pan_like("nothing here"), std::borrow::Cow::Borrowed(_)));
+    }
+
     use proptest::prelude::*;
 
     /// Any 12..19-digit Luhn-valid PAN: random digits, then the check digit that makes it valid.
@@ -342,6 +382,13 @@ mod tests {
             // A random id only collides with the PAN if it happens to contain it.
             prop_assume!(!id.contains(&pan));
             prop_assert_eq!(card_id_derivation(&id, &p), None);
+        }
+
+        #[test]
+        fn a_pan_anywhere_in_text_is_masked(pan in any_pan(), before in "[a-z :]{0,10}", after in "[a-z :]{0,10}") {
+            let text = format!("{before}{pan}{after}");
+            let masked = mask_pan_like(&text);
+            prop_assert!(!masked.contains(&pan));
         }
 
         #[test]

@@ -210,9 +210,11 @@ fn error_body(body: &[u8]) -> (Option<String>, Option<String>) {
     }
 }
 
-/// At most [`MAX_TEXT`] characters, control characters replaced, so a body cannot forge log lines.
+/// At most [`MAX_TEXT`] characters, control characters replaced (a body cannot forge log lines),
+/// and anything shaped like a PAN masked: this text is logged and stored with the outbox row.
 fn truncate(s: &str) -> String {
-    s.chars().take(MAX_TEXT).map(|c| if c.is_control() { ' ' } else { c }).collect()
+    let short: String = s.chars().take(MAX_TEXT).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    crate::core::pan::mask_pan_like(&short).into_owned()
 }
 
 /// The error and its sources, joined, for the detail text; a source whose text is already

@@ -164,3 +164,14 @@ fn status_classification_depends_on_whether_the_call_has_an_effect() {
     assert!(classify_status(Operation::Register, 799, None, b"").is_ambiguous());
     assert!(classify_status(Operation::Register, 401, None, b"").is_unauthorized());
 }
+
+#[test]
+fn a_pan_echoed_in_an_error_body_is_masked_before_it_is_logged_or_stored() {
+    let body =
+        json!({ "errorCode": "INVALID_CARD", "error": "PAN 4111111111111111 not allowed" }).to_string();
+    let e = classify_status(Operation::Register, 400, None, body.as_bytes());
+    assert!(!e.to_string().contains("4111111111111111"), "{e}");
+    assert!(e.to_string().contains("PAN [masked] not allowed"), "{e}");
+    let raw = classify_status(Operation::Register, 400, None, b"bad card 4111111111111111");
+    assert!(!raw.to_string().contains("4111111111111111"));
+}
