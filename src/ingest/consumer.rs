@@ -102,6 +102,8 @@ struct Ctx {
     commits: std::sync::mpsc::Sender<Committed>,
     /// Set by the error callback; the poll loop reports it (it alone talks to the health sink).
     brokers_down: std::sync::atomic::AtomicBool,
+    /// Lets a rebalance callback waiting for PostgreSQL give up when the process stops.
+    shutdown: CancellationToken,
 }
 
 impl Ctx {
@@ -126,12 +128,13 @@ impl Ctx {
     }
 
     /// Reads the stored offsets for the group, retrying while PostgreSQL is unreachable: a
-    /// partition must never start from a guessed offset.
-    fn stored_offsets(&self) -> HashMap<(String, i32), i64> {
+    /// partition must never start from a guessed offset. `None` when shutdown came first.
+    fn stored_offsets(&self) -> Option<HashMap<(String, i32), i64>> {
         let mut delay = Duration::from_millis(200);
         loop {
             match self.rt.block_on(offsets::load_group(&self.pool, &self.options.group_id)) {
-                Ok(rows) => return rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+                Ok(rows) => return Some(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect()),
+                Err(_) if self.shutdown.is_cancelled() => return None,
                 Err(e) => {
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read stored offsets; retrying");
                     std::thread::sleep(delay);
@@ -142,7 +145,10 @@ impl Ctx {
     }
 
     fn assign(&self, consumer: &BaseConsumer<Ctx>, tpl: &mut TopicPartitionList) {
-        let stored = self.stored_offsets();
+        let Some(stored) = self.stored_offsets() else {
+            info!("stopping before the assignment could be taken");
+            return;
+        };
         let mut started = Vec::new();
         for elem in tpl.elements() {
             let key = (elem.topic().to_owned(), elem.partition());
@@ -297,6 +303,7 @@ fn poll_thread(
         router: Mutex::new(Router { slots: HashMap::new() }),
         commits: commits_tx,
         brokers_down: std::sync::atomic::AtomicBool::new(false),
+        shutdown: shutdown.clone(),
     };
     let consumer: BaseConsumer<Ctx> = client_config(&options)
         .create_with_context(ctx)
