@@ -15,6 +15,8 @@
 //! - [`workload`]: synthetic card event streams with expected outcomes (demo, tests, benchmarks).
 //! - [`admin`]: the admin HTTP server: `/healthz`, `/readyz` (from [`admin::Readiness`]), `/metrics`.
 //! - [`cli`]: the subcommands of the `card-registrar` binary.
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod cli;
 pub mod config;
