@@ -146,6 +146,9 @@ pub struct DispatchSettings {
     /// Largest retry delay ceiling, milliseconds (default 5 min).
     #[arg(long, env = "DISPATCH_RETRY_MAX_MS", default_value_t = 300_000)]
     pub dispatch_retry_max_ms: u64,
+    /// Least wait, milliseconds, before asking D1 (Get Card) about a call that may have reached it.
+    #[arg(long, env = "DISPATCH_RECONCILE_DELAY_MS", default_value_t = 30_000)]
+    pub dispatch_reconcile_delay_ms: u64,
     /// Lease on a claimed row, seconds; 0 = max(60, 4 x D1_TIMEOUT_MS).
     #[arg(long, env = "DISPATCH_LEASE_SECS", default_value_t = 0)]
     pub dispatch_lease_secs: u64,
@@ -208,6 +211,7 @@ impl DispatchSettings {
             max_delay: Duration::from_millis(self.dispatch_retry_max_ms.max(self.dispatch_retry_min_ms)),
             max_attempts: self.dispatch_max_attempts,
             max_age: Duration::from_secs(self.dispatch_max_age_secs),
+            reconcile_delay: Duration::from_millis(self.dispatch_reconcile_delay_ms),
         }
     }
 

@@ -225,7 +225,8 @@ async fn settle(deps: &Deps, row: &ClaimedRow, conclusion: Conclusion) -> Result
             match deps.policy.exhausted(attempts, row.attempts_since, now) {
                 Some(why) => (CallOutcome::GaveUp { reason: format!("{why}; last error: {error}") }, None),
                 None => {
-                    let delay = deps.policy.delay(attempts, retry_after, &mut rand::thread_rng());
+                    let delay =
+                        deps.policy.delay(attempts, retry_after, reconcile_next, &mut rand::thread_rng());
                     let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
                     let reason = if reconcile_next {
                         "ambiguous"

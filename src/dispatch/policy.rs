@@ -23,6 +23,9 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// Age (since the attempts began) before parking.
     pub max_age: Duration,
+    /// Least wait before asking D1 about a request that may have reached it: a timed-out PUT may
+    /// still be running at D1, and Get Card must not be asked before it is done.
+    pub reconcile_delay: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -32,6 +35,7 @@ impl Default for RetryPolicy {
             max_delay: Duration::from_secs(300),
             max_attempts: 20,
             max_age: Duration::from_secs(24 * 3600),
+            reconcile_delay: Duration::from_secs(30),
         }
     }
 }
@@ -50,11 +54,19 @@ impl RetryPolicy {
         Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    /// Full jitter under the ceiling, but never before D1's `Retry-After`.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
+    /// Full jitter under the ceiling, but never before D1's `Retry-After`, nor before
+    /// `reconcile_delay` when the next attempt must first ask D1 what happened.
+    pub fn delay(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        reconcile: bool,
+        rng: &mut impl Rng,
+    ) -> Duration {
         let ceiling = self.ceiling(attempt);
         let jittered = Duration::from_secs_f64(rng.gen_range(0.0..=ceiling.as_secs_f64()));
-        jittered.max(retry_after.unwrap_or(Duration::ZERO))
+        let floor = if reconcile { self.reconcile_delay } else { Duration::ZERO };
+        jittered.max(retry_after.unwrap_or(Duration::ZERO)).max(floor)
     }
 
     /// Why the row must stop now, if it must.
@@ -128,9 +140,20 @@ mod tests {
         let p = RetryPolicy::default();
         let mut rng = rand::thread_rng();
         for attempt in 1..25 {
-            let d = p.delay(attempt, None, &mut rng);
+            let d = p.delay(attempt, None, false, &mut rng);
             assert!(d <= p.ceiling(attempt));
-            assert!(p.delay(attempt, Some(Duration::from_secs(7)), &mut rng) >= Duration::from_secs(7));
+            assert!(
+                p.delay(attempt, Some(Duration::from_secs(7)), false, &mut rng) >= Duration::from_secs(7)
+            );
+        }
+    }
+
+    #[test]
+    fn an_ambiguous_outcome_is_never_reconciled_before_the_reconcile_delay() {
+        let p = RetryPolicy::default();
+        let mut rng = rand::thread_rng();
+        for attempt in 1..25 {
+            assert!(p.delay(attempt, None, true, &mut rng) >= Duration::from_secs(30));
         }
     }
 

@@ -74,6 +74,7 @@ pub fn dispatcher(db: &TestDb, d1: &TestD1, keys: &TestKeys, client: Option<D1Cl
         policy: RetryPolicy {
             min_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(50),
+            reconcile_delay: Duration::from_millis(50),
             ..Default::default()
         },
         request_timeout: timeout,
@@ -328,6 +329,7 @@ async fn the_breaker_opens_after_k_failures_then_lets_one_probe_through_and_clos
             policy: RetryPolicy {
                 min_delay: Duration::from_millis(1),
                 max_delay: Duration::from_millis(2),
+                reconcile_delay: Duration::from_millis(2),
                 ..Default::default()
             },
             request_timeout: Duration::from_millis(800),

@@ -51,6 +51,7 @@ impl WorkerEnv {
                 ("D1_TIMEOUT_MS".into(), "1000".into()),
                 ("DISPATCH_LEASE_SECS".into(), "4".into()),
                 ("DISPATCH_RETRY_MAX_MS".into(), "2000".into()),
+                ("DISPATCH_RECONCILE_DELAY_MS".into(), "1500".into()),
                 ("DISPATCH_POLL_MS".into(), "100".into()),
                 ("D1_MAX_RPS".into(), "1000".into()),
             ]),
