@@ -5,6 +5,9 @@
 //! is the process CPU minus those threads (read from /proc: Linux only). Prints its figures.
 //! Run: `cargo bench --bench d1_client` (env `BENCH_CALLS`, `BENCH_CONCURRENCY` to change the load).
 
+#[allow(dead_code)] // each bench uses a part of the shared fixtures
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -16,33 +19,10 @@ use card_registrar::crypto::{AssertionKey, RecipientKey};
 use card_registrar::d1::{D1Client, D1ClientConfig, RegisterCard};
 use d1_simulator::{KeyOptions, SimConfig, Simulator};
 
-/// Kernel clock ticks per second for /proc CPU times (USER_HZ, 100 on Linux).
-const TICKS_PER_SEC: f64 = 100.0;
+use common::cpu_seconds;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// utime + stime, in seconds, from a /proc `stat` line (fields after the parenthesised name).
-fn stat_cpu(stat: &str) -> f64 {
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // After the name: state is index 0, so utime (field 14) is 11 and stime (field 15) is 12.
-    (ticks(11) + ticks(12)) / TICKS_PER_SEC
-}
-
-/// (process CPU, CPU of threads whose name starts with `prefix`), in seconds.
-fn cpu_seconds(prefix: &str) -> (f64, f64) {
-    let process = std::fs::read_to_string("/proc/self/stat").map(|s| stat_cpu(&s)).unwrap_or(0.0);
-    let mut threads = 0.0;
-    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.starts_with(prefix) {
-            threads += std::fs::read_to_string(task.path().join("stat")).map(|s| stat_cpu(&s)).unwrap_or(0.0);
-        }
-    }
-    (process, threads)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
