@@ -5,8 +5,8 @@
 #   docker build -t card-registrar .
 #   docker run --rm card-registrar --help
 #
-# The image holds no keys and no configuration: settings come from the environment (see
-# docs/operations.md) and key files are mounted at run time (a Kubernetes Secret, a compose volume).
+# The image holds no keys and no configuration: settings come from the environment (see the
+# README's Configuration) and key files are mounted at run time (a Kubernetes Secret, a compose volume).
 # No HEALTHCHECK: the same image runs the worker, the simulator and one-shot jobs (migrate, publish,
 # keys), and the admin port is configurable, so one instruction cannot fit them all. Orchestrators
 # probe instead: Kubernetes httpGet probes on /healthz and /readyz, compose healthchecks per service.
