@@ -1,13 +1,14 @@
 //! card-registrar: registers a bank's cards with Thales D1, exactly once.
 //!
 //! # Layout
+//! - [`avro`]: the Avro codec: kept schemas, framing, decode, encode, schema registry client.
 //! - [`config`]: settings from the environment and flags, validated once.
 //! - [`core`]: pure domain (identifiers, events, card-data rules, validation, the decision engine).
 //!   No I/O; every rule is unit- and property-tested here.
 //! - [`crypto`]: key files and JOSE: decrypt `encryptedCard`, encrypt for D1, sign the OAuth assertion.
 //! - [`d1`]: the D1 HTTP client (OAuth token cache, Register Card, Get Card, outcome classification).
 //! - [`dispatch`]: outbox -> D1: claim under a lease, rate limit, retry, reconcile, breaker.
-//! - [`ingest`]: Kafka -> Avro decode -> validate -> decide -> one PostgreSQL transaction per batch.
+//! - [`ingest`]: Kafka -> decode (via [`avro`]) -> validate -> decide -> one PostgreSQL transaction per batch.
 //! - [`shutdown`]: signals -> cancellation, soft stop then hard stop.
 //! - [`store`]: PostgreSQL (sqlx): records, history, outbox, dead letters, consumed offsets.
 //! - [`telemetry`]: logs (JSON or text), traces (OpenTelemetry, W3C propagation), metric names and the
@@ -18,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod avro;
 pub mod cli;
 pub mod config;
 pub mod core;

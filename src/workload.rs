@@ -14,8 +14,8 @@ use crate::core::event::*;
 use crate::core::ids::{CardId, CardProductId, ConsumerId, EventId};
 use crate::core::pan::CardData;
 use crate::crypto::{RecipientKey, encrypt_card_data};
-use crate::ingest::encode::{EncodeError, Framing, encode};
-use crate::ingest::schemas::SchemaSet;
+use crate::avro::encode::{EncodeError, Framing, encode};
+use crate::avro::schemas::SchemaSet;
 
 /// What happens to one card.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -14,8 +14,8 @@ mod worker;
 
 use std::time::Duration;
 
-use card_registrar::ingest::encode::Framing;
-use card_registrar::ingest::schemas::SchemaSet;
+use card_registrar::avro::encode::Framing;
+use card_registrar::avro::schemas::SchemaSet;
 use card_registrar::workload::{Generator, Outgoing, Plan};
 
 use helpers::*;

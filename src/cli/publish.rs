@@ -13,8 +13,8 @@ use super::CliError;
 use crate::config::{ConfigError, KafkaSettings};
 use crate::core::event::EventKind;
 use crate::crypto::RecipientKey;
-use crate::ingest::encode::Framing;
-use crate::ingest::schemas::SchemaSet;
+use crate::avro::encode::Framing;
+use crate::avro::schemas::SchemaSet;
 use crate::workload::{Generator, Outgoing, Plan};
 
 /// Which plans the cards follow.

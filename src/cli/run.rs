@@ -24,10 +24,10 @@ use crate::dispatch::limiter::Limiter;
 use crate::dispatch::maintenance::{self, Retention};
 use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::ingest::consumer::{self, IngestOptions};
-use crate::ingest::decode::Decoder;
+use crate::avro::decode::Decoder;
 use crate::ingest::prepare::Pipeline;
-use crate::ingest::registry::{HttpSchemaRegistry, SchemaRegistry};
-use crate::ingest::schemas::SchemaSet;
+use crate::avro::registry::{HttpSchemaRegistry, SchemaRegistry};
+use crate::avro::schemas::SchemaSet;
 use crate::{shutdown, store, telemetry};
 
 /// Settings of `run`.

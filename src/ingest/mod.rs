@@ -1,23 +1,15 @@
 //! Ingest: Kafka messages -> decoded, validated events -> decisions applied in PostgreSQL.
 //!
-//! Avro decoding detects the framing per message (Confluent wire format through a schema
-//! registry, or single-object encoding against the versions kept in `schemas/`). A message that
-//! cannot become a valid event becomes a dead letter in the same transaction as the partition's
-//! offset: never a panic, never a blocked partition, never a lost message. Only an unreachable
+//! Decoding is the Avro codec's (`crate::avro`). A message that cannot become a valid event
+//! becomes a dead letter in the same transaction as the partition's offset: never a panic, never a blocked partition, never a lost message. Only an unreachable
 //! schema registry or database is transient (retry, never skip). Errors and logs name fields,
 //! never their values.
 
 pub mod apply;
 pub mod consumer;
-pub mod decode;
-pub mod encode;
 pub mod envelope;
 pub mod partition;
 pub mod prepare;
-pub mod registry;
 pub mod replay;
-pub mod schemas;
 mod spans;
 
-#[cfg(test)]
-mod decode_tests;

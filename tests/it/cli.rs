@@ -6,8 +6,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use card_registrar::core::record::CardState;
-use card_registrar::ingest::encode::Framing;
-use card_registrar::ingest::schemas::SchemaSet;
+use card_registrar::avro::encode::Framing;
+use card_registrar::avro::schemas::SchemaSet;
 use card_registrar::store::{cards, outbox};
 use card_registrar::workload::{Generator, Plan};
 

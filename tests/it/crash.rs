@@ -40,9 +40,9 @@ fn stream(keys: &TestKeys, prefix: &str, events: usize) -> (Vec<Outgoing>, usize
     let recognised = dups.iter().filter(|d| !refused.contains(d.key.as_slice())).count();
     out.extend(dups);
     let mut g = Generator::new(
-        card_registrar::ingest::schemas::SchemaSet::embedded().unwrap(),
+        card_registrar::avro::schemas::SchemaSet::embedded().unwrap(),
         keys.card_public(),
-        card_registrar::ingest::encode::Framing::SingleObject,
+        card_registrar::avro::encode::Framing::SingleObject,
         3,
         prefix,
     );

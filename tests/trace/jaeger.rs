@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
-use card_registrar::ingest::encode::Framing;
-use card_registrar::ingest::schemas::SchemaSet;
+use card_registrar::avro::encode::Framing;
+use card_registrar::avro::schemas::SchemaSet;
 use card_registrar::workload::{Generator, Plan};
 use serde_json::Value;
 

@@ -293,9 +293,9 @@ fn registry_decoder(server: &MockServer) -> Decoder {
 }
 
 async fn serve_schema(server: &MockServer, id: u32, kind: EventKind, version: u32, times: u64) {
-    let json = crate::ingest::schemas::EMBEDDED
+    let json = crate::avro::schemas::EMBEDDED
         .iter()
-        .find(|f| f.topic == crate::ingest::schemas::topic_folder(kind) && f.version == version)
+        .find(|f| f.topic == crate::avro::schemas::topic_folder(kind) && f.version == version)
         .unwrap()
         .json;
     Mock::given(method("GET"))
