@@ -66,6 +66,15 @@ pub struct KafkaSettings {
     /// Confluent-compatible schema registry, for messages in the Confluent wire format.
     #[arg(long, env = "SCHEMA_REGISTRY_URL")]
     pub schema_registry_url: Option<Url>,
+    /// File holding `user:password` for the registry's HTTP basic auth (Confluent's `basic.auth.user.info`).
+    #[arg(long, env = "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO_FILE")]
+    pub schema_registry_basic_auth_user_info_file: Option<PathBuf>,
+    /// File holding the CA (PEM) the registry's certificate must chain to, if not a public root.
+    #[arg(long, env = "SCHEMA_REGISTRY_CA_CERT")]
+    pub schema_registry_ca_cert: Option<PathBuf>,
+    /// Timeout of one registry request, in milliseconds.
+    #[arg(long, env = "SCHEMA_REGISTRY_TIMEOUT_MS", default_value_t = 5000)]
+    pub schema_registry_timeout_ms: u64,
 }
 
 /// D1 and the keys toward it.
@@ -261,6 +270,35 @@ impl KafkaSettings {
         let topics = [&self.topic_card_created, &self.topic_card_tokenized, &self.topic_card_ordered];
         if topics[0] == topics[1] || topics[1] == topics[2] || topics[0] == topics[2] {
             return Err(ConfigError::new("TOPIC_CARD_CREATED", "the three input topics must differ"));
+        }
+        if !(100..=60_000).contains(&self.schema_registry_timeout_ms) {
+            return Err(ConfigError::new("SCHEMA_REGISTRY_TIMEOUT_MS", "must be 100..60000"));
+        }
+        if let Some(url) = &self.schema_registry_url {
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::new("SCHEMA_REGISTRY_URL", "must be an http or https URL"));
+            }
+            if url.scheme() == "http" && self.schema_registry_basic_auth_user_info_file.is_some() {
+                let loopback = match url.host() {
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    Some(url::Host::Domain(d)) => d == "localhost",
+                    None => false,
+                };
+                if !loopback {
+                    return Err(ConfigError::new(
+                        "SCHEMA_REGISTRY_URL",
+                        "must be https when SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO_FILE is set (credentials in clear)",
+                    ));
+                }
+            }
+        } else if self.schema_registry_basic_auth_user_info_file.is_some()
+            || self.schema_registry_ca_cert.is_some()
+        {
+            return Err(ConfigError::new(
+                "SCHEMA_REGISTRY_URL",
+                "missing: the registry settings are set without it",
+            ));
         }
         Ok(())
     }

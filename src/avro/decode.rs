@@ -17,7 +17,13 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use chrono::DateTime;
 
-use super::registry::{RegistryError, SchemaRegistry};
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use apache_avro::schema_compatibility::SchemaCompatibility;
+
+use super::layout::{DatumError, MAX_DEPTH, MAX_VALUES};
+use super::registry::{RegisteredSchema, RegistryError, SchemaRegistry};
 use super::schemas::{Fingerprint, ParsedSchema, SchemaSet};
 use crate::core::dead_letter::DeadLetterReason;
 use crate::core::event::{
@@ -50,6 +56,62 @@ impl DecodeError {
     fn new(reason: DeadLetterReason, detail: impl Into<String>) -> Self {
         Self { reason, detail: detail.into() }
     }
+
+    /// Prefixes the detail with the registry schema the message named.
+    fn with_registry_origin(mut self, writer: &RegisteredSchema) -> Self {
+        self.detail = format!("writer {writer}: {}", self.detail);
+        self
+    }
+}
+
+/// Most types (nodes of its layout) a writer schema from the registry may have.
+pub const MAX_SCHEMA_NODES: usize = 512;
+
+/// Whether a writer schema from the registry may decode messages of a `kind` topic.
+///
+/// A schema whose canonical fingerprint is a kept version's (of any topic) is ours. Anything else
+/// is untrusted and used only if it is not recursive, nests at most `MAX_DEPTH` types deep, has at
+/// most `MAX_SCHEMA_NODES` types, defines the topic's record, and resolves against the topic's
+/// reader schema. (Its size was capped by the registry client before it was parsed.)
+pub fn vet_registry_schema(
+    kind: EventKind,
+    writer: &ParsedSchema,
+    schemas: &SchemaSet,
+) -> Result<(), DecodeError> {
+    if schemas.by_fingerprint(&writer.fingerprint()).is_some() {
+        return Ok(());
+    }
+    let untrusted = |detail: String| Err(DecodeError::new(DeadLetterReason::UntrustedSchema, detail));
+    let layout = writer.layout();
+    if layout.is_recursive() {
+        return untrusted("the schema is recursive".into());
+    }
+    if layout.depth() > MAX_DEPTH {
+        return untrusted(format!("the schema nests deeper than {MAX_DEPTH} types"));
+    }
+    if layout.len() > MAX_SCHEMA_NODES {
+        return untrusted(format!("the schema has more than {MAX_SCHEMA_NODES} types"));
+    }
+    let reader = schemas.reader(kind);
+    if writer.full_name() != reader.schema.full_name() {
+        return untrusted(format!(
+            "record {} is not the topic's record {}",
+            writer.full_name().unwrap_or("(unnamed)"),
+            reader.schema.full_name().unwrap_or("(unnamed)")
+        ));
+    }
+    // A bug in the Avro library must cost one dead letter, not the partition.
+    let resolvable = catch_unwind(AssertUnwindSafe(|| {
+        SchemaCompatibility::can_read(writer.schema(), reader.schema.schema()).is_ok()
+    }))
+    .unwrap_or(false);
+    if !resolvable {
+        return untrusted(format!(
+            "it does not resolve against the topic's reader schema (v{})",
+            reader.version
+        ));
+    }
+    Ok(())
 }
 
 impl From<IdError> for DecodeError {
@@ -143,6 +205,20 @@ pub fn decode_datum(
 fn read_value(writer: &ParsedSchema, reader: &ParsedSchema, body: &[u8]) -> Result<Value, DecodeError> {
     let mismatch = |detail: &str| DecodeError::new(DeadLetterReason::SchemaMismatch, detail);
     apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
+    // The bounded walk first: apache-avro would build whatever the datum declares.
+    writer.layout().check(body).map_err(|e| match e {
+        DatumError::TooComplex => DecodeError::new(
+            DeadLetterReason::DatumTooComplex,
+            format!("the datum declares more than {MAX_VALUES} values or nests deeper than {MAX_DEPTH}"),
+        ),
+        DatumError::Truncated => {
+            DecodeError::new(DeadLetterReason::Truncated, "value ends inside the Avro datum")
+        }
+        DatumError::Malformed => mismatch("datum does not match its writer schema"),
+        DatumError::TrailingBytes => {
+            mismatch("bytes left after the datum: it does not match its writer schema")
+        }
+    })?;
     let mut input = ExactReader { rest: body, ran_short: false };
     let decoded = GenericDatumReader::builder(writer.schema())
         .build()
@@ -331,12 +407,36 @@ fn to_event(kind: EventKind, mut f: Fields) -> Result<CardEvent, DecodeError> {
 pub struct Decoder {
     schemas: Arc<SchemaSet>,
     registry: Option<Arc<dyn SchemaRegistry>>,
+    /// `vet_registry_schema` verdicts by writer fingerprint and topic kind (bounded).
+    verdicts: Arc<Mutex<Verdicts>>,
 }
+
+/// `vet_registry_schema` verdicts by writer fingerprint and topic kind.
+type Verdicts = HashMap<(Fingerprint, EventKind), Result<(), DecodeError>>;
+
+/// Most verdicts the decoder remembers before starting afresh.
+const MAX_VERDICTS: usize = 1024;
 
 impl Decoder {
     /// A decoder over the local schema set and, when `SCHEMA_REGISTRY_URL` is set, a registry.
     pub fn new(schemas: Arc<SchemaSet>, registry: Option<Arc<dyn SchemaRegistry>>) -> Self {
-        Self { schemas, registry }
+        Self { schemas, registry, verdicts: Arc::default() }
+    }
+
+    /// `vet_registry_schema`, computed once per writer schema and topic kind.
+    fn vet(&self, kind: EventKind, writer: &ParsedSchema) -> Result<(), DecodeError> {
+        let key = (writer.fingerprint(), kind);
+        let lock = || self.verdicts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(verdict) = lock().get(&key) {
+            return verdict.clone();
+        }
+        let verdict = vet_registry_schema(kind, writer, &self.schemas);
+        let mut verdicts = lock();
+        if verdicts.len() >= MAX_VERDICTS {
+            verdicts.clear();
+        }
+        verdicts.insert(key, verdict.clone());
+        verdict
     }
 
     /// The local schema set.
@@ -368,11 +468,15 @@ impl Decoder {
                 let writer = registry.writer_schema(schema_id).await.map_err(|e| {
                     if e.is_transient() {
                         DecodeFailure::Transient(e)
+                    } else if e.is_untrusted() {
+                        DecodeError::new(DeadLetterReason::UntrustedSchema, e.to_string()).into()
                     } else {
                         unknown_schema(e.to_string()).into()
                     }
                 })?;
-                decode_datum(kind, &writer, reader, body)?
+                self.vet(kind, &writer.schema).map_err(|e| e.with_registry_origin(&writer))?;
+                decode_datum(kind, &writer.schema, reader, body)
+                    .map_err(|e| e.with_registry_origin(&writer))?
             }
         };
         if key != Some(event.meta().card_id.as_str().as_bytes()) {

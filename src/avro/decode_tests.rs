@@ -17,7 +17,7 @@ use super::decode::{
     DecodeError, DecodeFailure, Decoder, Frame, MAX_ALLOCATION_BYTES, decode_datum, split_frame,
 };
 use super::encode::{Framing, encode, encode_version};
-use super::registry::{HttpSchemaRegistry, RegistryError, SchemaRegistry};
+use super::registry::{HttpSchemaRegistry, RegisteredSchema, RegistryError, SchemaRegistry};
 use super::schemas::{Fingerprint, ParsedSchema, SchemaSet};
 use crate::core::dead_letter::DeadLetterReason;
 use crate::core::event::{
@@ -371,10 +371,132 @@ async fn a_registry_that_is_down_is_transient_not_a_dead_letter() {
 struct StaticRegistry(Arc<SchemaSet>);
 
 impl SchemaRegistry for StaticRegistry {
-    fn writer_schema(&self, id: u32) -> BoxFuture<'_, Result<Arc<ParsedSchema>, RegistryError>> {
-        let found = KINDS.get(id as usize - 1).map(|k| self.0.reader(*k).schema.clone());
+    fn writer_schema(&self, id: u32) -> BoxFuture<'_, Result<Arc<RegisteredSchema>, RegistryError>> {
+        let found = KINDS
+            .get(id as usize - 1)
+            .map(|k| Arc::new(RegisteredSchema::new(id, (*self.0.reader(*k).schema).clone())));
         Box::pin(async move { found.ok_or(RegistryError::NotFound { id }) })
     }
+}
+
+/// A registry serving whatever schema JSON a test hands it, under id 1.
+struct HostileRegistry(String);
+
+impl SchemaRegistry for HostileRegistry {
+    fn writer_schema(&self, id: u32) -> BoxFuture<'_, Result<Arc<RegisteredSchema>, RegistryError>> {
+        let parsed = ParsedSchema::parse(&self.0).map(|s| Arc::new(RegisteredSchema::new(id, s)));
+        Box::pin(async move { parsed.map_err(|_| RegistryError::NotAvro { id }) })
+    }
+}
+
+fn hostile(schema: String, datum: &[u8]) -> DecodeError {
+    let decoder = Decoder::new(schemas(), Some(Arc::new(HostileRegistry(schema))));
+    let mut payload = vec![0, 0, 0, 0, 1];
+    payload.extend_from_slice(datum);
+    invalid(block_on(decoder.decode(EventKind::Ordered, Some(b"card-1"), &payload)))
+}
+
+/// CardOrdered v1 with one more field of the given type appended.
+fn ordered_plus(extra_type: &str) -> String {
+    let v1 = super::schemas::EMBEDDED.iter().find(|f| f.topic == "card-ordered" && f.version == 1).unwrap();
+    let mut schema: serde_json::Value = serde_json::from_str(v1.json).unwrap();
+    let extra: serde_json::Value = serde_json::from_str(extra_type).unwrap();
+    schema["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({ "name": "extra", "type": extra, "default": null }));
+    schema.to_string()
+}
+
+/// A valid CardOrdered v1 datum (no header).
+fn ordered_datum() -> Vec<u8> {
+    encode_version(&schemas(), &ordered(), 1, Framing::SingleObject).unwrap()[10..].to_vec()
+}
+
+fn zigzag(n: i64) -> Vec<u8> {
+    let mut v = ((n << 1) ^ (n >> 63)) as u64;
+    let mut out = Vec::new();
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out
+}
+
+#[test]
+fn a_recursive_registry_schema_with_a_10_kb_message_is_untrusted() {
+    let schema = ordered_plus(
+        r#"["null", {"type":"record","name":"Node","fields":[{"name":"next","type":["null","Node"]}]}]"#,
+    );
+    let mut datum = ordered_datum();
+    datum.extend(std::iter::repeat_n(2u8, 10_000));
+    let err = hostile(schema, &datum);
+    assert_eq!(
+        (err.reason, err.detail.as_str()),
+        (DeadLetterReason::UntrustedSchema, "writer schema id 1: the schema is recursive")
+    );
+}
+
+#[test]
+fn deeply_nested_arrays_of_null_are_untrusted_and_shallow_ones_with_billions_of_items_too_complex() {
+    let mut deep = r#""null""#.to_owned();
+    for _ in 0..40 {
+        deep = format!(r#"{{"type":"array","items":{deep}}}"#);
+    }
+    let err = hostile(ordered_plus(&format!(r#"["null", {deep}]"#)), &ordered_datum());
+    assert_eq!(err.reason, DeadLetterReason::UntrustedSchema);
+    assert!(err.detail.ends_with("the schema nests deeper than 32 types"), "{err}");
+
+    let mut datum = ordered_datum();
+    datum.extend(zigzag(1)); // the union's array branch
+    datum.extend(zigzag(i64::from(i32::MAX))); // one block declaring 2^31 nulls
+    let err = hostile(ordered_plus(r#"["null", {"type":"array","items":"null"}]"#), &datum);
+    assert_eq!(err.reason, DeadLetterReason::DatumTooComplex, "{err}");
+}
+
+#[test]
+fn a_string_or_array_declared_far_beyond_the_message_is_truncated() {
+    let mut datum = ordered_datum();
+    datum.extend(zigzag(1));
+    datum.extend(zigzag(1 << 40));
+    datum.extend(b"short");
+    let err = hostile(ordered_plus(r#"["null", "string"]"#), &datum);
+    assert_eq!(err.reason, DeadLetterReason::Truncated, "{err}");
+    let mut datum = ordered_datum();
+    datum.extend(zigzag(1));
+    datum.extend(zigzag(1000));
+    datum.extend(zigzag(7));
+    let err = hostile(ordered_plus(r#"["null", {"type":"array","items":"long"}]"#), &datum);
+    assert_eq!(err.reason, DeadLetterReason::Truncated, "{err}");
+}
+
+#[test]
+fn a_registry_schema_of_another_record_or_not_resolvable_is_untrusted() {
+    let other = ordered_plus(r#""null""#).replace("\"CardOrdered\"", "\"Other\"");
+    let err = hostile(other, &ordered_datum());
+    assert_eq!(err.reason, DeadLetterReason::UntrustedSchema);
+    assert!(err.detail.contains("record cards.lifecycle.v1.Other is not the topic's record"), "{err}");
+    let v1 = super::schemas::EMBEDDED.iter().find(|f| f.topic == "card-ordered" && f.version == 1).unwrap();
+    let retyped =
+        v1.json.replacen(r#"{"name": "cardId", "type": "string""#, r#"{"name": "cardId", "type": "long""#, 1);
+    assert_ne!(retyped, v1.json);
+    let err = hostile(retyped, &ordered_datum());
+    assert_eq!(err.reason, DeadLetterReason::UntrustedSchema);
+    assert!(err.detail.contains("does not resolve against the topic's reader schema (v1)"), "{err}");
+}
+
+#[test]
+fn an_unkept_registry_schema_within_the_rules_decodes() {
+    let mut datum = ordered_datum();
+    datum.extend(zigzag(1));
+    datum.extend(zigzag(2));
+    datum.extend(b"ok");
+    let decoder =
+        Decoder::new(schemas(), Some(Arc::new(HostileRegistry(ordered_plus(r#"["null", "string"]"#)))));
+    let mut payload = vec![0, 0, 0, 0, 1];
+    payload.extend_from_slice(&datum);
+    assert_eq!(block_on(decoder.decode(EventKind::Ordered, Some(b"card-1"), &payload)).unwrap(), ordered());
 }
 
 fn schema_id(kind: EventKind) -> u32 {

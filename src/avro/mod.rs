@@ -6,8 +6,10 @@
 //! untrusted: decoding never panics, never allocates beyond a fixed bound, and never puts a field's
 //! value in an error. No Kafka and no database here.
 
+pub mod canonical;
 pub mod decode;
 pub mod encode;
+pub mod layout;
 pub mod registry;
 pub mod schemas;
 

@@ -10,9 +10,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use apache_avro::Schema;
-use apache_avro::rabin::Rabin;
 use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 
+use super::canonical::{self, CanonicalError, parsing_canonical_form};
+use super::layout::Layout;
 use crate::core::event::EventKind;
 
 /// A schema file compiled into the binary by `build.rs`.
@@ -50,24 +51,45 @@ impl fmt::Display for Fingerprint {
 #[derive(Debug, Clone)]
 pub struct ParsedSchema {
     schema: Schema,
+    canonical_form: String,
     fingerprint: Fingerprint,
     full_name: Option<String>,
+    layout: Layout,
+}
+
+/// Why schema JSON could not become a `ParsedSchema`.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// apache-avro refused the schema.
+    #[error("the Avro library refuses the schema")]
+    Avro(#[source] apache_avro::Error),
+    /// The schema has no Parsing Canonical Form.
+    #[error(transparent)]
+    Canonical(#[from] CanonicalError),
 }
 
 impl ParsedSchema {
-    /// Parses schema JSON (a file of ours, or a registry answer).
-    pub fn parse(json: &str) -> Result<Self, apache_avro::Error> {
-        Ok(Self::new(Schema::parse_str(json)?))
+    /// Parses schema JSON (a file of ours, or a registry answer). The fingerprint is the
+    /// specification's: CRC-64-AVRO of the Parsing Canonical Form computed from this JSON.
+    pub fn parse(json: &str) -> Result<Self, ParseError> {
+        let canonical_form = parsing_canonical_form(json)?;
+        let canonical_json = serde_json::from_str(&canonical_form)
+            .map_err(|_| CanonicalError("the canonical form is not JSON"))?;
+        let layout = Layout::compile(&canonical_json).ok_or(CanonicalError("the layout does not compile"))?;
+        let schema = Schema::parse_str(json).map_err(ParseError::Avro)?;
+        let fingerprint = Fingerprint(canonical::fingerprint(&canonical_form));
+        let full_name = schema.name().map(|n| n.fullname(None));
+        Ok(Self { schema, canonical_form, fingerprint, full_name, layout })
     }
 
-    /// Wraps a parsed schema, computing its fingerprint.
-    pub fn new(schema: Schema) -> Self {
-        let mut fingerprint = [0u8; 8];
-        let digest = schema.fingerprint::<Rabin>().bytes;
-        // Rabin yields exactly 8 bytes, already little-endian.
-        fingerprint.iter_mut().zip(digest).for_each(|(d, s)| *d = s);
-        let full_name = schema.name().map(|n| n.fullname(None));
-        Self { schema, fingerprint: Fingerprint(fingerprint), full_name }
+    /// Its binary layout, for the bounded walk every datum gets before decoding.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The Parsing Canonical Form.
+    pub fn canonical_form(&self) -> &str {
+        &self.canonical_form
     }
 
     /// The schema.
@@ -75,7 +97,7 @@ impl ParsedSchema {
         &self.schema
     }
 
-    /// Its CRC-64-AVRO fingerprint.
+    /// Its CRC-64-AVRO fingerprint, per the specification.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
     }
@@ -141,7 +163,7 @@ pub enum SchemaError {
         version: u32,
         /// The parser's complaint.
         #[source]
-        source: apache_avro::Error,
+        source: ParseError,
     },
     /// The record name does not match the folder.
     #[error("schemas/{topic}/v{version}.avsc must define record {expected}")]

@@ -12,6 +12,9 @@ use tracing::{info, warn};
 use super::CliError;
 use super::migrate::error_chain;
 use crate::admin::{self, Check, Readiness};
+use crate::avro::decode::Decoder;
+use crate::avro::registry::{HttpSchemaRegistry, RegistryOptions, RegistrySetupError, SchemaRegistry};
+use crate::avro::schemas::SchemaSet;
 use crate::config::{
     AdminSettings, CardDataSettings, ConfigError, D1Settings, DatabaseSettings, DispatchSettings,
     IngestSettings, KafkaSettings, ValidD1Settings,
@@ -24,10 +27,7 @@ use crate::dispatch::limiter::Limiter;
 use crate::dispatch::maintenance::{self, Retention};
 use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::ingest::consumer::{self, IngestOptions};
-use crate::avro::decode::Decoder;
 use crate::ingest::prepare::Pipeline;
-use crate::avro::registry::{HttpSchemaRegistry, SchemaRegistry};
-use crate::avro::schemas::SchemaSet;
 use crate::{shutdown, store, telemetry};
 
 /// Settings of `run`.
@@ -80,13 +80,40 @@ pub fn pipeline(kafka: &KafkaSettings, card_data: &CardDataSettings) -> Result<P
     let sealer = EnvelopeSealer::from_file(&keys_path).map_err(key_error)?;
     let schemas = SchemaSet::embedded().map_err(|e| CliError::context("load the embedded schemas", e))?;
     let registry: Option<Arc<dyn SchemaRegistry>> = match &kafka.schema_registry_url {
-        Some(url) => Some(Arc::new(HttpSchemaRegistry::new(url, Duration::from_secs(5)).map_err(|e| {
-            ConfigError { variable: "SCHEMA_REGISTRY_URL", problem: format!("cannot build a client ({e})") }
-        })?)),
+        Some(url) => {
+            let options = RegistryOptions {
+                url: url.clone(),
+                basic_auth_user_info: kafka.schema_registry_basic_auth_user_info_file.clone(),
+                ca_cert: kafka.schema_registry_ca_cert.clone(),
+                timeout: Duration::from_millis(kafka.schema_registry_timeout_ms),
+            };
+            let registry =
+                HttpSchemaRegistry::from_options(&options).map_err(|e| registry_setup_error(&options, e))?;
+            Some(Arc::new(registry))
+        }
         None => None,
     };
     info!(kids = ?keys.kids().collect::<Vec<_>>(), "card-data keys loaded");
     Ok(Pipeline::new(Decoder::new(Arc::new(schemas), registry), Arc::new(keys), Arc::new(sealer)))
+}
+
+/// A registry setup problem as a one-line configuration error naming its variable.
+fn registry_setup_error(options: &RegistryOptions, e: RegistrySetupError) -> ConfigError {
+    let variable = match &e {
+        RegistrySetupError::Ca { .. } => "SCHEMA_REGISTRY_CA_CERT",
+        RegistrySetupError::Read { path, .. } if Some(path) == options.ca_cert.as_ref() => {
+            "SCHEMA_REGISTRY_CA_CERT"
+        }
+        RegistrySetupError::Read { .. } | RegistrySetupError::UserInfo { .. } => {
+            "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO_FILE"
+        }
+        RegistrySetupError::Client(_) => "SCHEMA_REGISTRY_URL",
+    };
+    let problem = match &e {
+        RegistrySetupError::Read { source, .. } => format!("{e}: {source}"),
+        _ => e.to_string(),
+    };
+    ConfigError { variable, problem }
 }
 
 /// The D1 client from validated settings; key and TLS problems name their variable.

@@ -40,6 +40,11 @@ reasons! {
     UnknownFraming => "UNKNOWN_FRAMING",
     /// The schema id or fingerprint is not known (registry or `schemas/`).
     UnknownSchema => "UNKNOWN_SCHEMA",
+    /// A writer schema from the registry that is not a kept version and breaks the rules for
+    /// untrusted schemas (recursive, too deep or large, another record, not resolvable).
+    UntrustedSchema => "UNTRUSTED_SCHEMA",
+    /// The datum declares more values, or nests deeper, than one message may.
+    DatumTooComplex => "DATUM_TOO_COMPLEX",
     /// The value ends before the framing or the Avro datum is complete.
     Truncated => "TRUNCATED",
     /// The writer schema does not resolve to the reader schema of the topic, or the datum does not match it.

@@ -1,7 +1,9 @@
 //! The one integration-test binary. Each module tests one boundary of the service against a real
 //! counterpart: PostgreSQL and Kafka (found through `DATABASE_URL` and `KAFKA_BROKERS`, each test
-//! with its own schema and topics), an independent JOSE implementation, the D1 simulator.
+//! with its own schema and topics), an independent JOSE implementation, the Avro reference
+//! implementation and the Kafka Java client, the D1 simulator.
 
+mod avro_interop;
 mod cli;
 mod crash;
 mod d1_client;
@@ -10,6 +12,7 @@ mod exactly_once;
 mod helpers;
 mod ingest;
 mod jwe_interop;
+mod registry_tls;
 mod smoke;
 mod store_apply;
 mod worker;
