@@ -12,6 +12,7 @@ use card_registrar::store::{cards, outbox};
 use card_registrar::workload::{Generator, Plan};
 
 use crate::dispatch::ingest_directly;
+use card_registrar::store::outbox::OutboxStatus;
 use crate::helpers::*;
 use crate::ingest::scripts;
 use crate::worker::{Worker, WorkerEnv, tail};
@@ -71,7 +72,7 @@ async fn card_show_and_outbox_commands_show_and_change_what_operators_need() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("is CANCELLED"), "{again:?}");
     let bad = cli(&db, &["outbox", "list", "--status", "LOST"], &[]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--status must be one of"));
-    assert_eq!(outbox::list(&db.pool, Some("CANCELLED"), None, 10).await.unwrap().len(), 1);
+    assert_eq!(outbox::list(&db.pool, Some(OutboxStatus::Cancelled), None, 10).await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

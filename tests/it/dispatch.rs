@@ -19,6 +19,7 @@ use card_registrar::workload::Plan;
 use chrono::Utc;
 use d1_simulator::{Faults, RunningSimulator, SeedCard, SimConfig, Simulator};
 
+use card_registrar::store::outbox::OutboxStatus;
 use crate::helpers::*;
 use crate::ingest::scripts;
 
@@ -77,7 +78,7 @@ pub fn dispatcher(db: &TestDb, d1: &TestD1, keys: &TestKeys, client: Option<D1Cl
             reconcile_delay: Duration::from_millis(50),
             ..Default::default()
         },
-        request_timeout: timeout,
+        clock: Arc::new(card_registrar::d1::SystemClock),
     };
     Dispatcher::new(
         deps,
@@ -85,6 +86,7 @@ pub fn dispatcher(db: &TestDb, d1: &TestD1, keys: &TestKeys, client: Option<D1Cl
             owner: "test-worker".into(),
             claim_batch: 32,
             lease: Duration::from_secs(30),
+            margin: Duration::from_secs(1),
             poll_interval: Duration::from_millis(50),
             breaker_threshold: 1000,
             breaker_cool_down: Duration::from_millis(100),
@@ -144,7 +146,7 @@ async fn a_created_card_is_registered_once_and_becomes_registered_explicitly() {
         assert_eq!(stored.consumer_id, c.consumer_id);
         assert_eq!(stored.last_four_digits.as_deref(), Some(&c.pan[c.pan.len() - 4..]));
     }
-    assert!(outbox::list(&db.pool, Some("DONE"), None, 10).await.unwrap().len() == 3);
+    assert!(outbox::list(&db.pool, Some(OutboxStatus::Done), None, 10).await.unwrap().len() == 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +160,7 @@ async fn commit_then_timeout_is_reconciled_with_get_card_and_never_sent_twice() 
     ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
     let d = dispatcher(&db, &d1, &keys, None);
     assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(5));
-    let rows = outbox::list(&db.pool, Some("PENDING"), None, 10).await.unwrap();
+    let rows = outbox::list(&db.pool, Some(OutboxStatus::Pending), None, 10).await.unwrap();
     assert_eq!(rows.len(), 5, "all timed out and wait for a retry");
     assert!(rows.iter().all(|r| r.needs_reconcile), "an ambiguous outcome must be reconciled first");
     d1.sim.set_faults(Faults::none()).unwrap();
@@ -182,7 +184,7 @@ async fn a_terminal_error_parks_the_row_and_fails_the_card_until_an_operator_ret
         d1.client_encrypting_for(&keys, &other_keys.files.d1_encryption_public_jwk, Duration::from_secs(2));
     let broken = dispatcher(&db, &d1, &keys, Some(wrong));
     assert_eq!(broken.step().await.unwrap(), StepOutcome::Attempted(1));
-    let parked = outbox::list(&db.pool, Some("PARKED"), None, 10).await.unwrap();
+    let parked = outbox::list(&db.pool, Some(OutboxStatus::Parked), None, 10).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert!(
         parked[0].last_error.as_deref().unwrap_or_default().contains("400"),
@@ -219,7 +221,7 @@ async fn a_card_registered_to_another_consumer_at_d1_is_a_terminal_conflict() {
     let (r, _) = cards::get(&db.pool, &cards[0].card_id).await.unwrap().unwrap();
     assert_eq!(r.state, CardState::Failed);
     assert!(r.failure.unwrap().contains("another consumer"));
-    assert_eq!(outbox::list(&db.pool, Some("PARKED"), None, 10).await.unwrap().len(), 1);
+    assert_eq!(outbox::list(&db.pool, Some(OutboxStatus::Parked), None, 10).await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +253,7 @@ async fn a_row_cancelled_by_an_implicit_registration_is_never_sent() {
     let d = dispatcher(&db, &d1, &keys, None);
     assert_eq!(d.step().await.unwrap(), StepOutcome::Idle);
     assert_eq!(d1.sim.stats().puts_total, 0);
-    assert_eq!(outbox::list(&db.pool, Some("CANCELLED"), None, 10).await.unwrap().len(), 4);
+    assert_eq!(outbox::list(&db.pool, Some(OutboxStatus::Cancelled), None, 10).await.unwrap().len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,7 +263,8 @@ async fn a_row_whose_lease_expired_is_reconciled_before_it_is_sent_again() {
     let cards = scripts(&keys, "lease", 1, |_| Plan::CreatedOnly);
     ingest_directly(&db, &keys, &cards[0].phase1).await;
     // A worker claims the row, sends the PUT, and "crashes" before settling.
-    let claimed = outbox::claim(&db.pool, "crashed-worker", 10, 200).await.unwrap();
+    let (lease, reconcile_delay) = (Duration::from_millis(200), Duration::from_millis(50));
+    let claimed = outbox::claim(&db.pool, "crashed-worker", 10, lease, reconcile_delay).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let crashed = dispatcher(&db, &d1, &keys, None);
     let request: card_registrar::core::decide::RegistrationRequest =
@@ -307,7 +310,7 @@ async fn retryable_failures_are_retried_until_d1_accepts() {
     let stats = d1.sim.stats();
     assert_eq!((stats.effective_registrations, stats.duplicate_puts), (40, 0));
     assert!(stats.puts_total > 40, "some attempts were refused and retried");
-    assert!(outbox::list(&db.pool, Some("PARKED"), None, 10).await.unwrap().is_empty());
+    assert!(outbox::list(&db.pool, Some(OutboxStatus::Parked), None, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,12 +335,13 @@ async fn the_breaker_opens_after_k_failures_then_lets_one_probe_through_and_clos
                 reconcile_delay: Duration::from_millis(2),
                 ..Default::default()
             },
-            request_timeout: Duration::from_millis(800),
+            clock: Arc::new(card_registrar::d1::SystemClock),
         },
         DispatchOptions {
             owner: "breaker-test".into(),
             claim_batch: 32,
             lease: Duration::from_secs(30),
+            margin: Duration::from_secs(1),
             poll_interval: Duration::from_millis(50),
             breaker_threshold: 3,
             breaker_cool_down: cool_down,
@@ -385,12 +389,12 @@ async fn retention_deletes_only_finished_rows_older_than_the_limit_in_bounded_ba
     let retention =
         Retention { keep: Duration::from_secs(7 * 86_400), batch: 2, every: Duration::from_secs(60) };
     assert_eq!(purge_finished(&db.pool, &retention).await.unwrap(), 3);
-    let left: Vec<String> =
+    let left: Vec<OutboxStatus> =
         outbox::list(&db.pool, None, None, 10).await.unwrap().into_iter().map(|r| r.status).collect();
     assert_eq!(left.len(), 3);
     assert!(
-        left.contains(&"PARKED".to_owned())
-            && left.contains(&"PENDING".to_owned())
-            && left.contains(&"DONE".to_owned())
+        left.contains(&OutboxStatus::Parked)
+            && left.contains(&OutboxStatus::Pending)
+            && left.contains(&OutboxStatus::Done)
     );
 }

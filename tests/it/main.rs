@@ -12,4 +12,5 @@ mod ingest;
 mod jwe_interop;
 mod smoke;
 mod store_apply;
+mod timing;
 mod worker;

@@ -11,6 +11,7 @@ use card_registrar::ingest::envelope::{RawMessage, Sealer};
 use card_registrar::store::{cards, dead_letters, history, offsets, outbox};
 use chrono::Utc;
 
+use card_registrar::store::outbox::OutboxStatus;
 use crate::helpers::*;
 
 const GROUP: &str = "g";
@@ -184,5 +185,5 @@ async fn concurrent_batches_touching_the_same_cards_from_many_partitions_neither
     assert!(counts.iter().all(|(state, _, _)| state == "REGISTERED"), "{counts:?}");
     let rows = outbox::list(&db.pool, None, None, 1000).await.unwrap();
     assert!(rows.len() <= cards_n);
-    assert!(rows.iter().all(|r| r.status == "CANCELLED" || r.status == "PENDING"));
+    assert!(rows.iter().all(|r| matches!(r.status, OutboxStatus::Cancelled | OutboxStatus::Pending)));
 }
