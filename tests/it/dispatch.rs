@@ -65,6 +65,28 @@ impl TestD1 {
     }
 }
 
+/// A monotonic clock moved by hand (the dispatcher's deadlines and breaker read it).
+pub struct ManualClock(std::sync::Mutex<tokio::time::Instant>);
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(tokio::time::Instant::now()))
+    }
+}
+
+impl ManualClock {
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+impl card_registrar::d1::Clock for ManualClock {
+    fn now(&self) -> tokio::time::Instant {
+        *self.0.lock().unwrap()
+    }
+}
+
 pub fn dispatcher(db: &TestDb, d1: &TestD1, keys: &TestKeys, client: Option<D1Client>) -> Dispatcher {
     let timeout = Duration::from_millis(800);
     let deps = Deps {
@@ -323,6 +345,8 @@ async fn the_breaker_opens_after_k_failures_then_lets_one_probe_through_and_clos
     let cards = scripts(&keys, "brk", 5, |_| Plan::CreatedOnly);
     ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
     let cool_down = Duration::from_millis(300);
+    // The breaker reads the injected clock: the test moves it instead of sleeping.
+    let clock = Arc::new(ManualClock::default());
     let d = Dispatcher::new(
         Deps {
             pool: db.pool.clone(),
@@ -335,7 +359,7 @@ async fn the_breaker_opens_after_k_failures_then_lets_one_probe_through_and_clos
                 reconcile_delay: Duration::from_millis(2),
                 ..Default::default()
             },
-            clock: Arc::new(card_registrar::d1::SystemClock),
+            clock: clock.clone(),
         },
         DispatchOptions {
             owner: "breaker-test".into(),
@@ -352,11 +376,11 @@ async fn the_breaker_opens_after_k_failures_then_lets_one_probe_through_and_clos
     let after_first = d1.sim.stats().puts_total + d1.sim.stats().gets_total;
     assert_eq!(d.step().await.unwrap(), StepOutcome::Paused, "5 consecutive failures opened it");
     assert_eq!(d1.sim.stats().puts_total + d1.sim.stats().gets_total, after_first, "nothing sent while open");
-    tokio::time::sleep(cool_down + Duration::from_millis(50)).await;
+    clock.advance(cool_down + Duration::from_millis(50));
     assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(1), "one probe after the cool-down");
     assert_eq!(d.step().await.unwrap(), StepOutcome::Paused, "the failed probe reopened it");
     d1.sim.set_faults(Faults::none()).unwrap();
-    tokio::time::sleep(cool_down + Duration::from_millis(50)).await;
+    clock.advance(cool_down + Duration::from_millis(50));
     assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(1), "the probe succeeds");
     drain(&d).await;
     assert_eq!((d1.sim.stats().effective_registrations, d1.sim.stats().duplicate_puts), (5, 0));
