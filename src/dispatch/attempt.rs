@@ -148,6 +148,8 @@ async fn conclude(deps: &Deps, row: &ClaimedRow, deadline: &Deadline) -> (Conclu
                 Asked::Registered => (Conclusion::Registered, Signal::Answered),
                 Asked::Conflict(why) => (Conclusion::GaveUp(why), Signal::Answered),
                 Asked::Absent => (Conclusion::GaveUp(e.to_string()), Signal::Answered),
+                // No time left to ask: D1 saw this PUT, so the next attempt must ask first.
+                Asked::Failed(Conclusion::Release(why), s) => (failed_locally(&why, true), s),
                 Asked::Failed(c, s) => (c, s),
             },
             // Nothing was sent (a 401 answer, if any, was a refusal before processing).
