@@ -65,9 +65,15 @@ const FIXED: Rule = Rule {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Row {
     /// Waiting; due when `wait` reaches 0.
-    Pending { wait: i8, reconcile: bool },
+    Pending {
+        wait: i8,
+        reconcile: bool,
+    },
     /// Leased; `left` counts down past 0 (expired) to `-(reconcile + 1)`.
-    InFlight { left: i8, reconcile: bool },
+    InFlight {
+        left: i8,
+        reconcile: bool,
+    },
     Done,
 }
 
@@ -75,13 +81,21 @@ enum Row {
 enum Phase {
     Idle,
     /// Claimed; must ask D1 first when `reconcile`.
-    Claimed { reconcile: bool },
+    Claimed {
+        reconcile: bool,
+    },
     /// The deadline check passed `since` ticks ago; the send comes next.
-    Checked { since: i8 },
+    Checked {
+        since: i8,
+    },
     /// A PUT is at D1 (request `req`) or its answer is on the way.
-    Waiting { req: u8 },
+    Waiting {
+        req: u8,
+    },
     /// Knows the outcome; settles next.
-    Concluded { outcome: Outcome },
+    Concluded {
+        outcome: Outcome,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -103,7 +117,9 @@ struct Worker {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Req {
     /// At D1 for `age` ticks, not yet committed or abandoned.
-    Pending { age: i8 },
+    Pending {
+        age: i8,
+    },
     Committed,
     Abandoned,
 }
@@ -169,7 +185,8 @@ fn successors(rule: &Rule, s: &State) -> Vec<(String, State)> {
                     for o in &mut n.workers {
                         o.holds = false;
                     }
-                    n.workers[w] = Worker { phase: Phase::Claimed { reconcile }, holds: true, left: rule.lease };
+                    n.workers[w] =
+                        Worker { phase: Phase::Claimed { reconcile }, holds: true, left: rule.lease };
                     out.push((format!("W{w} claims the row (reconcile: {reconcile})"), n));
                 }
             }
@@ -192,9 +209,19 @@ fn successors(rule: &Rule, s: &State) -> Vec<(String, State)> {
                         None => me.left >= 2 * rule.timeout,
                     };
                     let mut n = s.clone();
-                    n.workers[w].phase =
-                        if ok { Phase::Checked { since: 0 } } else { Phase::Concluded { outcome: Outcome::Release } };
-                    out.push((format!("W{w} checks its lease ({} left): {}", me.left, if ok { "send" } else { "release" }), n));
+                    n.workers[w].phase = if ok {
+                        Phase::Checked { since: 0 }
+                    } else {
+                        Phase::Concluded { outcome: Outcome::Release }
+                    };
+                    out.push((
+                        format!(
+                            "W{w} checks its lease ({} left): {}",
+                            me.left,
+                            if ok { "send" } else { "release" }
+                        ),
+                        n,
+                    ));
                 }
             }
             Phase::Checked { .. } => {
@@ -205,7 +232,8 @@ fn successors(rule: &Rule, s: &State) -> Vec<(String, State)> {
                 }
                 n.reqs.push(Req::Pending { age: 0 });
                 n.workers[w].phase = Phase::Waiting { req: (n.reqs.len() - 1) as u8 };
-                let note = if busy { " (DUPLICATE: D1 has the card or may still commit another PUT)" } else { "" };
+                let note =
+                    if busy { " (DUPLICATE: D1 has the card or may still commit another PUT)" } else { "" };
                 out.push((format!("W{w} sends a PUT{note}"), n));
             }
             Phase::Waiting { req } => {
@@ -239,16 +267,21 @@ fn successors(rule: &Rule, s: &State) -> Vec<(String, State)> {
         }
     }
     // Time passes (any worker may be paused meanwhile), unless something must happen first.
-    let d1_due = s.reqs.iter().any(|r| matches!(r, Req::Pending { age } if *age + 1 >= rule.d1_commit_within));
-    let send_due = rule.max_pause.is_some_and(|m| {
-        s.workers.iter().any(|w| matches!(w.phase, Phase::Checked { since } if since >= m))
-    });
+    let d1_due =
+        s.reqs.iter().any(|r| matches!(r, Req::Pending { age } if *age + 1 >= rule.d1_commit_within));
+    let send_due = rule
+        .max_pause
+        .is_some_and(|m| s.workers.iter().any(|w| matches!(w.phase, Phase::Checked { since } if since >= m)));
     if !d1_due && !send_due {
         let mut n = s.clone();
         let floor = -(rule.reconcile + 1);
         n.row = match &s.row {
-            Row::Pending { wait, reconcile } => Row::Pending { wait: (wait - 1).max(0), reconcile: *reconcile },
-            Row::InFlight { left, reconcile } => Row::InFlight { left: (left - 1).max(floor), reconcile: *reconcile },
+            Row::Pending { wait, reconcile } => {
+                Row::Pending { wait: (wait - 1).max(0), reconcile: *reconcile }
+            }
+            Row::InFlight { left, reconcile } => {
+                Row::InFlight { left: (left - 1).max(floor), reconcile: *reconcile }
+            }
             Row::Done => Row::Done,
         };
         for w in &mut n.workers {
@@ -377,9 +410,19 @@ fn the_fixed_rule_never_sends_twice_and_always_can_finish() {
                 if lease < margin + 3 {
                     continue;
                 }
-                let rule = Rule { lease, reconcile, d1_commit_within: reconcile, margin: Some(margin), max_pause: Some(margin), ..FIXED };
+                let rule = Rule {
+                    lease,
+                    reconcile,
+                    d1_commit_within: reconcile,
+                    margin: Some(margin),
+                    max_pause: Some(margin),
+                    ..FIXED
+                };
                 let report = check(&rule);
-                assert_eq!(report.counterexample, None, "lease {lease}, reconcile {reconcile}, margin {margin}");
+                assert_eq!(
+                    report.counterexample, None,
+                    "lease {lease}, reconcile {reconcile}, margin {margin}"
+                );
                 assert_eq!(report.stuck, 0, "lease {lease}, reconcile {reconcile}, margin {margin}");
             }
         }
@@ -389,7 +432,8 @@ fn the_fixed_rule_never_sends_twice_and_always_can_finish() {
 #[test]
 fn the_fixed_rule_needs_d1_to_commit_within_the_reconcile_delay() {
     // The assumption is needed: a D1 slower than the reconcile delay breaks exactly-once.
-    let slow = Rule { name: "fixed rule, D1 slower than the delay", d1_commit_within: FIXED.reconcile + 2, ..FIXED };
+    let slow =
+        Rule { name: "fixed rule, D1 slower than the delay", d1_commit_within: FIXED.reconcile + 2, ..FIXED };
     let report = check(&slow);
     eprintln!("{}", describe(&slow, &report));
     assert!(report.counterexample.is_some());

@@ -69,7 +69,11 @@ impl Injector {
     /// When this registration is to commit late, how long after its arrival.
     pub(crate) fn late_commit(&mut self) -> Option<Duration> {
         let latency = self.faults.late_commit_ms;
-        if self.hit(self.faults.late_commit_rate) { Some(self.draw(latency).unwrap_or_default()) } else { None }
+        if self.hit(self.faults.late_commit_rate) {
+            Some(self.draw(latency).unwrap_or_default())
+        } else {
+            None
+        }
     }
 
     /// Whether this Register Card is the card's first under "401 once" (then it is refused).

@@ -12,6 +12,9 @@ use tracing::{info, warn};
 use super::CliError;
 use super::migrate::error_chain;
 use crate::admin::{self, Check, Readiness};
+use crate::avro::decode::Decoder;
+use crate::avro::registry::{HttpSchemaRegistry, SchemaRegistry};
+use crate::avro::schemas::SchemaSet;
 use crate::config::{
     AdminSettings, CardDataSettings, ConfigError, D1Settings, DatabaseSettings, DispatchSettings,
     IngestSettings, KafkaSettings, ValidD1Settings,
@@ -24,10 +27,7 @@ use crate::dispatch::limiter::Limiter;
 use crate::dispatch::maintenance::{self, Retention};
 use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::ingest::consumer::{self, IngestOptions};
-use crate::avro::decode::Decoder;
 use crate::ingest::prepare::Pipeline;
-use crate::avro::registry::{HttpSchemaRegistry, SchemaRegistry};
-use crate::avro::schemas::SchemaSet;
 use crate::{shutdown, store, telemetry};
 
 /// Settings of `run`.

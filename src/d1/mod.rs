@@ -16,6 +16,6 @@ mod transport;
 mod tests;
 
 pub use client::{D1Card, D1Client, RegisterCard};
-pub use deadline::{Clock, Deadline, SystemClock};
 pub use config::{ClientIdentity, D1ClientConfig, D1ConfigError};
+pub use deadline::{Clock, Deadline, SystemClock};
 pub use error::{D1Error, Operation, classify_status, parse_retry_after};

@@ -75,7 +75,9 @@ pub fn plan(
         }
     };
     match policy.exhausted(attempts, age) {
-        Some(why) => Plan { outcome: CallOutcome::GaveUp { reason: format!("{why}; last: {error}") }, again: None },
+        Some(why) => {
+            Plan { outcome: CallOutcome::GaveUp { reason: format!("{why}; last: {error}") }, again: None }
+        }
         None => Plan { outcome: CallOutcome::WillRetry, again: Some((finish, reason)) },
     }
 }
@@ -86,7 +88,9 @@ pub fn fate(record: &CardRecord, plan: Plan, now: DateTime<Utc>) -> (CardRecord,
     let decision = on_call_outcome(record, &plan.outcome, now);
     let (finish, label) = match decision.row {
         RowFate::Done => (Finish::Done, "done"),
-        RowFate::Cancel => (Finish::Cancelled { why: "implicit registration came first".into() }, "cancelled"),
+        RowFate::Cancel => {
+            (Finish::Cancelled { why: "implicit registration came first".into() }, "cancelled")
+        }
         RowFate::Park => {
             let error = match plan.outcome {
                 CallOutcome::GaveUp { reason } => reason,

@@ -94,9 +94,11 @@ async fn replay_one(
                         .await?;
                         match (applied.dead_letters.first(), applied.effects.first(), applied.duplicates) {
                             (Some(reason), _, _) => still(reason.code().to_owned()),
-                            (None, Some(effect), _) => {
-                                Replayed { id, status: ReplayStatus::Replayed, detail: effect.as_str().to_owned() }
-                            }
+                            (None, Some(effect), _) => Replayed {
+                                id,
+                                status: ReplayStatus::Replayed,
+                                detail: effect.as_str().to_owned(),
+                            },
                             (None, None, _) => Replayed {
                                 id,
                                 status: ReplayStatus::Replayed,

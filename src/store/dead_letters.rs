@@ -41,7 +41,10 @@ impl TryFrom<String> for ReplayStatus {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::ALL.into_iter().find(|status| status.as_str() == s).ok_or_else(|| format!("unknown replay status {s:?}"))
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown replay status {s:?}"))
     }
 }
 

@@ -19,9 +19,9 @@ use card_registrar::workload::Plan;
 use chrono::Utc;
 use d1_simulator::{Faults, RunningSimulator, SeedCard, SimConfig, Simulator};
 
-use card_registrar::store::outbox::OutboxStatus;
 use crate::helpers::*;
 use crate::ingest::scripts;
+use card_registrar::store::outbox::OutboxStatus;
 
 /// The simulator and the keys both sides use.
 pub struct TestD1 {

@@ -13,10 +13,10 @@ use d1_simulator::Faults;
 use rand::Rng;
 
 use crate::dispatch::TestD1;
-use card_registrar::store::outbox::OutboxStatus;
 use crate::helpers::*;
 use crate::ingest::scripts;
 use crate::worker::{Worker, WorkerEnv, tail};
+use card_registrar::store::outbox::OutboxStatus;
 
 /// The suite's mix: every plan, with a known subset needing an explicit registration.
 fn plan(i: usize) -> Plan {
@@ -142,7 +142,10 @@ async fn suite(mode: Mode) {
             assert!(view.is_none());
         }
     }
-    assert!(outbox::list(&db.pool, Some(OutboxStatus::Parked), None, 10).await.unwrap().is_empty(), "parked rows");
+    assert!(
+        outbox::list(&db.pool, Some(OutboxStatus::Parked), None, 10).await.unwrap().is_empty(),
+        "parked rows"
+    );
     assert!(
         stats.faults_injected.errors.values().sum::<u64>() > 0
             && stats.faults_injected.commit_then_timeout > 0

@@ -167,8 +167,12 @@ async fn workers_with_clocks_30_s_ahead_and_behind_never_send_twice() {
     for w in &workers {
         w.wait_ready(Duration::from_secs(60)).await;
     }
-    let (ahead, behind) = (log_clock_offset(&workers[0].log, started), log_clock_offset(&workers[1].log, started));
-    assert!((25..=40).contains(&ahead) && (-35..=-25).contains(&behind), "clocks off by {ahead} s / {behind} s");
+    let (ahead, behind) =
+        (log_clock_offset(&workers[0].log, started), log_clock_offset(&workers[1].log, started));
+    assert!(
+        (25..=40).contains(&ahead) && (-35..=-25).contains(&behind),
+        "clocks off by {ahead} s / {behind} s"
+    );
     let until = tokio::time::Instant::now() + Duration::from_secs(90);
     while !settled(&db).await {
         assert!(tokio::time::Instant::now() < until, "rows stuck; log:\n{}", tail(&workers[1].log));
@@ -221,13 +225,15 @@ async fn a_401_near_the_lease_end_gives_the_row_back_instead_of_resending_late()
     // 1.2 s on a token, gets the 401, spends 1.2 s more on a new token, and then has 0.1 s of its
     // 2.5 s deadline left, too little for a 1 s request.
     d1.sim
-        .set_faults(Faults { token_latency: Some(Latency::fixed(1200)), unauthorized_once: true, ..Faults::none() })
+        .set_faults(Faults {
+            token_latency: Some(Latency::fixed(1200)),
+            unauthorized_once: true,
+            ..Faults::none()
+        })
         .unwrap();
     let cards = cards_ready(&db, &keys, "late401", 5).await;
-    let (first, second) = (
-        short_lease_dispatcher(&db, &d1, &keys, "first"),
-        short_lease_dispatcher(&db, &d1, &keys, "second"),
-    );
+    let (first, second) =
+        (short_lease_dispatcher(&db, &d1, &keys, "first"), short_lease_dispatcher(&db, &d1, &keys, "second"));
     assert_eq!(first.step().await.unwrap(), StepOutcome::Attempted(5));
     let rows = outbox::list(&db.pool, Some(OutboxStatus::Pending), None, 10).await.unwrap();
     assert_eq!(rows.len(), 5, "every row was given back unsent: {rows:?}");

@@ -96,8 +96,11 @@ async fn register_checked(
             commit_and_answer(&shared, &card_id, card, card_state, stored_before)
         });
         return commit.await.unwrap_or_else(|_| {
-            let error =
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_SERVER_ERROR", "late commit failed");
+            let error = ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_SERVER_ERROR",
+                "late commit failed",
+            );
             Err(Failure::Injected(error))
         });
     }

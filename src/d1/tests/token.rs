@@ -186,8 +186,12 @@ async fn a_401_whose_token_refresh_eats_the_deadline_is_not_resent() {
     let deadline =
         Deadline::at(tokio::time::Instant::now() + Duration::from_millis(2500), Arc::new(SystemClock));
     let inputs = Inputs::new();
-    let err = f.client.register_card_within(&inputs.register(), &inputs.correlation, &deadline).await.unwrap_err();
-    assert!(matches!(&err, D1Error::OutOfTime { detail } if detail.starts_with("register not sent")), "{err}");
+    let err =
+        f.client.register_card_within(&inputs.register(), &inputs.correlation, &deadline).await.unwrap_err();
+    assert!(
+        matches!(&err, D1Error::OutOfTime { detail } if detail.starts_with("register not sent")),
+        "{err}"
+    );
     assert!(err.is_local(), "nothing reached D1 a second time");
 }
 
