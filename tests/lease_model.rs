@@ -404,8 +404,8 @@ fn the_fixed_rule_never_sends_twice_and_always_can_finish() {
     assert!(report.states > 1000, "the model explores a meaningful space");
     // And across settings that satisfy the start-up rules (lease >= margin + 3 x timeout,
     // reconcile delay >= timeout, D1 within the delay, pauses within the margin).
-    for lease in 4..=6 {
-        for reconcile in 1..=4 {
+    for lease in 4..=5 {
+        for reconcile in 1..=3 {
             for margin in 1..=2 {
                 if lease < margin + 3 {
                     continue;
