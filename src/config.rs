@@ -155,12 +155,18 @@ pub struct DispatchSettings {
     /// Largest retry delay ceiling, milliseconds (default 5 min).
     #[arg(long, env = "DISPATCH_RETRY_MAX_MS", default_value_t = 300_000)]
     pub dispatch_retry_max_ms: u64,
-    /// Least wait, milliseconds, before asking D1 (Get Card) about a call that may have reached it.
+    /// Least wait, milliseconds, before asking D1 (Get Card) about a call that may have reached it:
+    /// D1 must commit or abandon every PUT within this long of receiving it. At least D1_TIMEOUT_MS.
     #[arg(long, env = "DISPATCH_RECONCILE_DELAY_MS", default_value_t = 30_000)]
     pub dispatch_reconcile_delay_ms: u64,
-    /// Lease on a claimed row, seconds; 0 = max(60, 4 x D1_TIMEOUT_MS).
+    /// Lease on a claimed row, seconds; 0 = max(60, ceil((margin + 4 x D1_TIMEOUT_MS) / 1000)).
+    /// At least DISPATCH_LEASE_MARGIN_MS + 3 x D1_TIMEOUT_MS (token, Get Card, PUT).
     #[arg(long, env = "DISPATCH_LEASE_SECS", default_value_t = 0)]
     pub dispatch_lease_secs: u64,
+    /// Safety margin, milliseconds: every D1 request of an attempt must be able to end this long
+    /// before the lease does (covers a pause between the check and the send).
+    #[arg(long, env = "DISPATCH_LEASE_MARGIN_MS", default_value_t = 5_000)]
+    pub dispatch_lease_margin_ms: u64,
     /// Poll interval when no notification arrives, milliseconds (at most 1000).
     #[arg(long, env = "DISPATCH_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=1000))]
     pub dispatch_poll_ms: u64,
@@ -224,13 +230,53 @@ impl DispatchSettings {
         }
     }
 
-    /// The lease: explicit, or long enough to outlive a reconcile plus a PUT with margin.
+    /// The lease: explicit, or long enough for a token fetch, Get Card, the PUT and a token refresh
+    /// with its re-send, plus the margin (whole seconds, at least 60).
     pub fn lease(&self, d1_timeout: Duration) -> Duration {
         if self.dispatch_lease_secs > 0 {
             Duration::from_secs(self.dispatch_lease_secs)
         } else {
-            (d1_timeout * 4).max(Duration::from_secs(60))
+            let needed = self.margin() + d1_timeout * 4;
+            Duration::from_secs(needed.as_millis().div_ceil(1000) as u64).max(Duration::from_secs(60))
         }
+    }
+
+    /// The safety margin before the lease end.
+    pub fn margin(&self) -> Duration {
+        Duration::from_millis(self.dispatch_lease_margin_ms)
+    }
+
+    /// Refuses settings under which no attempt could be safe or make progress: a lease too short
+    /// for the margin plus a token fetch, Get Card and the PUT (every attempt would give its row
+    /// back unsent), or a reconcile delay shorter than one request (D1 may legitimately still be
+    /// processing a request when the client gives up on it).
+    pub fn validate(&self, d1_timeout: Duration) -> Result<(), ConfigError> {
+        let lease = self.lease(d1_timeout);
+        let needed = self.margin() + d1_timeout * 3;
+        if lease < needed {
+            return Err(ConfigError::new(
+                "DISPATCH_LEASE_SECS",
+                format!(
+                    "a lease of {} ms cannot fit DISPATCH_LEASE_MARGIN_MS ({} ms) plus 3 x D1_TIMEOUT_MS ({} ms); \
+                     raise it to at least {} s",
+                    lease.as_millis(),
+                    self.dispatch_lease_margin_ms,
+                    d1_timeout.as_millis(),
+                    needed.as_millis().div_ceil(1000)
+                ),
+            ));
+        }
+        if Duration::from_millis(self.dispatch_reconcile_delay_ms) < d1_timeout {
+            return Err(ConfigError::new(
+                "DISPATCH_RECONCILE_DELAY_MS",
+                format!(
+                    "{} ms is shorter than D1_TIMEOUT_MS ({} ms): D1 may still be processing a PUT when we ask about it",
+                    self.dispatch_reconcile_delay_ms,
+                    d1_timeout.as_millis()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -445,6 +491,8 @@ mod tests {
         kafka: KafkaSettings,
         #[command(flatten)]
         db: DatabaseSettings,
+        #[command(flatten)]
+        dispatch: DispatchSettings,
     }
 
     fn parse(args: &[&str]) -> T {
@@ -520,6 +568,19 @@ mod tests {
             parse(&["--database-url", "mysql://x/y"]).db.validate().unwrap_err().variable,
             "DATABASE_URL"
         );
+    }
+
+    #[test]
+    fn a_lease_too_short_for_margin_and_three_requests_is_refused() {
+        let t = |args: &[&str]| parse(args).dispatch.validate(Duration::from_millis(20_000));
+        // Default lease: max(60 s, margin + 4 x timeout) = 85 s: fine.
+        assert!(t(&[]).is_ok());
+        let err = t(&["--dispatch-lease-secs", "60"]).unwrap_err();
+        assert_eq!(err.variable, "DISPATCH_LEASE_SECS");
+        assert!(err.to_string().contains("at least 65 s"), "{err}");
+        assert!(t(&["--dispatch-lease-secs", "65"]).is_ok());
+        let err = t(&["--dispatch-reconcile-delay-ms", "10000"]).unwrap_err();
+        assert_eq!(err.variable, "DISPATCH_RECONCILE_DELAY_MS");
     }
 
     #[test]

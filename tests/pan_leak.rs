@@ -232,7 +232,10 @@ async fn no_pan_reaches_a_log_line_a_span_a_metric_or_a_table_on_the_whole_path_
     let ids: Vec<i64> = letters.iter().map(|d| d.id).collect();
     let topic_kinds: HashMap<String, EventKind> = topics.kinds().into_iter().collect();
     let replayed = replay(&db.pool, &keys.pipeline(), &topic_kinds, &ids).await.unwrap();
-    assert!(replayed.iter().all(|r| r.status == "STILL_FAILING"), "{replayed:?}");
+    assert!(
+        replayed.iter().all(|r| r.status == card_registrar::store::dead_letters::ReplayStatus::StillFailing),
+        "{replayed:?}"
+    );
     work.cancel();
     ingest.await.unwrap().unwrap();
     dispatch.await.unwrap();

@@ -242,7 +242,7 @@ pub fn dispatcher(
         keys: Arc::new(keys.card_data_keys()?),
         limiter: Limiter::new(concurrency, rps),
         policy: settings.dispatch.retry_policy(),
-        request_timeout: timeout,
+        clock: Arc::new(card_registrar::d1::SystemClock),
     };
     let d = &settings.dispatch;
     Ok(Dispatcher::new(
@@ -251,6 +251,7 @@ pub fn dispatcher(
             owner: "bench-worker".into(),
             claim_batch: concurrency as usize,
             lease: d.lease(timeout),
+            margin: d.margin(),
             poll_interval: Duration::from_millis(d.dispatch_poll_ms),
             breaker_threshold: d.dispatch_breaker_threshold,
             breaker_cool_down: Duration::from_secs(d.dispatch_breaker_cool_down_secs),

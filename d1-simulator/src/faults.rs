@@ -1,5 +1,5 @@
 //! Fault-injection settings: latency, error rates per status, "fail before commit", "commit then
-//! time out" and a token-bucket rate limit. One serde struct serves the command line, the library
+//! time out", "late commit", a slow token endpoint, "401 once" and a token-bucket rate limit. One serde struct serves the command line, the library
 //! and `PUT /_sim/faults`. Settings only: the random draws live in `injector`.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub const INJECTABLE_STATUSES: [u16; 5] = [429, 500, 502, 503, 504];
 
 /// What the simulator does wrong on purpose. Applies to Register Card and Get Card; the token
-/// endpoint only gets the latency.
+/// endpoint only gets the latency and `token_latency`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Faults {
@@ -29,6 +29,17 @@ pub struct Faults {
     pub commit_then_timeout_rate: f64,
     /// The delay of a "commit then time out" answer, in milliseconds.
     pub commit_timeout_delay_ms: u64,
+    /// Probability that a valid new registration is committed late: the PUT is accepted, processing
+    /// goes on whether or not the client is still connected, and the card is stored after a delay
+    /// drawn from `late_commit_ms` (counted from arrival); the answer, if anyone still listens, follows.
+    pub late_commit_rate: f64,
+    /// Delay of a late commit, in milliseconds.
+    pub late_commit_ms: Latency,
+    /// Extra delay on the token endpoint only (a slow authorization server).
+    pub token_latency: Option<Latency>,
+    /// Every card's first Register Card answers 401 `TOKEN_EXPIRED` before any processing, and
+    /// every issued token expires: the client must fetch a new token and send again.
+    pub unauthorized_once: bool,
     /// Requests per second allowed (burst = the same number); beyond it, 429 with `Retry-After`.
     pub rate_limit_rps: Option<u32>,
 }
@@ -42,6 +53,10 @@ impl Default for Faults {
             fail_before_commit_rate: 0.0,
             commit_then_timeout_rate: 0.0,
             commit_timeout_delay_ms: 30_000,
+            late_commit_rate: 0.0,
+            late_commit_ms: Latency { min_ms: 1000, max_ms: 10_000 },
+            token_latency: None,
+            unauthorized_once: false,
             rate_limit_rps: None,
         }
     }
@@ -66,10 +81,11 @@ impl Faults {
         }
         check_rate("failBeforeCommitRate", self.fail_before_commit_rate)?;
         check_rate("commitThenTimeoutRate", self.commit_then_timeout_rate)?;
-        if let Some(latency) = self.latency
-            && latency.min_ms > latency.max_ms
-        {
-            return Err(FaultsError::Latency("minMs is above maxMs".into()));
+        check_rate("lateCommitRate", self.late_commit_rate)?;
+        for latency in self.latency.iter().chain(&self.token_latency).chain([&self.late_commit_ms]) {
+            if latency.min_ms > latency.max_ms {
+                return Err(FaultsError::Latency("minMs is above maxMs".into()));
+            }
         }
         if self.rate_limit_rps == Some(0) {
             return Err(FaultsError::RateLimit);
@@ -189,6 +205,15 @@ mod tests {
         assert_eq!(faults.error_rates.get(&503), Some(&1.0));
         assert_eq!(faults.retry_after_secs, 1);
         assert_eq!(faults.commit_timeout_delay_ms, 30_000);
+        assert_eq!(faults.late_commit_ms, Latency { min_ms: 1000, max_ms: 10_000 });
+        let late: Faults = serde_json::from_str(
+            r#"{"lateCommitRate":1.0,"lateCommitMs":{"minMs":1000,"maxMs":2000},"tokenLatency":{"minMs":500,"maxMs":500},"unauthorizedOnce":true}"#,
+        )
+        .unwrap();
+        assert!(late.validate().is_ok() && late.unauthorized_once);
+        assert_eq!(late.token_latency, Some(Latency::fixed(500)));
+        let inverted = Faults { late_commit_ms: Latency { min_ms: 2, max_ms: 1 }, ..Faults::none() };
+        assert!(inverted.validate().is_err());
         assert!(serde_json::from_str::<Faults>(r#"{"errorRate":{}}"#).is_err());
     }
 }

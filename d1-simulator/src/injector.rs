@@ -1,12 +1,13 @@
 //! Draws fault decisions from the current [`Faults`] with a seedable RNG and runs the token bucket.
 //! Pure decision-making with time passed in: it never sleeps, answers or touches the card store.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::faults::Faults;
+use crate::faults::{Faults, Latency};
 
 /// A fault that replaces the normal answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub(crate) struct Injector {
     faults: Faults,
     rng: StdRng,
     bucket: Option<TokenBucket>,
+    /// Cards whose first Register Card already got its 401 (the "401 once" fault).
+    refused_once: HashSet<String>,
 }
 
 impl Injector {
@@ -32,7 +35,7 @@ impl Injector {
             None => StdRng::from_entropy(),
         };
         let bucket = faults.rate_limit_rps.map(|rps| TokenBucket::new(rps, now));
-        Self { faults, rng, bucket }
+        Self { faults, rng, bucket, refused_once: HashSet::new() }
     }
 
     /// The settings in force.
@@ -54,6 +57,31 @@ impl Injector {
     /// The delay to add before handling a request, if latency is configured and non-zero.
     pub(crate) fn latency(&mut self) -> Option<Duration> {
         let latency = self.faults.latency?;
+        self.draw(latency)
+    }
+
+    /// The extra delay of the token endpoint, if configured and non-zero.
+    pub(crate) fn token_latency(&mut self) -> Option<Duration> {
+        let latency = self.faults.token_latency?;
+        self.draw(latency)
+    }
+
+    /// When this registration is to commit late, how long after its arrival.
+    pub(crate) fn late_commit(&mut self) -> Option<Duration> {
+        let latency = self.faults.late_commit_ms;
+        if self.hit(self.faults.late_commit_rate) {
+            Some(self.draw(latency).unwrap_or_default())
+        } else {
+            None
+        }
+    }
+
+    /// Whether this Register Card is the card's first under "401 once" (then it is refused).
+    pub(crate) fn unauthorized_once(&mut self, card_id: &str) -> bool {
+        self.faults.unauthorized_once && self.refused_once.insert(card_id.to_owned())
+    }
+
+    fn draw(&mut self, latency: Latency) -> Option<Duration> {
         let ms = if latency.min_ms == latency.max_ms {
             latency.min_ms
         } else {
@@ -175,6 +203,24 @@ mod tests {
     }
 
     #[test]
+    fn late_commits_draw_in_range_and_401_once_refuses_each_card_once() {
+        let faults = Faults {
+            late_commit_rate: 1.0,
+            late_commit_ms: Latency { min_ms: 1000, max_ms: 2000 },
+            unauthorized_once: true,
+            ..Faults::none()
+        };
+        let mut injector = Injector::new(faults, Some(7), Instant::now());
+        for _ in 0..20 {
+            let delay = injector.late_commit().unwrap();
+            assert!((Duration::from_secs(1)..=Duration::from_secs(2)).contains(&delay));
+        }
+        assert!(injector.unauthorized_once("card-1"));
+        assert!(!injector.unauthorized_once("card-1"));
+        assert!(injector.unauthorized_once("card-2"));
+    }
+
+    #[test]
     fn zero_rates_never_fire() {
         let mut injector = Injector::new(Faults::none(), None, Instant::now());
         for _ in 0..100 {
@@ -182,6 +228,9 @@ mod tests {
             assert_eq!(injector.commit_then_timeout(), None);
             assert_eq!(injector.gate(Instant::now()), None);
             assert_eq!(injector.latency(), None);
+            assert_eq!(injector.late_commit(), None);
+            assert_eq!(injector.token_latency(), None);
+            assert!(!injector.unauthorized_once("card-1"));
         }
     }
 }

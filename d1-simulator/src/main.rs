@@ -72,6 +72,19 @@ struct ServeArgs {
     /// Delay of a "commit then time out" answer, in ms.
     #[arg(long, env = "D1SIM_COMMIT_TIMEOUT_DELAY_MS", default_value_t = 30_000)]
     commit_timeout_delay_ms: u64,
+    /// Rate of registrations committed late: accepted, processed even if the client disconnects,
+    /// stored after --late-commit-ms.
+    #[arg(long, env = "D1SIM_LATE_COMMIT_RATE", default_value_t = 0.0)]
+    late_commit_rate: f64,
+    /// Delay of a late commit from arrival, in ms: `5000` or a uniform range `1000-10000`.
+    #[arg(long, env = "D1SIM_LATE_COMMIT_MS", default_value = "1000-10000")]
+    late_commit_ms: Latency,
+    /// Extra latency of the token endpoint only, in ms: `50` or a uniform range `0-200`.
+    #[arg(long, env = "D1SIM_TOKEN_LATENCY_MS")]
+    token_latency_ms: Option<Latency>,
+    /// Every card's first Register Card answers 401 and every issued token expires.
+    #[arg(long, env = "D1SIM_UNAUTHORIZED_ONCE")]
+    unauthorized_once: bool,
     /// Requests per second allowed on the card endpoints (burst = the same); beyond, 429.
     #[arg(long, env = "D1SIM_RATE_LIMIT_RPS")]
     rate_limit_rps: Option<u32>,
@@ -186,6 +199,10 @@ fn serve_config(args: ServeArgs) -> Result<(SimConfig, SocketAddr), String> {
         fail_before_commit_rate: args.fail_before_commit_rate,
         commit_then_timeout_rate: args.commit_timeout_rate,
         commit_timeout_delay_ms: args.commit_timeout_delay_ms,
+        late_commit_rate: args.late_commit_rate,
+        late_commit_ms: args.late_commit_ms,
+        token_latency: args.token_latency_ms,
+        unauthorized_once: args.unauthorized_once,
         rate_limit_rps: args.rate_limit_rps,
     };
     let mut config = SimConfig::new(

@@ -67,6 +67,12 @@ pub struct FaultCounts {
     pub fail_before_commit: u64,
     /// Registrations stored, then answered after the long delay.
     pub commit_then_timeout: u64,
+    /// Registrations committed late (whether or not the client still listened).
+    pub late_commit: u64,
+    /// Token requests delayed by `tokenLatency`.
+    pub token_latency: u64,
+    /// Registrations answered 401 by the "401 once" fault.
+    pub unauthorized_once: u64,
 }
 
 /// The live counters behind [`Stats`]; hash maps so that counting stays cheap with many cards.

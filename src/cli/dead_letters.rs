@@ -9,6 +9,7 @@ use super::{CliError, print_json};
 use crate::config::{CardDataSettings, DatabaseSettings, KafkaSettings};
 use crate::core::dead_letter::DeadLetterReason;
 use crate::ingest::replay::replay;
+use crate::store::dead_letters::ReplayStatus;
 use crate::store::{self, dead_letters};
 
 /// `dead-letters` subcommands.
@@ -82,7 +83,7 @@ pub async fn run(db: &DatabaseSettings, cmd: DeadLettersCommand) -> Result<(), C
             let ids = match (args.id, args.reason.as_deref()) {
                 (Some(id), _) => vec![id],
                 (None, reason) => {
-                    let pending = ["NEW", "STILL_FAILING"];
+                    let pending = [ReplayStatus::New, ReplayStatus::StillFailing];
                     let filter =
                         dead_letters::Filter { reason, replay_status: Some(&pending), ..Default::default() };
                     dead_letters::list(&pool, &filter, i64::MAX)
@@ -97,7 +98,7 @@ pub async fn run(db: &DatabaseSettings, cmd: DeadLettersCommand) -> Result<(), C
                 .await
                 .map_err(|e| CliError::context("dead-letters replay", error_chain(&e)))?;
             print_json(&results)?;
-            let ok = results.iter().filter(|r| r.status == "REPLAYED").count();
+            let ok = results.iter().filter(|r| r.status == ReplayStatus::Replayed).count();
             eprintln!("replayed {ok} of {} dead letter(s)", results.len());
             Ok(())
         }

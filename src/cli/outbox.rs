@@ -44,8 +44,6 @@ pub struct RetryArgs {
     parked: bool,
 }
 
-const STATUSES: [&str; 5] = ["PENDING", "IN_FLIGHT", "DONE", "CANCELLED", "PARKED"];
-
 /// Runs an `outbox` subcommand.
 pub async fn run(db: &DatabaseSettings, cmd: OutboxCommand) -> Result<(), CliError> {
     db.validate()?;
@@ -54,12 +52,11 @@ pub async fn run(db: &DatabaseSettings, cmd: OutboxCommand) -> Result<(), CliErr
         .map_err(|e| CliError::context("outbox", error_chain(&e)))?;
     match cmd {
         OutboxCommand::List { status, card, limit } => {
-            if let Some(s) = &status
-                && !STATUSES.contains(&s.as_str())
-            {
-                return Err(CliError::Failed(format!("--status must be one of {}", STATUSES.join(", "))));
-            }
-            let rows = outbox::list(&pool, status.as_deref(), card.as_deref(), limit)
+            let status = status
+                .map(|s| s.parse::<outbox::OutboxStatus>())
+                .transpose()
+                .map_err(|e| CliError::Failed(format!("--status {e}")))?;
+            let rows = outbox::list(&pool, status, card.as_deref(), limit)
                 .await
                 .map_err(|e| CliError::context("outbox list", error_chain(&e)))?;
             print_json(&rows)

@@ -173,6 +173,7 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
     };
     let dispatch_parts = if args.dispatch_enabled {
         let d1 = args.d1.validate()?;
+        args.dispatch.validate(d1.timeout)?;
         let client = d1_client(&d1)?;
         let keys = CardDataKeys::from_file(&args.card_data.validate()?)
             .map_err(|e| ConfigError { variable: "CARD_DATA_KEYS", problem: e.to_string() })?;
@@ -245,12 +246,13 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             keys,
             limiter: Limiter::new(d1.max_concurrency, d1.max_rps),
             policy: args.dispatch.retry_policy(),
-            request_timeout: d1.timeout,
+            clock: Arc::new(crate::d1::SystemClock),
         };
         let options = DispatchOptions {
             owner: owner_id(),
             claim_batch: d1.max_concurrency as usize,
             lease: args.dispatch.lease(d1.timeout),
+            margin: args.dispatch.margin(),
             poll_interval: Duration::from_millis(args.dispatch.dispatch_poll_ms),
             breaker_threshold: args.dispatch.dispatch_breaker_threshold,
             breaker_cool_down: Duration::from_secs(args.dispatch.dispatch_breaker_cool_down_secs),

@@ -2,7 +2,8 @@
 //!
 //! Card data is encrypted for D1 here, in memory, right before the PUT; the clear PAN never
 //! leaves this function in any other form. A 401 invalidates the token and the call is retried
-//! once with a fresh one. Spans carry the card id, the correlation id and the HTTP status, never
+//! once with a fresh one. Every request (token fetch, call, re-send after a 401) first checks the
+//! caller's [`Deadline`]: none starts unless it can end before it. Spans carry the card id, the correlation id and the HTTP status, never
 //! a body, a header value or a token.
 
 use std::fmt;
@@ -15,6 +16,7 @@ use url::Url;
 
 use super::auth::TokenSource;
 use super::config::{D1ClientConfig, D1ConfigError, http_client};
+use super::deadline::Deadline;
 use super::error::{D1Error, Operation, classify_status, parse_retry_after};
 use super::transport;
 use crate::core::event::InitialState;
@@ -37,6 +39,8 @@ struct Inner {
     issuer: IssuerId,
     encryption_key: D1EncryptionKey,
     tokens: TokenSource,
+    /// The per-request timeout: a request may start only this long before the deadline.
+    timeout: std::time::Duration,
 }
 
 /// One Register Card request. Borrowed, so the caller keeps ownership of the card data.
@@ -95,6 +99,7 @@ impl D1Client {
             issuer: config.issuer_id,
             encryption_key: config.encryption_key,
             tokens,
+            timeout: config.timeout,
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -104,16 +109,27 @@ impl D1Client {
         &self.inner.issuer
     }
 
+    /// Register Card without a deadline (one-off calls; dispatch uses [`Self::register_card_within`]).
+    pub async fn register_card(
+        &self,
+        req: &RegisterCard<'_>,
+        correlation: &CorrelationId,
+    ) -> Result<(), D1Error> {
+        self.register_card_within(req, correlation, &Deadline::none()).await
+    }
+
     /// Register Card: `PUT /banking/v2/issuers/{issuerId}/cards/{cardId}`. Any 2xx is success.
+    /// No request starts unless it can end before `deadline`.
     #[tracing::instrument(
         name = "d1.register_card",
         skip_all,
         fields(otel.kind = "client", card_id = %req.card_id, correlation_id = %correlation, http.status_code)
     )]
-    pub async fn register_card(
+    pub async fn register_card_within(
         &self,
         req: &RegisterCard<'_>,
         correlation: &CorrelationId,
+        deadline: &Deadline,
     ) -> Result<(), D1Error> {
         let encrypted = encrypt_card_data(req.card, &self.inner.encryption_key)
             .map_err(|e| D1Error::Local { detail: e.to_string() })?;
@@ -127,7 +143,7 @@ impl D1Client {
         let url = self.card_url("v2", req.card_id)?;
         let op = Operation::Register;
         let response = self
-            .call(op, correlation, || {
+            .call(op, correlation, deadline, || {
                 self.inner.http.put(url.clone()).header(CONTENT_TYPE, "application/json").body(body.clone())
             })
             .await?;
@@ -141,20 +157,31 @@ impl D1Client {
         }
     }
 
-    /// Get Card: `GET /banking/v1/issuers/{issuerId}/cards/{cardId}`; `None` when D1 answers 404.
-    #[tracing::instrument(
-        name = "d1.get_card",
-        skip_all,
-        fields(otel.kind = "client", card_id = %card_id, correlation_id = %correlation, http.status_code)
-    )]
+    /// Get Card without a deadline (one-off calls; dispatch uses [`Self::get_card_within`]).
     pub async fn get_card(
         &self,
         card_id: &CardId,
         correlation: &CorrelationId,
     ) -> Result<Option<D1Card>, D1Error> {
+        self.get_card_within(card_id, correlation, &Deadline::none()).await
+    }
+
+    /// Get Card: `GET /banking/v1/issuers/{issuerId}/cards/{cardId}`; `None` when D1 answers 404.
+    /// No request starts unless it can end before `deadline`.
+    #[tracing::instrument(
+        name = "d1.get_card",
+        skip_all,
+        fields(otel.kind = "client", card_id = %card_id, correlation_id = %correlation, http.status_code)
+    )]
+    pub async fn get_card_within(
+        &self,
+        card_id: &CardId,
+        correlation: &CorrelationId,
+        deadline: &Deadline,
+    ) -> Result<Option<D1Card>, D1Error> {
         let url = self.card_url("v1", card_id)?;
         let op = Operation::GetCard;
-        let response = self.call(op, correlation, || self.inner.http.get(url.clone())).await?;
+        let response = self.call(op, correlation, deadline, || self.inner.http.get(url.clone())).await?;
         let status = response.status();
         if status.as_u16() == 404 {
             return Ok(None);
@@ -173,18 +200,23 @@ impl D1Client {
     }
 
     /// Sends with a bearer token and the common headers; on 401, refreshes the token and retries once.
+    /// Before the token is fetched and before each send, checks there is time to finish by `deadline`.
     async fn call(
         &self,
         op: Operation,
         correlation: &CorrelationId,
+        deadline: &Deadline,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, D1Error> {
         let correlation = HeaderValue::from_str(correlation.as_str())
             .map_err(|_| D1Error::Local { detail: "correlation id is not a header value".into() })?;
         let mut refreshed = false;
         loop {
+            // A token fetch is a request too: it may only start if it can end in time.
+            deadline.admit(Operation::Token, self.inner.timeout)?;
             let token = self.inner.tokens.get().await?;
             let (auth_name, auth_value) = token.authorization()?;
+            deadline.admit(op, self.inner.timeout)?;
             let request = build()
                 .header(auth_name, auth_value)
                 .header(CORRELATION_HEADER, correlation.clone())

@@ -83,6 +83,13 @@ pub enum D1Error {
         /// What failed.
         detail: String,
     },
+    /// Not sent: the attempt's deadline (its lease end minus the safety margin) leaves no room
+    /// for another request. Nothing reached D1; the row goes back to the queue.
+    #[error("D1 call not sent: {detail}")]
+    OutOfTime {
+        /// Which request, and how much time was left.
+        detail: String,
+    },
 }
 
 impl D1Error {
@@ -106,9 +113,9 @@ impl D1Error {
         matches!(self, Self::Terminal { .. })
     }
 
-    /// Nothing was sent: a local key or encryption problem.
+    /// Nothing was sent: a local key or encryption problem, or no time left in the lease.
     pub fn is_local(&self) -> bool {
-        matches!(self, Self::Local { .. })
+        matches!(self, Self::Local { .. } | Self::OutOfTime { .. })
     }
 
     /// How long D1 asked us to wait, when it said so.
@@ -124,7 +131,7 @@ impl D1Error {
         match self {
             Self::Retryable { status, .. } => *status,
             Self::Terminal { status, .. } => Some(*status),
-            Self::Unauthorized { .. } | Self::Local { .. } => None,
+            Self::Unauthorized { .. } | Self::Local { .. } | Self::OutOfTime { .. } => None,
         }
     }
 

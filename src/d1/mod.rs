@@ -8,6 +8,7 @@
 mod auth;
 mod client;
 mod config;
+mod deadline;
 mod error;
 mod transport;
 
@@ -16,4 +17,5 @@ mod tests;
 
 pub use client::{D1Card, D1Client, RegisterCard};
 pub use config::{ClientIdentity, D1ClientConfig, D1ConfigError};
+pub use deadline::{Clock, Deadline, SystemClock};
 pub use error::{D1Error, Operation, classify_status, parse_retry_after};

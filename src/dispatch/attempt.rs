@@ -1,26 +1,28 @@
 //! One attempt of one claimed outbox row: reconcile if needed, send, conclude, settle.
 //!
-//! The rule that keeps duplicate PUTs at zero: after any outcome that may have reached D1 (a
+//! The rules that keep duplicate PUTs at zero: after any outcome that may have reached D1 (a
 //! timeout or lost connection after sending, a 5xx, an expired lease, a 4xx on the PUT), Get Card
-//! is asked before the PUT is sent again. Settling (row + card record) happens in one transaction
-//! that only succeeds while our lease is still held.
+//! is asked before the PUT is sent again, and never before the reconcile delay has passed. Every
+//! request of the attempt starts only if it can end before the attempt's [`Deadline`] (derived from
+//! the lease). Settling (row + card record) happens in one transaction that only succeeds while our
+//! lease is still held; the row's fate is decided by the pure [`super::fate`] functions.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use sqlx::PgPool;
 use tracing::{Instrument, info, info_span, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use super::fate::{self, Conclusion, Plan};
 use super::limiter::Limiter;
 use super::policy::{RetryPolicy, Verdict, classify};
-use crate::core::decide::{CallOutcome, RegistrationRequest, RowFate, on_call_outcome};
+use crate::core::decide::RegistrationRequest;
 use crate::core::ids::CorrelationId;
 use crate::core::record::CardState;
 use crate::crypto::CardDataKeys;
-use crate::d1::{D1Card, D1Client, D1Error, Operation, RegisterCard};
-use crate::store::outbox::{ClaimedRow, Finish};
+use crate::d1::{Clock, D1Card, D1Client, D1Error, Deadline, Operation, RegisterCard};
+use crate::store::outbox::ClaimedRow;
 use crate::store::{StoreError, cards, locks, outbox};
 use crate::telemetry::metrics::{DISPATCH_OUTCOMES, DISPATCH_RETRIES};
 use crate::telemetry::propagation::parent_from_trace_headers;
@@ -37,8 +39,8 @@ pub struct Deps {
     pub limiter: Limiter,
     /// Retry schedule and limits.
     pub policy: RetryPolicy,
-    /// D1 request timeout: a PUT is only sent while the lease outlives it by a margin.
-    pub request_timeout: Duration,
+    /// The monotonic clock deadlines and the breaker read (injected so tests can drive it).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// How the attempt ended, for the breaker and the loop.
@@ -52,18 +54,9 @@ pub enum Signal {
     Silent,
 }
 
-/// What the attempt concluded before settling.
-enum Conclusion {
-    Registered,
-    GaveUp(String),
-    Superseded,
-    Failed { error: String, reconcile_next: bool, retry_after: Option<Duration> },
-    Release,
-}
-
 /// Runs one attempt and settles the row. Errors are logged; the lease expiry heals a row that
 /// could not be settled (it is reclaimed and reconciled).
-pub async fn run(deps: &Deps, row: ClaimedRow) -> Signal {
+pub async fn run(deps: &Deps, row: ClaimedRow, deadline: Deadline) -> Signal {
     let span = info_span!("dispatch.attempt", outbox_id = %row.id, card_id = %row.card_id,
                           correlation_id = %row.correlation_id, attempt = row.attempts,
                           reconcile = row.needs_reconcile, outcome = tracing::field::Empty);
@@ -75,8 +68,14 @@ pub async fn run(deps: &Deps, row: ClaimedRow) -> Signal {
         let _ = span.set_parent(parent);
     }
     async move {
-        let (conclusion, signal) = conclude(deps, &row).await;
-        match settle(deps, &row, conclusion).await {
+        let (conclusion, signal) = conclude(deps, &row, &deadline).await;
+        let attempts = u32::try_from(row.attempts).unwrap_or(u32::MAX);
+        let age = Duration::from_millis(u64::try_from(row.age_ms).unwrap_or(0));
+        let plan = fate::plan(conclusion, &deps.policy, attempts, age, &mut rand::thread_rng());
+        if let Some((_, reason @ ("ambiguous" | "rate_limited" | "retryable"))) = &plan.again {
+            metrics::counter!(DISPATCH_RETRIES, "reason" => *reason).increment(1);
+        }
+        match settle(deps, &row, plan).await {
             Ok(label) => {
                 tracing::Span::current().record("outcome", label);
                 metrics::counter!(DISPATCH_OUTCOMES, "outcome" => label).increment(1);
@@ -92,7 +91,7 @@ pub async fn run(deps: &Deps, row: ClaimedRow) -> Signal {
     .await
 }
 
-async fn conclude(deps: &Deps, row: &ClaimedRow) -> (Conclusion, Signal) {
+async fn conclude(deps: &Deps, row: &ClaimedRow, deadline: &Deadline) -> (Conclusion, Signal) {
     let request: RegistrationRequest = match serde_json::from_value(row.payload.clone()) {
         Ok(r) => r,
         Err(e) => return (Conclusion::GaveUp(format!("outbox payload unreadable: {e}")), Signal::Silent),
@@ -112,7 +111,7 @@ async fn conclude(deps: &Deps, row: &ClaimedRow) -> (Conclusion, Signal) {
         Err(_) => CorrelationId::for_outbox_row(row.id),
     };
     if row.needs_reconcile {
-        match ask(deps, &request, &correlation).await {
+        match ask(deps, &request, &correlation, deadline).await {
             Asked::Registered => return (Conclusion::Registered, Signal::Answered),
             Asked::Conflict(why) => return (Conclusion::GaveUp(why), Signal::Answered),
             Asked::Absent => {}
@@ -128,11 +127,6 @@ async fn conclude(deps: &Deps, row: &ClaimedRow) -> (Conclusion, Signal) {
         }
     };
     deps.limiter.pace().await;
-    let left = (row.lease_expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    if left < deps.request_timeout * 2 {
-        // The PUT could outlive our lease and race a new holder: give the row back unsent.
-        return (Conclusion::Release, Signal::Silent);
-    }
     let put = RegisterCard {
         card_id: &request.card_id,
         consumer_id: &request.consumer_id,
@@ -140,7 +134,7 @@ async fn conclude(deps: &Deps, row: &ClaimedRow) -> (Conclusion, Signal) {
         card: &card,
         state: request.state,
     };
-    let result = deps.client.register_card(&put, &correlation).await;
+    let result = deps.client.register_card_within(&put, &correlation, deadline).await;
     drop(card);
     match result {
         Ok(()) => (Conclusion::Registered, Signal::Answered),
@@ -150,12 +144,16 @@ async fn conclude(deps: &Deps, row: &ClaimedRow) -> (Conclusion, Signal) {
                 Signal::Failed,
             ),
             // D1's answer to a second PUT is unknown: a 4xx may mean "already there".
-            Verdict::ConfirmFirst => match ask(deps, &request, &correlation).await {
+            Verdict::ConfirmFirst => match ask(deps, &request, &correlation, deadline).await {
                 Asked::Registered => (Conclusion::Registered, Signal::Answered),
                 Asked::Conflict(why) => (Conclusion::GaveUp(why), Signal::Answered),
                 Asked::Absent => (Conclusion::GaveUp(e.to_string()), Signal::Answered),
+                // No time left to ask: D1 saw this PUT, so the next attempt must ask first.
+                Asked::Failed(Conclusion::Release(why), s) => (failed_locally(&why, true), s),
                 Asked::Failed(c, s) => (c, s),
             },
+            // Nothing was sent (a 401 answer, if any, was a refusal before processing).
+            Verdict::Release => (Conclusion::Release(e.to_string()), Signal::Silent),
             Verdict::GiveUp => (Conclusion::GaveUp(e.to_string()), signal_of(&e)),
         },
     }
@@ -177,9 +175,14 @@ enum Asked {
 }
 
 /// Get Card, to learn whether a previous attempt took effect.
-async fn ask(deps: &Deps, request: &RegistrationRequest, correlation: &CorrelationId) -> Asked {
+async fn ask(
+    deps: &Deps,
+    request: &RegistrationRequest,
+    correlation: &CorrelationId,
+    deadline: &Deadline,
+) -> Asked {
     deps.limiter.pace().await;
-    match deps.client.get_card(&request.card_id, correlation).await {
+    match deps.client.get_card_within(&request.card_id, correlation, deadline).await {
         Ok(Some(card)) => judge(request, &card),
         Ok(None) => Asked::Absent,
         Err(e) => match classify(Operation::GetCard, &e) {
@@ -187,6 +190,7 @@ async fn ask(deps: &Deps, request: &RegistrationRequest, correlation: &Correlati
                 Conclusion::Failed { error: e.to_string(), reconcile_next: true, retry_after },
                 Signal::Failed,
             ),
+            Verdict::Release => Asked::Failed(Conclusion::Release(e.to_string()), Signal::Silent),
             Verdict::ConfirmFirst | Verdict::GiveUp => {
                 Asked::Failed(Conclusion::GaveUp(e.to_string()), signal_of(&e))
             }
@@ -204,44 +208,9 @@ fn judge(request: &RegistrationRequest, card: &D1Card) -> Asked {
     }
 }
 
-/// Writes the conclusion: row and card record together, only while the lease is ours.
-async fn settle(deps: &Deps, row: &ClaimedRow, conclusion: Conclusion) -> Result<&'static str, StoreError> {
-    let now = Utc::now();
-    let (outcome, retry) = match conclusion {
-        Conclusion::Release => {
-            let mut tx = deps.pool.begin().await.map_err(|e| StoreError::db("begin settle", e))?;
-            if !outbox::lock_if_held(&mut tx, row.id, row.fence).await? {
-                return Ok("lease_lost");
-            }
-            outbox::finish(&mut tx, row.id, &Finish::Release { at: now }).await?;
-            tx.commit().await.map_err(|e| StoreError::db("commit settle", e))?;
-            return Ok("released");
-        }
-        Conclusion::Registered => (CallOutcome::Registered, None),
-        Conclusion::GaveUp(reason) => (CallOutcome::GaveUp { reason }, None),
-        Conclusion::Superseded => (CallOutcome::Superseded, None),
-        Conclusion::Failed { error, reconcile_next, retry_after } => {
-            let attempts = u32::try_from(row.attempts).unwrap_or(u32::MAX);
-            match deps.policy.exhausted(attempts, row.attempts_since, now) {
-                Some(why) => (CallOutcome::GaveUp { reason: format!("{why}; last error: {error}") }, None),
-                None => {
-                    let delay =
-                        deps.policy.delay(attempts, retry_after, reconcile_next, &mut rand::thread_rng());
-                    let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
-                    let reason = if reconcile_next {
-                        "ambiguous"
-                    } else if retry_after.is_some() {
-                        "rate_limited"
-                    } else {
-                        "retryable"
-                    };
-                    metrics::counter!(DISPATCH_RETRIES, "reason" => reason).increment(1);
-                    (CallOutcome::WillRetry, Some((at, error, reconcile_next)))
-                }
-            }
-        }
-    };
-
+/// Writes the plan: row and card record together, only while the lease is ours. Timestamps come
+/// from PostgreSQL's clock.
+async fn settle(deps: &Deps, row: &ClaimedRow, plan: Plan) -> Result<&'static str, StoreError> {
     let mut tx = deps.pool.begin().await.map_err(|e| StoreError::db("begin settle", e))?;
     locks::lock_cards(&mut tx, &[row.card_id.as_str()]).await?;
     if !outbox::lock_if_held(&mut tx, row.id, row.fence).await? {
@@ -256,29 +225,12 @@ async fn settle(deps: &Deps, row: &ClaimedRow, conclusion: Conclusion) -> Result
             detail: "registration row without a card record".into(),
         });
     };
-    let decision = on_call_outcome(&record, &outcome, now);
-    let (finish, label) = match decision.row {
-        RowFate::Done => (Finish::Done, "done"),
-        RowFate::Cancel => {
-            (Finish::Cancelled { why: "implicit registration came first".into() }, "cancelled")
-        }
-        RowFate::Park => {
-            let error = match &outcome {
-                CallOutcome::GaveUp { reason } => reason.clone(),
-                _ => "gave up".to_owned(),
-            };
-            (Finish::Parked { error }, "parked")
-        }
-        RowFate::Retry => match retry {
-            Some((at, error, reconcile)) => (Finish::Retry { at, error, reconcile }, "retry"),
-            // Superseded, but the record no longer says so: try again shortly.
-            None => (Finish::Release { at: now }, "released"),
-        },
-    };
-    if decision.record != record {
-        cards::upsert(&mut tx, &[&decision.record]).await?;
+    let now = outbox::db_now(&mut tx).await?;
+    let (next, finish, label) = fate::fate(&record, plan, now);
+    if next != record {
+        cards::upsert(&mut tx, &[&next]).await?;
     }
-    outbox::finish(&mut tx, row.id, &finish).await?;
+    outbox::finish(&mut tx, row.id, &finish, deps.policy.reconcile_delay).await?;
     tx.commit().await.map_err(|e| StoreError::db("commit settle", e))?;
     if label == "parked" {
         warn!(card_id = %row.card_id, "registration parked; an operator can retry it");

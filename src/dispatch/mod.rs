@@ -3,11 +3,17 @@
 //!
 //! Wake-up is LISTEN/NOTIFY on new rows plus a periodic poll, because notifications can be lost.
 //! A circuit breaker pauses claiming after repeated retryable failures. Shutdown stops claiming
-//! and lets the calls in flight finish (bounded); a row left behind is reclaimed after its lease
-//! and reconciled before it is sent again. Never holds a database transaction across a D1 call.
+//! and lets the calls in flight finish (bounded); a row left behind is reclaimed once its lease
+//! ended and the reconcile delay passed, and reconciled before it is sent again. Never holds a
+//! database transaction across a D1 call.
+//!
+//! Each claimed row gets a [`Deadline`]: the lease length measured on the injected monotonic
+//! clock from just before the claim, minus `DISPATCH_LEASE_MARGIN_MS`. No request of the attempt
+//! starts unless it can end by then.
 
 pub mod attempt;
 pub mod breaker;
+pub mod fate;
 pub mod limiter;
 pub mod maintenance;
 pub mod operator;
@@ -25,7 +31,8 @@ use tracing::{info, warn};
 
 use self::attempt::{Deps, Signal};
 use self::breaker::{Admission, Breaker, BreakerState};
-use crate::store::outbox::{self, NOTIFY_CHANNEL};
+use crate::d1::Deadline;
+use crate::store::outbox::{self, ClaimedRow, NOTIFY_CHANNEL};
 use crate::telemetry::metrics::{CIRCUIT_BREAKER_STATE, CIRCUIT_BREAKER_TRANSITIONS};
 
 /// Dispatch tuning (besides the D1 politeness caps in the limiter).
@@ -35,8 +42,11 @@ pub struct DispatchOptions {
     pub owner: String,
     /// Most rows claimed at once.
     pub claim_batch: usize,
-    /// Lease length; must outlive a D1 request comfortably.
+    /// Lease length; must leave room for a token fetch, Get Card and the PUT, plus `margin`.
     pub lease: Duration,
+    /// Safety margin: requests must end this long before the lease does (covers a pause between
+    /// the deadline check and the send, and clock-rate differences).
+    pub margin: Duration,
     /// Poll interval when no notification arrives.
     pub poll_interval: Duration,
     /// Consecutive retryable failures that open the breaker.
@@ -79,33 +89,63 @@ impl Dispatcher {
         &self.deps
     }
 
-    /// Claims one batch, attempts every row concurrently (within the caps), waits for all.
+    /// Claims one batch, attempts every row concurrently (within the caps), waits for all. The
+    /// loop of [`Self::run`] is built on the same claim and launch.
     pub async fn step(&self) -> Result<StepOutcome, crate::store::StoreError> {
         let limit = match self.admit().await {
             Admission::Flow => self.options.claim_batch,
             Admission::Probe => 1,
             Admission::WaitUntil(_) | Admission::WaitForProbe => return Ok(StepOutcome::Paused),
         };
-        let rows = outbox::claim(&self.deps.pool, &self.options.owner, limit as i64, self.lease_ms()).await?;
-        if rows.is_empty() {
+        let mut tasks = JoinSet::new();
+        let n = self.claim_and_launch(&mut tasks, limit).await?;
+        if n == 0 {
             self.breaker.lock().await.on_probe_abandoned();
             return Ok(StepOutcome::Idle);
         }
+        while let Some(done) = tasks.join_next().await {
+            self.record(done.unwrap_or(Signal::Silent)).await;
+        }
+        Ok(StepOutcome::Attempted(n))
+    }
+
+    /// Claims up to `limit` rows and starts one attempt task per row; returns how many were claimed.
+    async fn claim_and_launch(
+        &self,
+        tasks: &mut JoinSet<Signal>,
+        limit: usize,
+    ) -> Result<usize, crate::store::StoreError> {
+        // Measured before the claim: the lease PostgreSQL grants starts later, so the deadline errs early.
+        let claimed_at = self.deps.clock.now();
+        let rows = outbox::claim(
+            &self.deps.pool,
+            &self.options.owner,
+            limit as i64,
+            self.options.lease,
+            self.deps.policy.reconcile_delay,
+        )
+        .await?;
+        let deadline = Deadline::at(
+            claimed_at + self.options.lease.saturating_sub(self.options.margin),
+            self.deps.clock.clone(),
+        );
         let n = rows.len();
-        let mut set = JoinSet::new();
+        self.launch(tasks, rows, &deadline).await;
+        Ok(n)
+    }
+
+    async fn launch(&self, tasks: &mut JoinSet<Signal>, rows: Vec<ClaimedRow>, deadline: &Deadline) {
         for row in rows {
+            // None only while the limiter is closed (shutdown): the row's lease heals it.
+            let Some(permit) = self.deps.limiter.slot().await else { break };
             let deps = self.deps.clone();
-            let Some(permit) = deps.limiter.slot().await else { break };
-            set.spawn(async move {
-                let signal = attempt::run(&deps, row).await;
+            let deadline = deadline.clone();
+            tasks.spawn(async move {
+                let signal = attempt::run(&deps, row, deadline).await;
                 drop(permit);
                 signal
             });
         }
-        while let Some(done) = set.join_next().await {
-            self.record(done.unwrap_or(Signal::Silent)).await;
-        }
-        Ok(StepOutcome::Attempted(n))
     }
 
     /// Runs until `shutdown`: claims continuously while keeping `D1_MAX_CONCURRENCY` calls busy.
@@ -135,42 +175,21 @@ impl Dispatcher {
                     continue;
                 }
             };
-            let rows = match outbox::claim(
-                &self.deps.pool,
-                &self.options.owner,
-                limit as i64,
-                self.lease_ms(),
-            )
-            .await
-            {
-                Ok(rows) => {
-                    claim_errors = 0;
-                    rows
+            match self.claim_and_launch(&mut tasks, limit).await {
+                Ok(0) => {
+                    if limit == 1 {
+                        self.breaker.lock().await.on_probe_abandoned();
+                    }
+                    let until = self.deps.clock.now() + self.options.poll_interval;
+                    self.wait(&mut tasks, Some(until), &shutdown).await;
                 }
+                Ok(_) => claim_errors = 0,
                 Err(e) => {
                     claim_errors = claim_errors.saturating_add(1);
                     warn!(error = %e, "cannot claim outbox rows; retrying");
                     let backoff = Duration::from_millis(200 * u64::from(claim_errors.min(25)));
-                    self.wait(&mut tasks, Some(Instant::now() + backoff), &shutdown).await;
-                    continue;
+                    self.wait(&mut tasks, Some(self.deps.clock.now() + backoff), &shutdown).await;
                 }
-            };
-            if rows.is_empty() {
-                if limit == 1 {
-                    self.breaker.lock().await.on_probe_abandoned();
-                }
-                let until = Instant::now() + self.options.poll_interval;
-                self.wait(&mut tasks, Some(until), &shutdown).await;
-                continue;
-            }
-            for row in rows {
-                let Some(permit) = self.deps.limiter.slot().await else { break };
-                let deps = self.deps.clone();
-                tasks.spawn(async move {
-                    let signal = attempt::run(&deps, row).await;
-                    drop(permit);
-                    signal
-                });
             }
         }
         info!(in_flight = tasks.len(), "dispatch stopping: letting calls in flight finish");
@@ -191,14 +210,10 @@ impl Dispatcher {
         info!("dispatch stopped");
     }
 
-    fn lease_ms(&self) -> i64 {
-        i64::try_from(self.options.lease.as_millis()).unwrap_or(i64::MAX)
-    }
-
     async fn admit(&self) -> Admission {
         let mut b = self.breaker.lock().await;
         let before = b.state();
-        let admission = b.admit(Instant::now());
+        let admission = b.admit(self.deps.clock.now());
         transition(before, b.state());
         admission
     }
@@ -211,7 +226,7 @@ impl Dispatcher {
                 b.on_success();
             }
             Signal::Failed => {
-                b.on_failure(Instant::now());
+                b.on_failure(self.deps.clock.now());
             }
             Signal::Silent => b.on_probe_abandoned(),
         }
@@ -220,7 +235,7 @@ impl Dispatcher {
 
     /// Waits for a notification, a finished call, the deadline (or the poll interval), or shutdown.
     async fn wait(&self, tasks: &mut JoinSet<Signal>, until: Option<Instant>, shutdown: &CancellationToken) {
-        let until = until.unwrap_or_else(|| Instant::now() + self.options.poll_interval);
+        let until = until.unwrap_or_else(|| self.deps.clock.now() + self.options.poll_interval);
         tokio::select! {
             _ = self.wake.notified() => {}
             Some(done) = tasks.join_next(), if !tasks.is_empty() => self.record(done.unwrap_or(Signal::Silent)).await,

@@ -5,6 +5,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::core::decide::{on_operator_cancel, on_operator_retry};
+use crate::store::outbox::OutboxStatus;
 use crate::store::{StoreError, cards, locks, outbox};
 
 /// Why an operator action was refused.
@@ -19,7 +20,7 @@ pub enum OperatorError {
         /// Row id.
         id: Uuid,
         /// Its status.
-        status: String,
+        status: OutboxStatus,
         /// The action.
         action: &'static str,
         /// Statuses it applies to.
@@ -31,22 +32,25 @@ pub enum OperatorError {
 }
 
 /// Retries a PARKED row (or hurries a waiting one): due now, attempts reset, D1 asked first; a
-/// FAILED card becomes PENDING again.
+/// FAILED card becomes PENDING again. Never due before the row's reconcile floor: a PUT of its last
+/// attempt may still be running at D1.
 pub async fn retry(pool: &PgPool, id: Uuid) -> Result<(), OperatorError> {
-    change(pool, id, "retry", &["PARKED", "PENDING"], "PARKED or PENDING", true).await
+    use OutboxStatus::{Parked, Pending};
+    change(pool, id, "retry", &[Parked, Pending], "PARKED or PENDING", true).await
 }
 
 /// Cancels a row that no worker holds (PENDING or PARKED): it is never sent; a PENDING card
 /// becomes FAILED ("cancelled by an operator").
 pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<(), OperatorError> {
-    change(pool, id, "cancel", &["PENDING", "PARKED"], "PENDING or PARKED", false).await
+    use OutboxStatus::{Parked, Pending};
+    change(pool, id, "cancel", &[Pending, Parked], "PENDING or PARKED", false).await
 }
 
 async fn change(
     pool: &PgPool,
     id: Uuid,
     action: &'static str,
-    allowed: &[&str],
+    allowed: &[OutboxStatus],
     applies_to: &'static str,
     retry: bool,
 ) -> Result<(), OperatorError> {
@@ -57,7 +61,7 @@ async fn change(
     let Some(row) = outbox::get_for_update(&mut tx, id).await? else {
         return Err(OperatorError::NotFound(id));
     };
-    if !allowed.contains(&row.status.as_str()) {
+    if !allowed.contains(&row.status) {
         return Err(OperatorError::WrongStatus { id, status: row.status, action, applies_to });
     }
     let mut views = cards::load_for_update(&mut tx, &[row.card_id.as_str()]).await?;

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::d1::{D1Error, Operation};
@@ -69,12 +68,12 @@ impl RetryPolicy {
         jittered.max(retry_after.unwrap_or(Duration::ZERO)).max(floor)
     }
 
-    /// Why the row must stop now, if it must.
-    pub fn exhausted(&self, attempts: u32, since: DateTime<Utc>, now: DateTime<Utc>) -> Option<String> {
+    /// Why the row must stop now, if it must; `age` is the time since its attempts began
+    /// (measured by PostgreSQL).
+    pub fn exhausted(&self, attempts: u32, age: Duration) -> Option<String> {
         if attempts >= self.max_attempts {
             return Some(format!("gave up after {attempts} attempts"));
         }
-        let age = (now - since).to_std().unwrap_or(Duration::ZERO);
         (age >= self.max_age).then(|| format!("gave up after {} s of attempts", age.as_secs()))
     }
 }
@@ -91,6 +90,8 @@ pub enum Verdict {
     },
     /// A 4xx on the registration PUT: D1's answer to a duplicate is unknown, so ask D1 now.
     ConfirmFirst,
+    /// Not sent for lack of time in the lease: give the row back for a later attempt.
+    Release,
     /// Stop: an operator must look.
     GiveUp,
 }
@@ -114,6 +115,7 @@ pub fn classify(op: Operation, error: &D1Error) -> Verdict {
         D1Error::Unauthorized { .. } => Verdict::Retry { reconcile: false, retry_after: None },
         D1Error::Terminal { .. } if op == Operation::Register => Verdict::ConfirmFirst,
         D1Error::Terminal { .. } | D1Error::Local { .. } => Verdict::GiveUp,
+        D1Error::OutOfTime { .. } => Verdict::Release,
     }
 }
 
@@ -160,10 +162,9 @@ mod tests {
     #[test]
     fn a_row_stops_after_max_attempts_or_max_age() {
         let p = RetryPolicy::default();
-        let now = Utc::now();
-        assert_eq!(p.exhausted(19, now, now), None);
-        assert!(p.exhausted(20, now, now).unwrap().contains("20 attempts"));
-        assert!(p.exhausted(1, now - chrono::Duration::hours(25), now).is_some());
+        assert_eq!(p.exhausted(19, Duration::ZERO), None);
+        assert!(p.exhausted(20, Duration::ZERO).unwrap().contains("20 attempts"));
+        assert!(p.exhausted(1, Duration::from_secs(25 * 3600)).is_some());
     }
 
     #[test]
@@ -188,5 +189,9 @@ mod tests {
         assert_eq!(classify(Register, &D1Error::Local { detail: "k".into() }), Verdict::GiveUp);
         assert!(classify(Register, &D1Error::Unauthorized { detail: "u".into() }).trips_breaker());
         assert!(!Verdict::ConfirmFirst.trips_breaker());
+        let late = D1Error::OutOfTime { detail: "register not sent".into() };
+        assert_eq!(classify(Register, &late), Verdict::Release);
+        assert_eq!(classify(GetCard, &late), Verdict::Release);
+        assert!(!Verdict::Release.trips_breaker());
     }
 }

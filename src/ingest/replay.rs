@@ -12,6 +12,7 @@ use super::envelope::RawMessage;
 use super::partition::Incoming;
 use super::prepare::{Pipeline, PrepareError};
 use crate::core::event::EventKind;
+use crate::store::dead_letters::ReplayStatus;
 use crate::store::{StoreError, dead_letters};
 
 /// The result of replaying one dead letter.
@@ -20,7 +21,7 @@ pub struct Replayed {
     /// Dead-letter id.
     pub id: i64,
     /// `REPLAYED` or `STILL_FAILING`.
-    pub status: &'static str,
+    pub status: ReplayStatus,
     /// The effect, or the reason it still fails.
     pub detail: String,
 }
@@ -65,10 +66,10 @@ async fn replay_one(
     let Some((letter, envelope)) = dead_letters::envelope_for_update(&mut tx, id).await? else {
         return Ok(None);
     };
-    if letter.replay_status == "REPLAYED" {
-        return Ok(Some(Replayed { id, status: "REPLAYED", detail: "already replayed".into() }));
+    if letter.replay_status == ReplayStatus::Replayed {
+        return Ok(Some(Replayed { id, status: ReplayStatus::Replayed, detail: "already replayed".into() }));
     }
-    let still = |detail: String| Replayed { id, status: "STILL_FAILING", detail };
+    let still = |detail: String| Replayed { id, status: ReplayStatus::StillFailing, detail };
     let result = match topics.get(&letter.topic) {
         None => still(format!("topic {} is not one of the configured input topics", letter.topic)),
         Some(kind) => match pipeline.sealer().open(&envelope).map(|b| RawMessage::from_bytes(&b)) {
@@ -93,12 +94,14 @@ async fn replay_one(
                         .await?;
                         match (applied.dead_letters.first(), applied.effects.first(), applied.duplicates) {
                             (Some(reason), _, _) => still(reason.code().to_owned()),
-                            (None, Some(effect), _) => {
-                                Replayed { id, status: "REPLAYED", detail: effect.as_str().to_owned() }
-                            }
+                            (None, Some(effect), _) => Replayed {
+                                id,
+                                status: ReplayStatus::Replayed,
+                                detail: effect.as_str().to_owned(),
+                            },
                             (None, None, _) => Replayed {
                                 id,
-                                status: "REPLAYED",
+                                status: ReplayStatus::Replayed,
                                 detail: "already applied (duplicate event)".into(),
                             },
                         }

@@ -11,6 +11,43 @@ use uuid::Uuid;
 
 use super::StoreError;
 
+/// Where a dead letter stands with respect to replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReplayStatus {
+    /// Never replayed.
+    New,
+    /// Replayed and applied.
+    Replayed,
+    /// Replayed, and still not applicable.
+    StillFailing,
+}
+
+impl ReplayStatus {
+    /// Every status.
+    pub const ALL: [Self; 3] = [Self::New, Self::Replayed, Self::StillFailing];
+
+    /// The value stored in the `replay_status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::New => "NEW",
+            Self::Replayed => "REPLAYED",
+            Self::StillFailing => "STILL_FAILING",
+        }
+    }
+}
+
+impl TryFrom<String> for ReplayStatus {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown replay status {s:?}"))
+    }
+}
+
 /// A dead letter to store.
 #[derive(Debug, Clone)]
 pub struct NewDeadLetter<'a> {
@@ -87,7 +124,8 @@ pub struct DeadLetter {
     /// Stored at.
     pub created_at: DateTime<Utc>,
     /// `NEW`, `REPLAYED` or `STILL_FAILING`.
-    pub replay_status: String,
+    #[sqlx(try_from = "String")]
+    pub replay_status: ReplayStatus,
     /// Last replay.
     pub replayed_at: Option<DateTime<Utc>>,
     /// What the last replay concluded.
@@ -107,7 +145,7 @@ pub struct Filter<'a> {
     /// Only this card.
     pub card_id: Option<&'a str>,
     /// Only these replay statuses (none = all).
-    pub replay_status: Option<&'a [&'a str]>,
+    pub replay_status: Option<&'a [ReplayStatus]>,
 }
 
 /// Dead letters matching the filter, oldest first.
@@ -116,7 +154,7 @@ pub async fn list(
     f: &Filter<'_>,
     limit: i64,
 ) -> Result<Vec<DeadLetter>, StoreError> {
-    let statuses: Option<Vec<&str>> = f.replay_status.map(<[&str]>::to_vec);
+    let statuses: Option<Vec<&str>> = f.replay_status.map(|s| s.iter().map(|s| s.as_str()).collect());
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM dead_letters
          WHERE ($1::text IS NULL OR reason = $1) AND ($2::text IS NULL OR topic = $2)
@@ -165,14 +203,14 @@ pub async fn envelope_for_update(
 pub async fn mark_replayed(
     tx: &mut PgConnection,
     id: i64,
-    status: &str,
+    status: ReplayStatus,
     detail: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE dead_letters SET replay_status = $2, replay_detail = $3, replayed_at = now() WHERE id = $1",
     )
     .bind(id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(detail)
     .execute(&mut *tx)
     .await

@@ -1,9 +1,17 @@
 //! The outbox: one row per D1 call. Enqueued in the ingest transaction; claimed under a lease
 //! with `FOR UPDATE SKIP LOCKED`; finished only by the lease holder (fencing token).
 //!
-//! Statuses: `PENDING` (waiting, due at `next_attempt_at`), `IN_FLIGHT` (leased), `DONE`,
-//! `CANCELLED`, `PARKED` (gave up; an operator can retry). A row claimed again after its lease
-//! expired is marked `needs_reconcile`: the crashed holder may have sent it.
+//! Statuses ([`OutboxStatus`]): `PENDING` (waiting, due at `next_attempt_at`), `IN_FLIGHT`
+//! (leased), `DONE`, `CANCELLED`, `PARKED` (gave up; an operator can retry). A row whose lease
+//! expired is claimed again only `reconcile delay` after the lease end, and marked
+//! `needs_reconcile`: the previous holder may have sent a PUT that D1 is still processing.
+//!
+//! Every scheduling time is computed by PostgreSQL (`now() + interval`), never from a worker's
+//! clock, so a worker whose clock is off cannot shorten a wait.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
@@ -12,6 +20,68 @@ use uuid::Uuid;
 use super::StoreError;
 use crate::core::decide::RegistrationRequest;
 use crate::core::ids::CorrelationId;
+
+/// Where an outbox row stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboxStatus {
+    /// Waiting; due at `next_attempt_at`.
+    Pending,
+    /// Leased by a worker.
+    InFlight,
+    /// D1 has the card.
+    Done,
+    /// Not needed any more.
+    Cancelled,
+    /// Gave up; an operator can retry.
+    Parked,
+}
+
+impl OutboxStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Self; 5] = [Self::Pending, Self::InFlight, Self::Done, Self::Cancelled, Self::Parked];
+
+    /// The value stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::InFlight => "IN_FLIGHT",
+            Self::Done => "DONE",
+            Self::Cancelled => "CANCELLED",
+            Self::Parked => "PARKED",
+        }
+    }
+}
+
+impl fmt::Display for OutboxStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OutboxStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|s| s.as_str()).collect();
+            format!("must be one of {} (not {s:?})", names.join(", "))
+        })
+    }
+}
+
+impl TryFrom<String> for OutboxStatus {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// Milliseconds of a duration for an SQL interval (saturating).
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// The `NOTIFY` channel that wakes dispatchers when rows are enqueued.
 pub const NOTIFY_CHANNEL: &str = "card_registrar_outbox";
@@ -121,24 +191,28 @@ pub struct ClaimedRow {
     pub tracestate: Option<String>,
     /// Stable `x-correlation-id` for every attempt of this row.
     pub correlation_id: String,
-    /// Lease expiry.
-    pub lease_expires_at: DateTime<Utc>,
+    /// Milliseconds since `attempts_since`, by PostgreSQL's clock at the claim (for the age limit).
+    pub age_ms: i64,
 }
 
-/// Claims up to `limit` due rows (and rows whose lease expired) for `owner`, for `lease_ms`.
-/// Rows locked by another claimer are skipped, never waited for.
+/// Claims up to `limit` due rows for `owner`, for `lease`: `PENDING` rows whose time has come, and
+/// `IN_FLIGHT` rows whose lease ended at least `reconcile_delay` ago (a PUT the previous holder
+/// sent before its lease ended has been committed or abandoned by D1 by then; the new holder asks
+/// D1 first). Rows locked by another claimer are skipped, never waited for.
 pub async fn claim(
     db: impl PgExecutor<'_>,
     owner: &str,
     limit: i64,
-    lease_ms: i64,
+    lease: Duration,
+    reconcile_delay: Duration,
 ) -> Result<Vec<ClaimedRow>, StoreError> {
     sqlx::query_as(
         "WITH due AS (
              SELECT id FROM outbox WHERE status = 'PENDING' AND next_attempt_at <= now()
              ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
          ), expired AS (
-             SELECT id FROM outbox WHERE status = 'IN_FLIGHT' AND lease_expires_at < now()
+             SELECT id FROM outbox WHERE status = 'IN_FLIGHT'
+               AND lease_expires_at <= now() - make_interval(secs => $4::double precision / 1000.0)
              ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
          ), claimed AS (SELECT id FROM due UNION ALL SELECT id FROM expired)
          UPDATE outbox o SET
@@ -148,11 +222,13 @@ pub async fn claim(
              fence = o.fence + 1, attempts = o.attempts + 1, updated_at = now()
          FROM claimed WHERE o.id = claimed.id
          RETURNING o.id, o.card_id, o.payload, o.attempts, o.fence, o.needs_reconcile, o.attempts_since,
-                   o.traceparent, o.tracestate, o.correlation_id, o.lease_expires_at",
+                   o.traceparent, o.tracestate, o.correlation_id,
+                   (extract(epoch FROM now() - o.attempts_since) * 1000)::bigint AS age_ms",
     )
     .bind(limit)
     .bind(owner)
-    .bind(lease_ms)
+    .bind(millis(lease))
+    .bind(millis(reconcile_delay))
     .fetch_all(db)
     .await
     .map_err(|e| StoreError::db("claim outbox rows", e))
@@ -167,11 +243,20 @@ pub async fn lock_if_held(tx: &mut PgConnection, id: Uuid, fence: i64) -> Result
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| StoreError::db("lock claimed row", e))?;
-    Ok(matches!(row, Some((status, f)) if status == "IN_FLIGHT" && f == fence))
+    Ok(matches!(row, Some((status, f)) if status == OutboxStatus::InFlight.as_str() && f == fence))
+}
+
+/// PostgreSQL's clock, inside the transaction (the timestamps a settle writes).
+pub async fn db_now(tx: &mut PgConnection) -> Result<DateTime<Utc>, StoreError> {
+    let (now,): (DateTime<Utc>,) = sqlx::query_as("SELECT now()")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| StoreError::db("read the database clock", e))?;
+    Ok(now)
 }
 
 /// How a held row ends an attempt.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
     /// D1 has the card.
     Done,
@@ -185,24 +270,32 @@ pub enum Finish {
         /// The last error.
         error: String,
     },
-    /// Try again at `at`.
+    /// Try again `after` this long (from PostgreSQL's `now()`).
     Retry {
-        /// Next attempt time.
-        at: DateTime<Utc>,
+        /// Wait before the next attempt.
+        after: Duration,
         /// The error of this attempt.
         error: String,
         /// Whether D1 must be asked before the next send (the request may have reached it).
         reconcile: bool,
     },
-    /// Not attempted (e.g. the circuit breaker is open): back to the queue, attempt not counted.
+    /// Nothing sent in this attempt (e.g. no time left in the lease): back to the queue. The attempt
+    /// still counts, so a row that keeps running out of time parks instead of spinning.
     Release {
-        /// Next attempt time.
-        at: DateTime<Utc>,
+        /// Wait before the next attempt.
+        after: Duration,
     },
 }
 
-/// Ends the attempt on a row locked with `lock_if_held`.
-pub async fn finish(tx: &mut PgConnection, id: Uuid, how: &Finish) -> Result<(), StoreError> {
+/// Ends the attempt on a row locked with `lock_if_held`. Any request this attempt sent is settled
+/// at D1 within `reconcile_delay`: the row records that time (`reconcile_after`) so that no later
+/// action, an operator's retry included, asks D1 about it earlier.
+pub async fn finish(
+    tx: &mut PgConnection,
+    id: Uuid,
+    how: &Finish,
+    reconcile_delay: Duration,
+) -> Result<(), StoreError> {
     let q = match how {
         Finish::Done => sqlx::query(
             "UPDATE outbox SET status = 'DONE', finished_at = now(), updated_at = now(), lease_owner = NULL,
@@ -217,25 +310,34 @@ pub async fn finish(tx: &mut PgConnection, id: Uuid, how: &Finish) -> Result<(),
         .bind(why.as_str()),
         Finish::Parked { error } => sqlx::query(
             "UPDATE outbox SET status = 'PARKED', updated_at = now(), lease_owner = NULL, lease_expires_at = NULL,
-                               last_error = $2 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(error.as_str()),
-        Finish::Retry { at, error, reconcile } => sqlx::query(
-            "UPDATE outbox SET status = 'PENDING', next_attempt_at = $2, updated_at = now(), lease_owner = NULL,
-                               lease_expires_at = NULL, last_error = $3, needs_reconcile = $4
+                               last_error = $2,
+                               reconcile_after = now() + make_interval(secs => $3::double precision / 1000.0)
              WHERE id = $1",
         )
         .bind(id)
-        .bind(*at)
         .bind(error.as_str())
-        .bind(*reconcile),
-        Finish::Release { at } => sqlx::query(
-            "UPDATE outbox SET status = 'PENDING', next_attempt_at = $2, updated_at = now(), lease_owner = NULL,
-                               lease_expires_at = NULL, attempts = greatest(attempts - 1, 0) WHERE id = $1",
+        .bind(millis(reconcile_delay)),
+        Finish::Retry { after, error, reconcile } => sqlx::query(
+            "UPDATE outbox SET status = 'PENDING', updated_at = now(), lease_owner = NULL,
+                               next_attempt_at = now() + make_interval(secs => $2::double precision / 1000.0),
+                               lease_expires_at = NULL, last_error = $3, needs_reconcile = $4,
+                               reconcile_after = now() + make_interval(secs => $5::double precision / 1000.0)
+             WHERE id = $1",
         )
         .bind(id)
-        .bind(*at),
+        .bind(millis(*after))
+        .bind(error.as_str())
+        .bind(*reconcile)
+        .bind(millis(reconcile_delay)),
+        Finish::Release { after } => sqlx::query(
+            "UPDATE outbox SET status = 'PENDING', updated_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+                               next_attempt_at = now() + make_interval(secs => $2::double precision / 1000.0),
+                               reconcile_after = now() + make_interval(secs => $3::double precision / 1000.0)
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(millis(*after))
+        .bind(millis(reconcile_delay)),
     };
     q.execute(&mut *tx).await.map_err(|e| StoreError::db("finish outbox row", e))?;
     Ok(())
@@ -251,7 +353,8 @@ pub struct OutboxRow {
     /// The card.
     pub card_id: String,
     /// Status.
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: OutboxStatus,
     /// Attempts so far.
     pub attempts: i32,
     /// Next attempt time (when `PENDING`).
@@ -276,7 +379,7 @@ const ROW_COLUMNS: &str = "id, kind, card_id, status, attempts, next_attempt_at,
 /// Rows filtered by status and/or card, newest first.
 pub async fn list(
     db: impl PgExecutor<'_>,
-    status: Option<&str>,
+    status: Option<OutboxStatus>,
     card_id: Option<&str>,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, StoreError> {
@@ -285,7 +388,7 @@ pub async fn list(
          WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR card_id = $2)
          ORDER BY created_at DESC LIMIT $3"
     ))
-    .bind(status)
+    .bind(status.map(OutboxStatus::as_str))
     .bind(card_id)
     .bind(limit)
     .fetch_all(db)
@@ -312,10 +415,12 @@ pub async fn get_for_update(tx: &mut PgConnection, id: Uuid) -> Result<Option<Ou
         .map_err(|e| StoreError::db("read outbox row", e))
 }
 
-/// Operator retry: a parked (or waiting) row becomes due now, attempts reset, asking D1 first.
+/// Operator retry: a parked (or waiting) row becomes due now, attempts reset, asking D1 first; but
+/// never before its `reconcile_after` (a PUT of its last attempt may still be running at D1).
 pub async fn requeue(tx: &mut PgConnection, id: Uuid) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE outbox SET status = 'PENDING', next_attempt_at = now(), attempts = 0, needs_reconcile = true,
+        "UPDATE outbox SET status = 'PENDING', attempts = 0, needs_reconcile = true,
+                           next_attempt_at = greatest(now(), coalesce(reconcile_after, now())),
                            finished_at = NULL, updated_at = now(), attempts_since = now()
          WHERE id = $1 AND status IN ('PARKED', 'PENDING')",
     )

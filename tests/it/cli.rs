@@ -15,6 +15,7 @@ use crate::dispatch::ingest_directly;
 use crate::helpers::*;
 use crate::ingest::scripts;
 use crate::worker::{Worker, WorkerEnv, tail};
+use card_registrar::store::outbox::OutboxStatus;
 
 fn cli(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_card-registrar"))
@@ -71,7 +72,7 @@ async fn card_show_and_outbox_commands_show_and_change_what_operators_need() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("is CANCELLED"), "{again:?}");
     let bad = cli(&db, &["outbox", "list", "--status", "LOST"], &[]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--status must be one of"));
-    assert_eq!(outbox::list(&db.pool, Some("CANCELLED"), None, 10).await.unwrap().len(), 1);
+    assert_eq!(outbox::list(&db.pool, Some(OutboxStatus::Cancelled), None, 10).await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,4 +147,32 @@ async fn readyz_is_false_while_kafka_is_unreachable_and_the_worker_keeps_trying(
     );
     let log = worker.log.clone();
     assert!(worker.terminate(Duration::from_secs(30)).success(), "log:\n{}", tail(&log));
+}
+
+#[tokio::test]
+async fn a_lease_too_short_for_the_timeout_stops_start_up_with_one_line_naming_it() {
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let f = &keys.files;
+    let (auth, enc) =
+        (f.issuer_auth_private_pem.display().to_string(), f.d1_encryption_public_jwk.display().to_string());
+    let run = cli(
+        &db,
+        &["run"],
+        &[
+            ("INGEST_ENABLED", "false"),
+            ("CARD_DATA_KEYS", &f.card_data_private_jwks.display().to_string()),
+            ("D1_API_URL", "http://127.0.0.1:9"),
+            ("D1_ISSUER_ID", &f.issuer_id),
+            ("D1_AUTH_KEY", &auth),
+            ("D1_AUTH_KEY_ID", &f.issuer_auth_kid),
+            ("D1_ENCRYPTION_KEY", &enc),
+            ("D1_TIMEOUT_MS", "20000"),
+            ("DISPATCH_LEASE_SECS", "60"),
+        ],
+    );
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: DISPATCH_LEASE_SECS: "), "{err}");
+    assert!(err.contains("at least 65 s"), "{err}");
 }

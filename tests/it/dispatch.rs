@@ -21,6 +21,7 @@ use d1_simulator::{Faults, RunningSimulator, SeedCard, SimConfig, Simulator};
 
 use crate::helpers::*;
 use crate::ingest::scripts;
+use card_registrar::store::outbox::OutboxStatus;
 
 /// The simulator and the keys both sides use.
 pub struct TestD1 {
@@ -64,6 +65,28 @@ impl TestD1 {
     }
 }
 
+/// A monotonic clock moved by hand (the dispatcher's deadlines and breaker read it).
+pub struct ManualClock(std::sync::Mutex<tokio::time::Instant>);
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(tokio::time::Instant::now()))
+    }
+}
+
+impl ManualClock {
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+impl card_registrar::d1::Clock for ManualClock {
+    fn now(&self) -> tokio::time::Instant {
+        *self.0.lock().unwrap()
+    }
+}
+
 pub fn dispatcher(db: &TestDb, d1: &TestD1, keys: &TestKeys, client: Option<D1Client>) -> Dispatcher {
     let timeout = Duration::from_millis(800);
     let deps = Deps {
@@ -77,7 +100,7 @@ pub fn dispatcher(db: &TestDb, d1: &TestD1, keys: &TestKeys, client: Option<D1Cl
             reconcile_delay: Duration::from_millis(50),
             ..Default::default()
         },
-        request_timeout: timeout,
+        clock: Arc::new(card_registrar::d1::SystemClock),
     };
     Dispatcher::new(
         deps,
@@ -85,6 +108,7 @@ pub fn dispatcher(db: &TestDb, d1: &TestD1, keys: &TestKeys, client: Option<D1Cl
             owner: "test-worker".into(),
             claim_batch: 32,
             lease: Duration::from_secs(30),
+            margin: Duration::from_secs(1),
             poll_interval: Duration::from_millis(50),
             breaker_threshold: 1000,
             breaker_cool_down: Duration::from_millis(100),
@@ -144,7 +168,7 @@ async fn a_created_card_is_registered_once_and_becomes_registered_explicitly() {
         assert_eq!(stored.consumer_id, c.consumer_id);
         assert_eq!(stored.last_four_digits.as_deref(), Some(&c.pan[c.pan.len() - 4..]));
     }
-    assert!(outbox::list(&db.pool, Some("DONE"), None, 10).await.unwrap().len() == 3);
+    assert!(outbox::list(&db.pool, Some(OutboxStatus::Done), None, 10).await.unwrap().len() == 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +182,7 @@ async fn commit_then_timeout_is_reconciled_with_get_card_and_never_sent_twice() 
     ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
     let d = dispatcher(&db, &d1, &keys, None);
     assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(5));
-    let rows = outbox::list(&db.pool, Some("PENDING"), None, 10).await.unwrap();
+    let rows = outbox::list(&db.pool, Some(OutboxStatus::Pending), None, 10).await.unwrap();
     assert_eq!(rows.len(), 5, "all timed out and wait for a retry");
     assert!(rows.iter().all(|r| r.needs_reconcile), "an ambiguous outcome must be reconciled first");
     d1.sim.set_faults(Faults::none()).unwrap();
@@ -182,7 +206,7 @@ async fn a_terminal_error_parks_the_row_and_fails_the_card_until_an_operator_ret
         d1.client_encrypting_for(&keys, &other_keys.files.d1_encryption_public_jwk, Duration::from_secs(2));
     let broken = dispatcher(&db, &d1, &keys, Some(wrong));
     assert_eq!(broken.step().await.unwrap(), StepOutcome::Attempted(1));
-    let parked = outbox::list(&db.pool, Some("PARKED"), None, 10).await.unwrap();
+    let parked = outbox::list(&db.pool, Some(OutboxStatus::Parked), None, 10).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert!(
         parked[0].last_error.as_deref().unwrap_or_default().contains("400"),
@@ -219,7 +243,7 @@ async fn a_card_registered_to_another_consumer_at_d1_is_a_terminal_conflict() {
     let (r, _) = cards::get(&db.pool, &cards[0].card_id).await.unwrap().unwrap();
     assert_eq!(r.state, CardState::Failed);
     assert!(r.failure.unwrap().contains("another consumer"));
-    assert_eq!(outbox::list(&db.pool, Some("PARKED"), None, 10).await.unwrap().len(), 1);
+    assert_eq!(outbox::list(&db.pool, Some(OutboxStatus::Parked), None, 10).await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +275,7 @@ async fn a_row_cancelled_by_an_implicit_registration_is_never_sent() {
     let d = dispatcher(&db, &d1, &keys, None);
     assert_eq!(d.step().await.unwrap(), StepOutcome::Idle);
     assert_eq!(d1.sim.stats().puts_total, 0);
-    assert_eq!(outbox::list(&db.pool, Some("CANCELLED"), None, 10).await.unwrap().len(), 4);
+    assert_eq!(outbox::list(&db.pool, Some(OutboxStatus::Cancelled), None, 10).await.unwrap().len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,7 +285,8 @@ async fn a_row_whose_lease_expired_is_reconciled_before_it_is_sent_again() {
     let cards = scripts(&keys, "lease", 1, |_| Plan::CreatedOnly);
     ingest_directly(&db, &keys, &cards[0].phase1).await;
     // A worker claims the row, sends the PUT, and "crashes" before settling.
-    let claimed = outbox::claim(&db.pool, "crashed-worker", 10, 200).await.unwrap();
+    let (lease, reconcile_delay) = (Duration::from_millis(200), Duration::from_millis(50));
+    let claimed = outbox::claim(&db.pool, "crashed-worker", 10, lease, reconcile_delay).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let crashed = dispatcher(&db, &d1, &keys, None);
     let request: card_registrar::core::decide::RegistrationRequest =
@@ -307,7 +332,7 @@ async fn retryable_failures_are_retried_until_d1_accepts() {
     let stats = d1.sim.stats();
     assert_eq!((stats.effective_registrations, stats.duplicate_puts), (40, 0));
     assert!(stats.puts_total > 40, "some attempts were refused and retried");
-    assert!(outbox::list(&db.pool, Some("PARKED"), None, 10).await.unwrap().is_empty());
+    assert!(outbox::list(&db.pool, Some(OutboxStatus::Parked), None, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,6 +345,8 @@ async fn the_breaker_opens_after_k_failures_then_lets_one_probe_through_and_clos
     let cards = scripts(&keys, "brk", 5, |_| Plan::CreatedOnly);
     ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
     let cool_down = Duration::from_millis(300);
+    // The breaker reads the injected clock: the test moves it instead of sleeping.
+    let clock = Arc::new(ManualClock::default());
     let d = Dispatcher::new(
         Deps {
             pool: db.pool.clone(),
@@ -332,12 +359,13 @@ async fn the_breaker_opens_after_k_failures_then_lets_one_probe_through_and_clos
                 reconcile_delay: Duration::from_millis(2),
                 ..Default::default()
             },
-            request_timeout: Duration::from_millis(800),
+            clock: clock.clone(),
         },
         DispatchOptions {
             owner: "breaker-test".into(),
             claim_batch: 32,
             lease: Duration::from_secs(30),
+            margin: Duration::from_secs(1),
             poll_interval: Duration::from_millis(50),
             breaker_threshold: 3,
             breaker_cool_down: cool_down,
@@ -348,11 +376,11 @@ async fn the_breaker_opens_after_k_failures_then_lets_one_probe_through_and_clos
     let after_first = d1.sim.stats().puts_total + d1.sim.stats().gets_total;
     assert_eq!(d.step().await.unwrap(), StepOutcome::Paused, "5 consecutive failures opened it");
     assert_eq!(d1.sim.stats().puts_total + d1.sim.stats().gets_total, after_first, "nothing sent while open");
-    tokio::time::sleep(cool_down + Duration::from_millis(50)).await;
+    clock.advance(cool_down + Duration::from_millis(50));
     assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(1), "one probe after the cool-down");
     assert_eq!(d.step().await.unwrap(), StepOutcome::Paused, "the failed probe reopened it");
     d1.sim.set_faults(Faults::none()).unwrap();
-    tokio::time::sleep(cool_down + Duration::from_millis(50)).await;
+    clock.advance(cool_down + Duration::from_millis(50));
     assert_eq!(d.step().await.unwrap(), StepOutcome::Attempted(1), "the probe succeeds");
     drain(&d).await;
     assert_eq!((d1.sim.stats().effective_registrations, d1.sim.stats().duplicate_puts), (5, 0));
@@ -385,12 +413,12 @@ async fn retention_deletes_only_finished_rows_older_than_the_limit_in_bounded_ba
     let retention =
         Retention { keep: Duration::from_secs(7 * 86_400), batch: 2, every: Duration::from_secs(60) };
     assert_eq!(purge_finished(&db.pool, &retention).await.unwrap(), 3);
-    let left: Vec<String> =
+    let left: Vec<OutboxStatus> =
         outbox::list(&db.pool, None, None, 10).await.unwrap().into_iter().map(|r| r.status).collect();
     assert_eq!(left.len(), 3);
     assert!(
-        left.contains(&"PARKED".to_owned())
-            && left.contains(&"PENDING".to_owned())
-            && left.contains(&"DONE".to_owned())
+        left.contains(&OutboxStatus::Parked)
+            && left.contains(&OutboxStatus::Pending)
+            && left.contains(&OutboxStatus::Done)
     );
 }

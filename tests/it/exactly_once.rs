@@ -1,6 +1,7 @@
 //! The exactly-once suite: every card that needs a registration reaches D1 exactly once, under
-//! D1 faults (503, 429 with Retry-After, commit-then-time-out, latency), `kill -9` of the worker,
-//! and two workers sharing the work. Counts come from the simulator.
+//! D1 faults (503, 429 with Retry-After, commit-then-time-out, latency, late commits after the
+//! client's timeout), `kill -9` of the worker, and two workers sharing the work. Counts come from
+//! the simulator.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::dispatch::TestD1;
 use crate::helpers::*;
 use crate::ingest::scripts;
 use crate::worker::{Worker, WorkerEnv, tail};
+use card_registrar::store::outbox::OutboxStatus;
 
 /// The suite's mix: every plan, with a known subset needing an explicit registration.
 fn plan(i: usize) -> Plan {
@@ -31,8 +33,14 @@ fn plan(i: usize) -> Plan {
     }
 }
 
-fn faults() -> Faults {
+fn faults(mode: &Mode) -> Faults {
     let mut f = Faults::none();
+    if matches!(mode, Mode::LateCommits) {
+        // Committed 1.05-1.25 s after processing starts (up to 1.45 s after arrival with the
+        // latency below): after the worker's 1 s timeout, within its 1.5 s reconcile delay.
+        f.late_commit_rate = 0.15;
+        f.late_commit_ms = d1_simulator::faults::Latency { min_ms: 1050, max_ms: 1250 };
+    }
     f.error_rates.insert(503, 0.20);
     f.error_rates.insert(429, 0.05);
     f.retry_after_secs = 1;
@@ -46,17 +54,19 @@ enum Mode {
     One,
     KilledRepeatedly,
     Two,
+    /// Two workers, and D1 committing some PUTs only after the client gave up on them.
+    LateCommits,
 }
 
 async fn suite(mode: Mode) {
     let (db, topics, keys) = (TestDb::new().await, TestTopics::new(6).await, TestKeys::new());
     let d1 = TestD1::start(&keys).await;
-    d1.sim.set_faults(faults()).unwrap();
+    d1.sim.set_faults(faults(&mode)).unwrap();
     let cards: Vec<CardScript> = scripts(&keys, "eo", 1000, plan);
     let group = format!("eo-{}", uuid::Uuid::new_v4().simple());
     let env = WorkerEnv::new(&db, &topics, &keys, &group, Some(d1.sim.base_url()));
     let mut workers = vec![Worker::spawn(&env, "w0")];
-    if matches!(mode, Mode::Two) {
+    if matches!(mode, Mode::Two | Mode::LateCommits) {
         workers.push(Worker::spawn(&env, "w1"));
     }
 
@@ -132,11 +142,17 @@ async fn suite(mode: Mode) {
             assert!(view.is_none());
         }
     }
-    assert!(outbox::list(&db.pool, Some("PARKED"), None, 10).await.unwrap().is_empty(), "parked rows");
+    assert!(
+        outbox::list(&db.pool, Some(OutboxStatus::Parked), None, 10).await.unwrap().is_empty(),
+        "parked rows"
+    );
     assert!(
         stats.faults_injected.errors.values().sum::<u64>() > 0
             && stats.faults_injected.commit_then_timeout > 0
     );
+    if matches!(mode, Mode::LateCommits) {
+        assert!(stats.faults_injected.late_commit > 0, "no late commit was injected");
+    }
     eprintln!(
         "exactly-once: {} cards ({} needing a PUT), {} PUTs, {} effective, {} duplicates, {} GETs, {kills} kills",
         cards.len(),
@@ -165,4 +181,9 @@ async fn exactly_once_holds_while_the_worker_is_killed_and_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_once_holds_with_two_workers_sharing_the_work() {
     suite(Mode::Two).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_holds_when_d1_commits_after_the_client_timed_out() {
+    suite(Mode::LateCommits).await;
 }

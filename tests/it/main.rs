@@ -15,4 +15,5 @@ mod jwe_interop;
 mod registry_tls;
 mod smoke;
 mod store_apply;
+mod timing;
 mod worker;

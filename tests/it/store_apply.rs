@@ -12,6 +12,7 @@ use card_registrar::store::{cards, dead_letters, history, offsets, outbox};
 use chrono::Utc;
 
 use crate::helpers::*;
+use card_registrar::store::outbox::OutboxStatus;
 
 const GROUP: &str = "g";
 
@@ -55,7 +56,7 @@ async fn a_created_card_is_pending_with_one_queued_registration_history_and_offs
     assert_eq!(call, Some(CallStatus::Queued));
     let rows = outbox::list(&db.pool, None, Some("card-a"), 10).await.unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].status, "PENDING");
+    assert_eq!(rows[0].status, OutboxStatus::Pending);
     assert!(rows[0].correlation_id.starts_with("cr-"));
     assert_eq!(history::for_card(&db.pool, "card-a").await.unwrap().len(), 1);
     assert_eq!(offsets::load(&db.pool, GROUP, "card-created").await.unwrap().get(&0), Some(&1));
@@ -184,5 +185,5 @@ async fn concurrent_batches_touching_the_same_cards_from_many_partitions_neither
     assert!(counts.iter().all(|(state, _, _)| state == "REGISTERED"), "{counts:?}");
     let rows = outbox::list(&db.pool, None, None, 1000).await.unwrap();
     assert!(rows.len() <= cards_n);
-    assert!(rows.iter().all(|r| r.status == "CANCELLED" || r.status == "PENDING"));
+    assert!(rows.iter().all(|r| matches!(r.status, OutboxStatus::Cancelled | OutboxStatus::Pending)));
 }

@@ -50,6 +50,7 @@ impl WorkerEnv {
                 // Fast enough for a test: short timeouts and leases, quick retries.
                 ("D1_TIMEOUT_MS".into(), "1000".into()),
                 ("DISPATCH_LEASE_SECS".into(), "4".into()),
+                ("DISPATCH_LEASE_MARGIN_MS".into(), "500".into()),
                 ("DISPATCH_RETRY_MAX_MS".into(), "2000".into()),
                 ("DISPATCH_RECONCILE_DELAY_MS".into(), "1500".into()),
                 ("DISPATCH_POLL_MS".into(), "100".into()),
@@ -130,6 +131,16 @@ impl Worker {
             assert!(tokio::time::Instant::now() < deadline, "worker never ready; log:\n{}", tail(&self.log));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// SIGSTOP: the process freezes wherever it is (a GC pause, CPU throttling, VM steal).
+    pub fn freeze(&self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGSTOP).unwrap();
+    }
+
+    /// SIGCONT after [`Self::freeze`].
+    pub fn thaw(&self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGCONT).unwrap();
     }
 
     /// Whether the process is still running.

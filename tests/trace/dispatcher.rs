@@ -34,12 +34,13 @@ pub fn dispatcher(pool: &sqlx::PgPool, keys: &TestKeys, d1_url: &str) -> Dispatc
         keys: Arc::new(CardDataKeys::from_file(&f.card_data_private_jwks).unwrap()),
         limiter: Limiter::new(8, 1000),
         policy: RetryPolicy::default(),
-        request_timeout: timeout,
+        clock: Arc::new(card_registrar::d1::SystemClock),
     };
     let options = DispatchOptions {
         owner: "test-worker".into(),
         claim_batch: 8,
         lease: Duration::from_secs(30),
+        margin: Duration::from_secs(1),
         poll_interval: Duration::from_millis(50),
         breaker_threshold: 100,
         breaker_cool_down: Duration::from_millis(100),

@@ -1,7 +1,8 @@
 //! Register Card (`PUT /banking/v2/issuers/{issuerId}/cards/{cardId}`) and Get Card
 //! (`GET /banking/v1/issuers/{issuerId}/cards/{cardId}`). Order of checks for a PUT: token,
 //! issuer, cardId pattern, body fields, `encryptedData`, card data, cardId vs PAN; then faults;
-//! then the commit, which never overwrites. The clear PAN lives only inside the card check: it is
+//! then the commit, which never overwrites. A "late commit" runs in a task of its own, so it
+//! happens whether or not the client is still connected (as at a real backend). The clear PAN lives only inside the card check: it is
 //! never logged, stored, counted or answered.
 
 use axum::body::Bytes;
@@ -50,7 +51,7 @@ pub(super) async fn register(
 }
 
 async fn register_checked(
-    state: &SimState,
+    state: &Shared,
     issuer_id: &str,
     card_id: &str,
     headers: &HeaderMap,
@@ -67,6 +68,12 @@ async fn register_checked(
         .map_err(|error| ApiError::bad_request(error.error_code(), error.to_string()))?;
     drop(plaintext);
     // From here the cardId is known not to reveal the PAN, so it may be counted and logged.
+    if state.inject(|injector| injector.unauthorized_once(card_id)) {
+        state.record(|recorder| recorder.faults().unauthorized_once += 1);
+        state.expire_tokens();
+        let error = ApiError::unauthorized("TOKEN_EXPIRED", "the access token has expired");
+        return Err(Failure::Injected(error));
+    }
     if !stored_before {
         state.record(|recorder| recorder.put_for_card(card_id));
     }
@@ -79,11 +86,46 @@ async fn register_checked(
     }
 
     let card = registered_card(card_id, request.consumer_id, request.card_product_id, request.state, facts);
-    let answer = match state.commit(card) {
+    if let Some(delay) = state.inject(Injector::late_commit) {
+        state.record(|recorder| recorder.faults().late_commit += 1);
+        tracing::debug!(card_id, delay_ms = delay.as_millis() as u64, "accepted; committing late");
+        let (shared, card_id, card_state) = (state.clone(), card_id.to_owned(), request.state);
+        // Its own task: dropping this handler (the client gave up) does not stop the commit.
+        let commit = tokio::spawn(async move {
+            shared.pause(delay).await;
+            commit_and_answer(&shared, &card_id, card, card_state, stored_before)
+        });
+        return commit.await.unwrap_or_else(|_| {
+            let error = ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_SERVER_ERROR",
+                "late commit failed",
+            );
+            Err(Failure::Injected(error))
+        });
+    }
+    let answer = commit_and_answer(state, card_id, card, request.state, stored_before);
+    if let Some(delay) = state.inject(Injector::commit_then_timeout) {
+        state.record(|recorder| recorder.faults().commit_then_timeout += 1);
+        tracing::debug!(card_id, delay_ms = delay.as_millis() as u64, "committed; answering late");
+        state.pause(delay).await;
+    }
+    answer
+}
+
+/// Stores the card (never overwriting), counts it, and gives the configured answer.
+fn commit_and_answer(
+    state: &SimState,
+    card_id: &str,
+    card: crate::card::StoredCard,
+    card_state: CardState,
+    stored_before: bool,
+) -> Result<Response, Failure> {
+    match state.commit(card) {
         Commit::Stored => {
             state.record(Recorder::registered);
             tracing::info!(card_id, "card registered");
-            Ok(success(state, card_id, request.state))
+            Ok(success(state, card_id, card_state))
         }
         Commit::AlreadyThere(registration) => {
             if !stored_before {
@@ -92,19 +134,13 @@ async fn register_checked(
             }
             tracing::info!(card_id, "duplicate registration");
             match &state.duplicate_error {
-                None => Ok(success(state, card_id, request.state)),
+                None => Ok(success(state, card_id, card_state)),
                 Some((status, code)) => {
                     Err(ApiError::new(*status, code.clone(), "the card is already registered").into())
                 }
             }
         }
-    };
-    if let Some(delay) = state.inject(Injector::commit_then_timeout) {
-        state.record(|recorder| recorder.faults().commit_then_timeout += 1);
-        tracing::debug!(card_id, delay_ms = delay.as_millis() as u64, "committed; answering late");
-        state.pause(delay).await;
     }
-    answer
 }
 
 /// The configured success answer: no body for 204, a small JSON body otherwise.

@@ -1,6 +1,6 @@
 //! `POST /authz/v1/oauth2/token`: the JWT-bearer grant (RFC 7523). A form-encoded or JSON body
 //! with `grant_type` and `assertion`; a valid ES256 assertion earns an opaque Bearer token.
-//! Only the latency fault applies here. Never logs the assertion or the token.
+//! Only the latency faults apply here (`latency`, then `tokenLatency`). Never logs the assertion or the token.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,6 +27,10 @@ struct TokenRequest {
 /// Issues an access token for a valid assertion.
 pub(super) async fn token(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     injected_latency(&state).await;
+    if let Some(delay) = state.inject(crate::injector::Injector::token_latency) {
+        state.record(|recorder| recorder.faults().token_latency += 1);
+        state.pause(delay).await;
+    }
     let result = issue(&state, &headers, &body);
     respond(&state, "token", result)
 }

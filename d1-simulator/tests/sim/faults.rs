@@ -161,3 +161,61 @@ async fn faults_never_mask_a_refusal_of_a_bad_request() {
     assert_eq!(response.status(), 401);
     assert!(t.sim.stats().faults_injected.errors.is_empty());
 }
+
+#[tokio::test]
+async fn a_late_commit_stores_the_card_after_the_client_gave_up_and_a_second_put_meanwhile_is_a_duplicate() {
+    let t = TestSim::start_with(|config| {
+        config.faults.late_commit_rate = 1.0;
+        config.faults.late_commit_ms = Latency::fixed(800);
+    })
+    .await;
+    let token = t.token().await;
+    let body = t.register_body(PAN, "1229");
+    let started = Instant::now();
+    let outcome = t
+        .http
+        .put(t.card_url("v2", "card-1"))
+        .bearer_auth(&token)
+        .json(&body)
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(outcome.unwrap_err().is_timeout());
+    // The client disconnected; D1 has not committed yet, so Get Card says 404...
+    assert_eq!(t.get_card(&token, "card-1").await.status(), 404);
+    // ...and a second PUT now is exactly the duplicate the dispatcher must never send.
+    let second = t.put_card(&token, "card-1", &body).await;
+    assert!(second.status().is_success());
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let stats = t.sim.stats();
+    assert_eq!(stats.faults_injected.late_commit, 2);
+    assert_eq!((stats.effective_registrations, stats.duplicate_puts), (1, 1));
+    assert_eq!(t.get_card(&token, "card-1").await.status(), 200);
+}
+
+#[tokio::test]
+async fn unauthorized_once_refuses_each_cards_first_put_and_expires_the_tokens() {
+    let t = TestSim::start_with(|config| config.faults.unauthorized_once = true).await;
+    let token = t.token().await;
+    let body = t.register_body(PAN, "1229");
+    let first = t.put_card(&token, "card-1", &body).await;
+    assert_eq!(first.status(), 401);
+    assert_eq!(error_code(first).await, "TOKEN_EXPIRED");
+    assert_eq!(t.put_card(&token, "card-1", &body).await.status(), 401, "the old token expired");
+    let fresh = t.token().await;
+    assert!(t.put_card(&fresh, "card-1", &body).await.status().is_success());
+    let stats = t.sim.stats();
+    assert_eq!((stats.faults_injected.unauthorized_once, stats.effective_registrations), (1, 1));
+}
+
+#[tokio::test]
+async fn the_token_latency_slows_the_token_endpoint_only() {
+    let t = TestSim::start_with(|config| config.faults.token_latency = Some(Latency::fixed(300))).await;
+    let started = Instant::now();
+    let token = t.token().await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(t.get_card(&token, "card-1").await.status(), 404);
+    assert!(started.elapsed() < Duration::from_millis(300));
+    assert_eq!(t.sim.stats().faults_injected.token_latency, 1);
+}

@@ -146,3 +146,66 @@ async fn the_token_request_carries_a_verifiable_es256_assertion_for_our_issuer()
     assert_eq!(claims.issuer(), Some("ISSUER0001"));
     assert_eq!(claims.subject(), Some("ISSUER0001"));
 }
+
+#[tokio::test]
+async fn a_401_whose_token_refresh_eats_the_deadline_is_not_resent() {
+    use std::sync::Arc;
+
+    use crate::d1::{Deadline, SystemClock};
+
+    let f = Fixture::with_timeout(Duration::from_secs(2)).await;
+    Mock::given(method("POST"))
+        .and(path(TOKEN_PATH))
+        .respond_with(token_response("tok-old", 900))
+        .up_to_n_times(1)
+        .expect(1)
+        .with_priority(1)
+        .mount(&f.server)
+        .await;
+    // The refresh takes 1 s: afterwards 1.5 s are left, less than a 2 s request may take.
+    Mock::given(method("POST"))
+        .and(path(TOKEN_PATH))
+        .respond_with(token_response("tok-new", 900).set_delay(Duration::from_secs(1)))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(PUT_PATH))
+        .and(header("authorization", "Bearer tok-old"))
+        .respond_with(ResponseTemplate::new(401))
+        .expect(1)
+        .mount(&f.server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(PUT_PATH))
+        .and(header("authorization", "Bearer tok-new"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(0)
+        .mount(&f.server)
+        .await;
+    let deadline =
+        Deadline::at(tokio::time::Instant::now() + Duration::from_millis(2500), Arc::new(SystemClock));
+    let inputs = Inputs::new();
+    let err =
+        f.client.register_card_within(&inputs.register(), &inputs.correlation, &deadline).await.unwrap_err();
+    assert!(
+        matches!(&err, D1Error::OutOfTime { detail } if detail.starts_with("register not sent")),
+        "{err}"
+    );
+    assert!(err.is_local(), "nothing reached D1 a second time");
+}
+
+#[tokio::test]
+async fn no_request_starts_when_the_deadline_leaves_no_room_for_one() {
+    use std::sync::Arc;
+
+    use crate::d1::{Deadline, SystemClock};
+
+    let f = Fixture::with_timeout(Duration::from_secs(2)).await;
+    f.token("tok", 900, 0).await;
+    f.no_card_calls().await;
+    let deadline = Deadline::at(tokio::time::Instant::now() + Duration::from_secs(1), Arc::new(SystemClock));
+    let inputs = Inputs::new();
+    let err = f.client.get_card_within(&inputs.card_id, &inputs.correlation, &deadline).await.unwrap_err();
+    assert!(matches!(&err, D1Error::OutOfTime { detail } if detail.starts_with("token not sent")), "{err}");
+}
