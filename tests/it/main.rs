@@ -10,6 +10,8 @@ mod exactly_once;
 mod helpers;
 mod ingest;
 mod jwe_interop;
+mod least_privilege;
+mod secure_kafka;
 mod smoke;
 mod store_apply;
 mod worker;
