@@ -62,8 +62,13 @@ pub fn check_brokers(
         let left = deadline.saturating_duration_since(Instant::now());
         let attempt = left.min(Duration::from_millis(500));
         let answered = client.fetch_metadata(None, attempt).is_ok();
-        // Serves the error events queued meanwhile into the recorder.
-        let _ = client.poll(Duration::ZERO);
+        // Serves the error events queued meanwhile (without a group.id they stay on the main
+        // queue, which `poll` serves), so the recorder sees them.
+        for _ in 0..64 {
+            if client.poll(Duration::ZERO).is_none() {
+                break;
+            }
+        }
         let errors = std::mem::take(
             &mut *client.context().errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
         );

@@ -197,3 +197,77 @@ async fn the_worker_registers_through_sasl_ssl_and_bad_credentials_stop_start_up
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// An unsigned JWT with `sub` and `exp`, as librdkafka needs to read the token's lifetime.
+fn unsigned_jwt() -> String {
+    use base64::Engine as _;
+    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    format!(
+        "{}.{}.",
+        b64(serde_json::json!({"alg": "none", "typ": "JWT"})),
+        b64(serde_json::json!({"sub": "card-registrar", "exp": exp, "iat": exp - 3600}))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauthbearer_asks_the_oidc_endpoint_for_a_token_with_the_client_credentials() {
+    use base64::Engine as _;
+    use card_registrar::config::KafkaSecuritySettings;
+    use card_registrar::kafka::{BrokerCheck, KafkaSecurity, check_brokers};
+    use clap::Parser;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        s: KafkaSecuritySettings,
+    }
+
+    let idp = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth2/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": unsigned_jwt(), "token_type": "bearer", "expires_in": 3600
+        })))
+        .mount(&idp)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, "client-s3cr3t\n").unwrap();
+    let endpoint = format!("{}/oauth2/token", idp.uri());
+    let args = Args::try_parse_from([
+        "t",
+        "--kafka-security-protocol",
+        "sasl_plaintext",
+        "--kafka-sasl-mechanism",
+        "OAUTHBEARER",
+        "--kafka-oauth-token-endpoint-url",
+        &endpoint,
+        "--kafka-oauth-client-id",
+        "card-registrar",
+        "--kafka-oauth-client-secret-file",
+        secret.to_str().unwrap(),
+        "--kafka-oauth-scope",
+        "kafka.read",
+    ])
+    .unwrap();
+    let security = KafkaSecurity::from_settings(&args.s).unwrap();
+    // No broker listens there: librdkafka's built-in OIDC client still fetches a token first.
+    let found = tokio::task::spawn_blocking(move || {
+        check_brokers("127.0.0.1:1", &security, Duration::from_secs(3))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(matches!(found, BrokerCheck::Unreachable(_)), "{found:?}");
+    let requests = idp.received_requests().await.unwrap();
+    let token_request = requests.first().expect("librdkafka asked the token endpoint");
+    let expected =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("card-registrar:client-s3cr3t"));
+    assert_eq!(token_request.headers.get("authorization").and_then(|v| v.to_str().ok()), Some(expected.as_str()));
+    let body = String::from_utf8_lossy(&token_request.body);
+    assert!(body.contains("grant_type=client_credentials"), "{body}");
+    assert!(body.contains("scope=kafka.read"), "{body}");
+}
