@@ -79,8 +79,10 @@ pub enum KafkaSecurityProtocol {
     /// TLS, optionally with a client certificate.
     Ssl,
     /// SASL without TLS (the password crosses the network in clear with PLAIN).
+    #[value(name = "sasl_plaintext")]
     SaslPlaintext,
     /// SASL over TLS: what most banks' clusters require.
+    #[value(name = "sasl_ssl")]
     SaslSsl,
 }
 
@@ -464,7 +466,11 @@ impl TelemetrySettings {
     }
 }
 
-pub(crate) fn required_file(variable: &'static str, path: Option<&Path>, what: &str) -> Result<PathBuf, ConfigError> {
+pub(crate) fn required_file(
+    variable: &'static str,
+    path: Option<&Path>,
+    what: &str,
+) -> Result<PathBuf, ConfigError> {
     let path =
         path.ok_or_else(|| ConfigError::new(variable, format!("missing: path of the file holding {what}")))?;
     match std::fs::metadata(path) {

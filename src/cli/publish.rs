@@ -10,12 +10,12 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::CliError;
-use crate::config::{ConfigError, KafkaSettings};
-use crate::core::event::EventKind;
-use crate::kafka::KafkaSecurity;
-use crate::crypto::RecipientKey;
 use crate::avro::encode::Framing;
 use crate::avro::schemas::SchemaSet;
+use crate::config::{ConfigError, KafkaSettings};
+use crate::core::event::EventKind;
+use crate::crypto::RecipientKey;
+use crate::kafka::KafkaSecurity;
 use crate::workload::{Generator, Outgoing, Plan};
 
 /// Which plans the cards follow.
@@ -71,16 +71,19 @@ pub struct PublishArgs {
 }
 
 /// Creates the configured topics with `partitions` partitions each; existing ones are kept.
-async fn create_topics(kafka: &KafkaSettings, security: &KafkaSecurity, partitions: i32) -> Result<(), CliError> {
+async fn create_topics(
+    kafka: &KafkaSettings,
+    security: &KafkaSecurity,
+    partitions: i32,
+) -> Result<(), CliError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.kafka_brokers);
     security.apply(&mut config);
-    let admin: AdminClient<DefaultClientContext> = config
-        .create()
-        .map_err(|e| CliError::context("create the Kafka admin client", e))?;
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().map_err(|e| CliError::context("create the Kafka admin client", e))?;
     let names = [&kafka.topic_card_created, &kafka.topic_card_tokenized, &kafka.topic_card_ordered];
     let topics: Vec<NewTopic<'_>> =
         names.iter().map(|n| NewTopic::new(n.as_str(), partitions, TopicReplication::Fixed(1))).collect();
@@ -148,9 +151,8 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "60000");
     security.apply(&mut config);
-    let producer: FutureProducer = config
-        .create()
-        .map_err(|e| CliError::context("create the Kafka producer", e))?;
+    let producer: FutureProducer =
+        config.create().map_err(|e| CliError::context("create the Kafka producer", e))?;
     let topic = |k: EventKind| match k {
         EventKind::Created => args.kafka.topic_card_created.as_str(),
         EventKind::Tokenized => args.kafka.topic_card_tokenized.as_str(),

@@ -12,6 +12,9 @@ use tracing::{info, warn};
 use super::CliError;
 use super::migrate::error_chain;
 use crate::admin::{self, Check, Readiness};
+use crate::avro::decode::Decoder;
+use crate::avro::registry::{HttpSchemaRegistry, SchemaRegistry};
+use crate::avro::schemas::SchemaSet;
 use crate::config::{
     AdminSettings, CardDataSettings, ConfigError, D1Settings, DatabaseSettings, DispatchSettings,
     IngestSettings, KafkaSettings, ValidD1Settings,
@@ -24,11 +27,8 @@ use crate::dispatch::limiter::Limiter;
 use crate::dispatch::maintenance::{self, Retention};
 use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::ingest::consumer::{self, IngestOptions};
-use crate::avro::decode::Decoder;
 use crate::ingest::prepare::Pipeline;
 use crate::kafka::{self, BrokerCheck, KafkaSecurity};
-use crate::avro::registry::{HttpSchemaRegistry, SchemaRegistry};
-use crate::avro::schemas::SchemaSet;
 use crate::{shutdown, store, telemetry};
 
 /// Settings of `run`.
@@ -186,8 +186,7 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
     };
 
     // Last of the checks: it may wait for the brokers, so every local mistake is reported first.
-    let kafka_security =
-        if args.ingest_enabled { Some(kafka_security(&args.kafka).await?) } else { None };
+    let kafka_security = if args.ingest_enabled { Some(kafka_security(&args.kafka).await?) } else { None };
 
     let metrics =
         telemetry::prometheus::install_metrics().map_err(|e| CliError::context("install metrics", e))?;

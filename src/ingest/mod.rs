@@ -12,4 +12,3 @@ pub mod partition;
 pub mod prepare;
 pub mod replay;
 mod spans;
-

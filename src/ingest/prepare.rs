@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use super::apply::{Prepared, Rejection};
-use crate::avro::decode::{DecodeFailure, Decoder};
 use super::envelope::Sealer;
 use super::partition::Incoming;
+use crate::avro::decode::{DecodeFailure, Decoder};
 use crate::avro::registry::RegistryError;
 use crate::core::event::{CardEvent, EventKind};
 use crate::core::validate::{ValidEvent, card_id_looks_like_pan, validate_created, validate_lifecycle};

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
@@ -27,18 +28,40 @@ pub enum BrokerCheck {
     Unreachable(Option<String>),
 }
 
-/// Records the client's error events (code and librdkafka's one-line reason).
+/// Records the client's error events (code and librdkafka's one-line reason) and the
+/// disconnects it only logs.
 #[derive(Default)]
 struct Recorder {
     errors: Mutex<Vec<(RDKafkaErrorCode, String)>>,
+    early_disconnects: Mutex<Vec<String>>,
 }
 
 impl ClientContext for Recorder {
     fn error(&self, error: KafkaError, reason: &str) {
         if let Some(code) = error.rdkafka_error_code() {
-            self.errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((code, reason.to_owned()));
+            self.errors
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((code, reason.to_owned()));
         }
     }
+
+    fn log(&self, _level: RDKafkaLogLevel, _facility: &str, message: &str) {
+        // A TLS listener hangs up on a plaintext ApiVersion request; librdkafka only logs that.
+        if is_early_disconnect(message) {
+            self.early_disconnects
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(message.to_owned());
+        } else {
+            tracing::debug!(target: "librdkafka", message, "start-up check");
+        }
+    }
+}
+
+/// librdkafka's line for a connection closed before the broker answered ApiVersion.
+fn is_early_disconnect(message: &str) -> bool {
+    message.contains("Disconnected") && message.contains("APIVERSION_QUERY")
 }
 
 impl ConsumerContext for Recorder {}
@@ -82,6 +105,15 @@ pub fn check_brokers(
         if answered {
             return Ok(BrokerCheck::Accepted);
         }
+        let disconnects = client
+            .context()
+            .early_disconnects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(fatal) = classify_disconnects(&disconnects, security) {
+            return Err(fatal);
+        }
         if left <= attempt {
             return Ok(BrokerCheck::Unreachable(last_transport));
         }
@@ -95,7 +127,18 @@ pub fn classify(code: RDKafkaErrorCode, reason: &str, security: &KafkaSecurity) 
         RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
             Some(ConfigError::new(
                 "KAFKA_SASL_PASSWORD_FILE",
-                format!("the brokers refused our credentials (check {}): {reason}", security.credential_settings()),
+                format!(
+                    "the brokers refused our credentials (check {}): {reason}",
+                    security.credential_settings()
+                ),
+            ))
+        }
+        RDKafkaErrorCode::SSL
+            if reason.contains("wrong version number") || reason.contains("packet length too long") =>
+        {
+            Some(ConfigError::new(
+                "KAFKA_SECURITY_PROTOCOL",
+                format!("the brokers do not speak TLS on this port (a plaintext listener?): {reason}"),
             ))
         }
         RDKafkaErrorCode::SSL => {
@@ -116,15 +159,34 @@ pub fn classify(code: RDKafkaErrorCode, reason: &str, security: &KafkaSecurity) 
         {
             Some(ConfigError::new(
                 "KAFKA_SECURITY_PROTOCOL",
-                format!("the brokers do not speak the configured protocol (a TLS or SASL listener?): {reason}"),
+                format!(
+                    "the brokers do not speak the configured protocol (a TLS or SASL listener?): {reason}"
+                ),
             ))
         }
-        RDKafkaErrorCode::UnsupportedSASLMechanism | RDKafkaErrorCode::IllegalSASLState => Some(ConfigError::new(
-            "KAFKA_SASL_MECHANISM",
-            format!("the brokers do not accept this SASL mechanism: {reason}"),
-        )),
+        RDKafkaErrorCode::UnsupportedSASLMechanism | RDKafkaErrorCode::IllegalSASLState => {
+            Some(ConfigError::new(
+                "KAFKA_SASL_MECHANISM",
+                format!("the brokers do not accept this SASL mechanism: {reason}"),
+            ))
+        }
         _ => None,
     }
+}
+
+/// Brokers that hang up, again and again, before answering our first (plaintext) request are TLS
+/// listeners: a protocol mismatch, not an outage.
+pub fn classify_disconnects(messages: &[String], security: &KafkaSecurity) -> Option<ConfigError> {
+    if security.uses_tls() || messages.len() < 2 {
+        return None;
+    }
+    Some(ConfigError::new(
+        "KAFKA_SECURITY_PROTOCOL",
+        format!(
+            "the brokers close the connection before answering a plaintext request (a TLS listener? use ssl or sasl_ssl): {}",
+            messages[messages.len() - 1]
+        ),
+    ))
 }
 
 /// The client could not even be created: a property value librdkafka refuses.
@@ -150,7 +212,11 @@ mod tests {
     fn authentication_tls_and_protocol_errors_are_fatal_and_name_a_setting() {
         let s = KafkaSecurity::default();
         let cases = [
-            (RDKafkaErrorCode::Authentication, "SASL authentication error: invalid credentials", "KAFKA_SASL_PASSWORD_FILE"),
+            (
+                RDKafkaErrorCode::Authentication,
+                "SASL authentication error: invalid credentials",
+                "KAFKA_SASL_PASSWORD_FILE",
+            ),
             (
                 RDKafkaErrorCode::SSL,
                 "SSL handshake failed: certificate verify failed: broker certificate could not be verified",
@@ -171,6 +237,31 @@ mod tests {
     }
 
     #[test]
+    fn repeated_hang_ups_before_api_version_mean_a_tls_listener_unless_we_use_tls() {
+        let line = "127.0.0.1:19093/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN \
+                    (after 6ms in state APIVERSION_QUERY)";
+        assert!(is_early_disconnect(line));
+        let twice = vec![line.to_owned(), line.to_owned()];
+        let err = classify_disconnects(&twice, &KafkaSecurity::default()).unwrap();
+        assert_eq!(err.variable, "KAFKA_SECURITY_PROTOCOL");
+        assert!(
+            classify_disconnects(&twice[..1], &KafkaSecurity::default()).is_none(),
+            "one blip is not enough"
+        );
+        let ssl_settings = <Settings as clap::Parser>::parse_from(["t", "--kafka-security-protocol", "ssl"]);
+        let tls = KafkaSecurity::from_settings(&ssl_settings.s).unwrap();
+        assert!(classify_disconnects(&twice, &tls).is_none());
+        let plain_port = classify(RDKafkaErrorCode::SSL, "SSL handshake failed: wrong version number", &tls);
+        assert_eq!(plain_port.unwrap().variable, "KAFKA_SECURITY_PROTOCOL");
+    }
+
+    #[derive(clap::Parser)]
+    struct Settings {
+        #[command(flatten)]
+        s: crate::config::KafkaSecuritySettings,
+    }
+
+    #[test]
     fn an_unreachable_broker_is_transient() {
         let s = KafkaSecurity::default();
         assert!(classify(RDKafkaErrorCode::BrokerTransportFailure, "Connection refused", &s).is_none());
@@ -187,7 +278,8 @@ mod tests {
     #[test]
     fn nothing_listening_is_reported_as_unreachable_within_the_timeout() {
         let started = Instant::now();
-        let found = check_brokers("127.0.0.1:1", &KafkaSecurity::default(), Duration::from_millis(1500)).unwrap();
+        let found =
+            check_brokers("127.0.0.1:1", &KafkaSecurity::default(), Duration::from_millis(1500)).unwrap();
         assert!(matches!(found, BrokerCheck::Unreachable(_)), "{found:?}");
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }

@@ -223,7 +223,10 @@ impl KafkaSecurity {
         self.set("sasl.mechanism", name);
         if mechanism == M::OauthBearer {
             let endpoint = s.kafka_oauth_token_endpoint_url.as_ref().ok_or_else(|| {
-                ConfigError::new("KAFKA_OAUTH_TOKEN_ENDPOINT_URL", "missing: OAUTHBEARER needs the OIDC token endpoint")
+                ConfigError::new(
+                    "KAFKA_OAUTH_TOKEN_ENDPOINT_URL",
+                    "missing: OAUTHBEARER needs the OIDC token endpoint",
+                )
             })?;
             if endpoint.scheme() != "https" && !crate::config::is_loopback(endpoint) {
                 return Err(ConfigError::new(
@@ -231,9 +234,13 @@ impl KafkaSecurity {
                     "must be https:// (plain http only toward loopback)",
                 ));
             }
-            let client_id = s.kafka_oauth_client_id.as_deref().filter(|c| !c.trim().is_empty()).ok_or_else(
-                || ConfigError::new("KAFKA_OAUTH_CLIENT_ID", "missing: OAUTHBEARER needs the OAuth client id"),
-            )?;
+            let client_id =
+                s.kafka_oauth_client_id.as_deref().filter(|c| !c.trim().is_empty()).ok_or_else(|| {
+                    ConfigError::new(
+                        "KAFKA_OAUTH_CLIENT_ID",
+                        "missing: OAUTHBEARER needs the OAuth client id",
+                    )
+                })?;
             let path = s.kafka_oauth_client_secret_file.as_deref().ok_or_else(|| {
                 ConfigError::new(
                     "KAFKA_OAUTH_CLIENT_SECRET_FILE",
@@ -254,7 +261,10 @@ impl KafkaSecurity {
             ConfigError::new("KAFKA_SASL_USERNAME", format!("missing: SASL {name} needs a username"))
         })?;
         let path = s.kafka_sasl_password_file.as_deref().ok_or_else(|| {
-            ConfigError::new("KAFKA_SASL_PASSWORD_FILE", "missing: path of the file holding the SASL password")
+            ConfigError::new(
+                "KAFKA_SASL_PASSWORD_FILE",
+                "missing: path of the file holding the SASL password",
+            )
         })?;
         let password = read_secret("KAFKA_SASL_PASSWORD_FILE", path, "the SASL password")?;
         self.set("sasl.username", username);
@@ -406,7 +416,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(get(&s, "sasl.oauthbearer.method"), Some("oidc"));
-        assert_eq!(get(&s, "sasl.oauthbearer.token.endpoint.url"), Some("https://idp.bank.example/oauth2/token"));
+        assert_eq!(
+            get(&s, "sasl.oauthbearer.token.endpoint.url"),
+            Some("https://idp.bank.example/oauth2/token")
+        );
         assert_eq!(get(&s, "sasl.oauthbearer.client.id"), Some("card-registrar"));
         assert_eq!(get(&s, "sasl.oauthbearer.client.secret"), Some("client-s3cr3t"));
         assert_eq!(get(&s, "sasl.oauthbearer.scope"), Some("kafka"));
@@ -488,13 +501,16 @@ mod tests {
             &empty,
         ])
         .unwrap_err();
-        assert!(err.to_string().starts_with("KAFKA_SASL_PASSWORD_FILE:") && err.problem.ends_with("is empty"));
+        assert!(
+            err.to_string().starts_with("KAFKA_SASL_PASSWORD_FILE:") && err.problem.ends_with("is empty")
+        );
     }
 
     #[test]
     fn the_properties_file_passes_other_properties_through_and_keeps_reserved_ones_out() {
         let f = Files::new();
-        let ok = f.file("ok.properties", "# tuning\nclient.rack=eu-west-1a\nsasl.oauthbearer.extensions=k=v\n");
+        let ok =
+            f.file("ok.properties", "# tuning\nclient.rack=eu-west-1a\nsasl.oauthbearer.extensions=k=v\n");
         let s = security(&["--kafka-properties-file", &ok]).unwrap();
         assert_eq!(get(&s, "client.rack"), Some("eu-west-1a"));
         assert!(s.has_properties_file());
@@ -522,7 +538,8 @@ mod tests {
 
     #[test]
     fn hostname_verification_can_be_turned_off_explicitly() {
-        let s = security(&["--kafka-security-protocol", "ssl", "--kafka-ssl-verify-hostname", "false"]).unwrap();
+        let s =
+            security(&["--kafka-security-protocol", "ssl", "--kafka-ssl-verify-hostname", "false"]).unwrap();
         assert_eq!(get(&s, "ssl.endpoint.identification.algorithm"), Some("none"));
         assert!(s.uses_tls());
     }

@@ -18,7 +18,9 @@ const RUNTIME_ROLE_SQL: &str = include_str!("../../sql/runtime-role.sql");
 
 /// The SQL file as psql would run it with `-v runtime_role=... -v schema=...`.
 fn runtime_role_sql(role: &str, schema: &str) -> String {
-    RUNTIME_ROLE_SQL.replace(":\"runtime_role\"", &format!("\"{role}\"")).replace(":\"schema\"", &format!("\"{schema}\""))
+    RUNTIME_ROLE_SQL
+        .replace(":\"runtime_role\"", &format!("\"{role}\""))
+        .replace(":\"schema\"", &format!("\"{schema}\""))
 }
 
 /// A login role of its own, with the runtime grants on the test schema; dropped on drop.
@@ -77,7 +79,8 @@ async fn the_worker_registers_as_the_runtime_role_which_cannot_change_the_schema
     worker.wait_ready(Duration::from_secs(60)).await;
 
     let cards = scripts(&keys, "rt", 10, |_| Plan::CreatedOnly);
-    let events: Vec<Outgoing> = cards.iter().flat_map(|c| c.phase1.iter().chain(&c.phase2).cloned()).collect();
+    let events: Vec<Outgoing> =
+        cards.iter().flat_map(|c| c.phase1.iter().chain(&c.phase2).cloned()).collect();
     publish(&topics, &events).await;
     wait_until("10 cards registered at D1", Duration::from_secs(60), || async {
         d1.sim.stats().effective_registrations == 10
@@ -157,7 +160,10 @@ async fn run_no_migrate_waits_for_the_migrate_job_before_it_is_ready() {
 
 /// `scripts/services pg-tls`: TLS on the local server (idempotent), the CA's path.
 fn pg_tls_ca() -> String {
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services")).arg("pg-tls").output().unwrap();
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services"))
+        .arg("pg-tls")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "pg-tls: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines().find_map(|l| l.strip_prefix("PG_TLS_CA_FILE=")).expect("CA path printed").to_owned()

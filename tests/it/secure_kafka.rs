@@ -30,14 +30,19 @@ impl SecureKafka {
     fn start() -> Self {
         let dir = tempfile::Builder::new().prefix("secure-kafka-").tempdir().unwrap();
         let out = services(&["secure-kafka-up", dir.path().to_str().unwrap()]);
-        let this = Self { vars: HashMap::new(), dir };
-        assert!(out.status.success(), "secure broker did not start: {}", String::from_utf8_lossy(&out.stderr));
-        let vars = String::from_utf8_lossy(&out.stdout)
+        // Built first, so a failed start still stops whatever did start.
+        let mut this = Self { vars: HashMap::new(), dir };
+        assert!(
+            out.status.success(),
+            "secure broker did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        this.vars = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-        Self { vars, ..this }
+        this
     }
 
     fn var(&self, name: &str) -> String {
@@ -67,7 +72,8 @@ impl Drop for SecureKafka {
 /// Creates the three topics on the secure broker through its plaintext loopback listener.
 async fn create_topics(internal: &str, topics: &TestTopics) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<_> = rdkafka::ClientConfig::new().set("bootstrap.servers", internal).create().unwrap();
+    let admin: AdminClient<_> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", internal).create().unwrap();
     let new: Vec<NewTopic<'_>> =
         topics.names().iter().map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1))).collect();
     for r in admin.create_topics(&new, &AdminOptions::new()).await.unwrap() {
@@ -155,8 +161,11 @@ async fn the_worker_registers_through_sasl_ssl_and_bad_credentials_stop_start_up
         ),
     ] {
         let extra: Vec<(&str, String)> = extra.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-        let cleared: Vec<(String, String)> =
-            base.iter().filter(|(k, _)| !k.starts_with("KAFKA_SASL") && !k.starts_with("KAFKA_SSL")).cloned().collect();
+        let cleared: Vec<(String, String)> = base
+            .iter()
+            .filter(|(k, _)| !k.starts_with("KAFKA_SASL") && !k.starts_with("KAFKA_SSL"))
+            .cloned()
+            .collect();
         let started = Instant::now();
         let out = binary(&["run"], &cleared, &extra, limit);
         assert_refused(&out, variable, password);
@@ -171,23 +180,34 @@ async fn the_worker_registers_through_sasl_ssl_and_bad_credentials_stop_start_up
     for (n, mechanism) in ["SCRAM-SHA-512", "PLAIN"].into_iter().enumerate() {
         let mut extra = kafka.settings(mechanism);
         extra.push(("CARD_DATA_PUBLIC_KEY", public_key.clone()));
-        let prefix = format!("sec{n}");
+        let (prefix, seed) = (format!("sec{n}"), (n + 11).to_string());
         let args =
             ["publish", "--cards", "10", "--mix", "created", "--duplicates-percent", "0", "--poison", "0"];
-        let args: Vec<&str> = args.into_iter().chain(["--phase-gap-ms", "0", "--prefix", &prefix]).collect();
+        let args: Vec<&str> =
+            args.into_iter().chain(["--phase-gap-ms", "0", "--prefix", &prefix, "--seed", &seed]).collect();
         let out = binary(&args, &base, &extra, limit);
         assert!(out.status.success(), "publish with {mechanism}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    wait_until("20 cards registered at D1", Duration::from_secs(90), || async {
-        d1.sim.stats().effective_registrations == 20
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while d1.sim.stats().effective_registrations < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 20 cards registered at D1; log:\n{}",
+            d1.sim.stats().effective_registrations,
+            tail(&worker.log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // D1's answer is recorded right after the call: wait for the records too.
+    wait_until("20 cards REGISTERED in PostgreSQL", Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM cards WHERE state = $1")
+            .bind(CardState::Registered.as_str())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            == 20
     })
     .await;
-    let registered: i64 = sqlx::query_scalar("SELECT count(*) FROM cards WHERE state = $1")
-        .bind(CardState::Registered.as_str())
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(registered, 20, "log:\n{}", tail(&worker.log));
     let log = worker.log.clone();
     assert!(worker.terminate(Duration::from_secs(30)).success(), "log:\n{}", tail(&log));
     let text = std::fs::read_to_string(&log).unwrap();
@@ -255,18 +275,20 @@ async fn oauthbearer_asks_the_oidc_endpoint_for_a_token_with_the_client_credenti
     .unwrap();
     let security = KafkaSecurity::from_settings(&args.s).unwrap();
     // No broker listens there: librdkafka's built-in OIDC client still fetches a token first.
-    let found = tokio::task::spawn_blocking(move || {
-        check_brokers("127.0.0.1:1", &security, Duration::from_secs(3))
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let found =
+        tokio::task::spawn_blocking(move || check_brokers("127.0.0.1:1", &security, Duration::from_secs(3)))
+            .await
+            .unwrap()
+            .unwrap();
     assert!(matches!(found, BrokerCheck::Unreachable(_)), "{found:?}");
     let requests = idp.received_requests().await.unwrap();
     let token_request = requests.first().expect("librdkafka asked the token endpoint");
     let expected =
         format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("card-registrar:client-s3cr3t"));
-    assert_eq!(token_request.headers.get("authorization").and_then(|v| v.to_str().ok()), Some(expected.as_str()));
+    assert_eq!(
+        token_request.headers.get("authorization").and_then(|v| v.to_str().ok()),
+        Some(expected.as_str())
+    );
     let body = String::from_utf8_lossy(&token_request.body);
     assert!(body.contains("grant_type=client_credentials"), "{body}");
     assert!(body.contains("scope=kafka.read"), "{body}");
