@@ -103,10 +103,10 @@ fn is_loopback(host: &Host<&str>) -> bool {
 /// Builds the HTTP client: timeouts, no redirects (a redirected PUT could change method), TLS files.
 pub(crate) fn http_client(config: &D1ClientConfig) -> Result<reqwest::Client, D1ConfigError> {
     check_url(&config.base_url)?;
-    if config.client_identity.is_none() {
-        if let Some(host) = config.base_url.host().filter(|h| !is_loopback(h)) {
-            return Err(D1ConfigError::ClientIdentityRequired { host: host.to_string() });
-        }
+    if config.client_identity.is_none()
+        && let Some(host) = config.base_url.host().filter(|h| !is_loopback(h))
+    {
+        return Err(D1ConfigError::ClientIdentityRequired { host: host.to_string() });
     }
     let mut builder = reqwest::Client::builder()
         .use_native_tls()
