@@ -137,7 +137,7 @@ async fn every_table_the_migrations_create_has_its_runtime_grant() {
 }
 
 #[tokio::test]
-async fn run_no_migrate_waits_for_the_migrate_job_before_it_is_ready() {
+async fn unapplied_migrations_counts_what_the_migrate_job_has_not_applied_yet() {
     let base = database_url();
     let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
     let admin = store::connect(&base, 1).await.unwrap();
