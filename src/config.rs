@@ -24,7 +24,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(variable: &'static str, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(variable: &'static str, problem: impl Into<String>) -> Self {
         Self { variable, problem: problem.into() }
     }
 }
@@ -75,6 +75,92 @@ pub struct KafkaSettings {
     /// Timeout of one registry request, in milliseconds.
     #[arg(long, env = "SCHEMA_REGISTRY_TIMEOUT_MS", default_value_t = 5000)]
     pub schema_registry_timeout_ms: u64,
+    /// TLS, SASL and pass-through properties toward the brokers.
+    #[command(flatten)]
+    pub security: KafkaSecuritySettings,
+}
+
+/// `security.protocol` toward the brokers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KafkaSecurityProtocol {
+    /// No TLS, no authentication (loopback and tests only).
+    Plaintext,
+    /// TLS, optionally with a client certificate.
+    Ssl,
+    /// SASL without TLS (the password crosses the network in clear with PLAIN).
+    #[value(name = "sasl_plaintext")]
+    SaslPlaintext,
+    /// SASL over TLS: what most banks' clusters require.
+    #[value(name = "sasl_ssl")]
+    SaslSsl,
+}
+
+/// `sasl.mechanism`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KafkaSaslMechanism {
+    /// Username and password sent as they are (use with TLS only).
+    #[value(name = "PLAIN")]
+    Plain,
+    /// Salted challenge-response, SHA-256.
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// Salted challenge-response, SHA-512.
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+    /// OAuth 2 bearer tokens fetched from an OIDC token endpoint (client credentials grant).
+    #[value(name = "OAUTHBEARER")]
+    OauthBearer,
+}
+
+/// Kafka security settings; secrets come from files. Checked and turned into client properties by
+/// [`crate::kafka::KafkaSecurity::from_settings`].
+#[derive(Debug, Clone, Args)]
+pub struct KafkaSecuritySettings {
+    /// Protocol toward the brokers.
+    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", value_enum, ignore_case = true, default_value_t = KafkaSecurityProtocol::Plaintext)]
+    pub kafka_security_protocol: KafkaSecurityProtocol,
+    /// SASL mechanism (required with sasl_plaintext and sasl_ssl).
+    #[arg(long, env = "KAFKA_SASL_MECHANISM", value_enum, ignore_case = true)]
+    pub kafka_sasl_mechanism: Option<KafkaSaslMechanism>,
+    /// SASL username (PLAIN, SCRAM).
+    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// File holding the SASL password (PLAIN, SCRAM); one trailing newline is ignored.
+    #[arg(long, env = "KAFKA_SASL_PASSWORD_FILE")]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+    /// OIDC token endpoint (OAUTHBEARER).
+    #[arg(long, env = "KAFKA_OAUTH_TOKEN_ENDPOINT_URL")]
+    pub kafka_oauth_token_endpoint_url: Option<Url>,
+    /// OAuth client id (OAUTHBEARER).
+    #[arg(long, env = "KAFKA_OAUTH_CLIENT_ID")]
+    pub kafka_oauth_client_id: Option<String>,
+    /// File holding the OAuth client secret (OAUTHBEARER).
+    #[arg(long, env = "KAFKA_OAUTH_CLIENT_SECRET_FILE")]
+    pub kafka_oauth_client_secret_file: Option<PathBuf>,
+    /// OAuth scope requested with the token (OAUTHBEARER, optional).
+    #[arg(long, env = "KAFKA_OAUTH_SCOPE")]
+    pub kafka_oauth_scope: Option<String>,
+    /// CA certificate(s) (PEM) the brokers' certificates must chain to; system roots when unset.
+    #[arg(long, env = "KAFKA_SSL_CA_FILE")]
+    pub kafka_ssl_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for TLS client authentication.
+    #[arg(long, env = "KAFKA_SSL_CERT_FILE")]
+    pub kafka_ssl_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(long, env = "KAFKA_SSL_KEY_FILE")]
+    pub kafka_ssl_key_file: Option<PathBuf>,
+    /// File holding the password of an encrypted KAFKA_SSL_KEY_FILE.
+    #[arg(long, env = "KAFKA_SSL_KEY_PASSWORD_FILE")]
+    pub kafka_ssl_key_password_file: Option<PathBuf>,
+    /// Check that the broker's certificate names the host we connect to.
+    #[arg(long, env = "KAFKA_SSL_VERIFY_HOSTNAME", default_value_t = true, action = clap::ArgAction::Set)]
+    pub kafka_ssl_verify_hostname: bool,
+    /// Other librdkafka properties, one `key=value` a line (Java properties syntax).
+    #[arg(long, env = "KAFKA_PROPERTIES_FILE")]
+    pub kafka_properties_file: Option<PathBuf>,
+    /// Longest wait at start-up for the brokers to accept our credentials, milliseconds.
+    #[arg(long, env = "KAFKA_STARTUP_CHECK_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(500..))]
+    pub kafka_startup_check_timeout_ms: u64,
 }
 
 /// D1 and the keys toward it.
@@ -415,6 +501,12 @@ impl D1Settings {
                 return Err(ConfigError::new("D1_CLIENT_CERT", "missing: D1_CLIENT_KEY is set"));
             }
         };
+        if client_tls.is_none() && !is_loopback(&self.d1_api_url) {
+            return Err(ConfigError::new(
+                "D1_CLIENT_CERT",
+                "missing: D1_CLIENT_CERT and D1_CLIENT_KEY (mutual TLS) are required when D1_API_URL is not loopback",
+            ));
+        }
         let ca_cert = match &self.d1_ca_cert {
             Some(p) => Some(required_file("D1_CA_CERT", Some(p), "CA certificate")?),
             None => None,
@@ -458,7 +550,11 @@ impl TelemetrySettings {
     }
 }
 
-fn required_file(variable: &'static str, path: Option<&Path>, what: &str) -> Result<PathBuf, ConfigError> {
+pub(crate) fn required_file(
+    variable: &'static str,
+    path: Option<&Path>,
+    what: &str,
+) -> Result<PathBuf, ConfigError> {
     let path =
         path.ok_or_else(|| ConfigError::new(variable, format!("missing: path of the file holding {what}")))?;
     match std::fs::metadata(path) {
@@ -553,6 +649,41 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(err.variable, "D1_CLIENT_KEY");
+    }
+
+    fn d1_args<'a>(url: &'a str, key_file: &'a str) -> Vec<&'a str> {
+        vec![
+            "--d1-api-url",
+            url,
+            "--d1-issuer-id",
+            "ISSUER0001",
+            "--d1-auth-key",
+            key_file,
+            "--d1-auth-key-id",
+            "k1",
+            "--d1-encryption-key",
+            key_file,
+        ]
+    }
+
+    #[test]
+    fn a_remote_d1_without_a_client_certificate_is_refused_naming_both_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k");
+        std::fs::write(&f, "x").unwrap();
+        let f = f.to_str().unwrap();
+        for url in ["https://api.d1.thalescloud.io", "https://10.0.0.1:8443"] {
+            let err = parse(&d1_args(url, f)).d1.validate().unwrap_err();
+            assert_eq!(err.variable, "D1_CLIENT_CERT", "{url}");
+            assert!(err.to_string().contains("D1_CLIENT_KEY"), "{err}");
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
+        let mut with_pair = d1_args("https://api.d1.thalescloud.io", f);
+        with_pair.extend(["--d1-client-cert", f, "--d1-client-key", f]);
+        assert!(parse(&with_pair).d1.validate().unwrap().client_tls.is_some());
+        for url in ["http://127.0.0.1:8480", "https://localhost:8443", "http://[::1]:1"] {
+            assert!(parse(&d1_args(url, f)).d1.validate().is_ok(), "{url}");
+        }
     }
 
     #[test]

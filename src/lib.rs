@@ -9,6 +9,7 @@
 //! - [`d1`]: the D1 HTTP client (OAuth token cache, Register Card, Get Card, outcome classification).
 //! - [`dispatch`]: outbox -> D1: claim under a lease, rate limit, retry, reconcile, breaker.
 //! - [`ingest`]: Kafka -> decode (via [`avro`]) -> validate -> decide -> one PostgreSQL transaction per batch.
+//! - [`kafka`]: Kafka client security (TLS, SASL, properties file) and the start-up broker check.
 //! - [`shutdown`]: signals -> cancellation, soft stop then hard stop.
 //! - [`store`]: PostgreSQL (sqlx): records, history, outbox, dead letters, consumed offsets.
 //! - [`telemetry`]: logs (JSON or text), traces (OpenTelemetry, W3C propagation), metric names and the
@@ -27,6 +28,7 @@ pub mod crypto;
 pub mod d1;
 pub mod dispatch;
 pub mod ingest;
+pub mod kafka;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -201,6 +201,7 @@ async fn no_pan_reaches_a_log_line_a_span_a_metric_or_a_table_on_the_whole_path_
         batch_wait: Duration::from_millis(20),
         queue_capacity: 100,
         revoke_wait: Duration::from_secs(10),
+        security: Default::default(),
     };
     let (pool, pipeline, stop) = (db.pool.clone(), Arc::new(keys.pipeline()), work.clone());
     let ingest = tokio::spawn(consumer::run(options, pool, pipeline, Arc::new(|_| {}), stop));

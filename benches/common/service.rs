@@ -101,6 +101,7 @@ impl Ingest {
             batch_wait: Duration::from_millis(settings.ingest.ingest_batch_wait_ms),
             queue_capacity: settings.ingest.ingest_queue_capacity as usize,
             revoke_wait: Duration::from_secs(10),
+            security: Default::default(),
         };
         let stop = CancellationToken::new();
         let token = stop.clone();

@@ -15,6 +15,7 @@ use crate::avro::schemas::SchemaSet;
 use crate::config::{ConfigError, KafkaSettings};
 use crate::core::event::EventKind;
 use crate::crypto::RecipientKey;
+use crate::kafka::KafkaSecurity;
 use crate::workload::{Generator, Outgoing, Plan};
 
 /// Which plans the cards follow.
@@ -70,14 +71,19 @@ pub struct PublishArgs {
 }
 
 /// Creates the configured topics with `partitions` partitions each; existing ones are kept.
-async fn create_topics(kafka: &KafkaSettings, partitions: i32) -> Result<(), CliError> {
+async fn create_topics(
+    kafka: &KafkaSettings,
+    security: &KafkaSecurity,
+    partitions: i32,
+) -> Result<(), CliError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.kafka_brokers)
-        .create()
-        .map_err(|e| CliError::context("create the Kafka admin client", e))?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.kafka_brokers);
+    security.apply(&mut config);
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().map_err(|e| CliError::context("create the Kafka admin client", e))?;
     let names = [&kafka.topic_card_created, &kafka.topic_card_tokenized, &kafka.topic_card_ordered];
     let topics: Vec<NewTopic<'_>> =
         names.iter().map(|n| NewTopic::new(n.as_str(), partitions, TopicReplication::Fixed(1))).collect();
@@ -96,9 +102,9 @@ async fn create_topics(kafka: &KafkaSettings, partitions: i32) -> Result<(), Cli
 
 /// Publishes the stream and prints a summary.
 pub async fn run(args: PublishArgs) -> Result<(), CliError> {
-    args.kafka.validate()?;
+    let security = super::run::kafka_security(&args.kafka).await?;
     if let Some(partitions) = args.create_topics {
-        create_topics(&args.kafka, partitions).await?;
+        create_topics(&args.kafka, &security, partitions).await?;
     }
     let key = RecipientKey::from_file(&args.card_data_public_key)
         .map_err(|e| ConfigError { variable: "CARD_DATA_PUBLIC_KEY", problem: e.to_string() })?;
@@ -138,13 +144,15 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::context("write --expect-out", e))?;
     }
 
-    let producer: FutureProducer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &args.kafka.kafka_brokers)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "60000")
-        .create()
-        .map_err(|e| CliError::context("create the Kafka producer", e))?;
+        .set("message.timeout.ms", "60000");
+    security.apply(&mut config);
+    let producer: FutureProducer =
+        config.create().map_err(|e| CliError::context("create the Kafka producer", e))?;
     let topic = |k: EventKind| match k {
         EventKind::Created => args.kafka.topic_card_created.as_str(),
         EventKind::Tokenized => args.kafka.topic_card_tokenized.as_str(),

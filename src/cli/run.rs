@@ -28,6 +28,7 @@ use crate::dispatch::maintenance::{self, Retention};
 use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::ingest::consumer::{self, IngestOptions};
 use crate::ingest::prepare::Pipeline;
+use crate::kafka::{self, BrokerCheck, KafkaSecurity};
 use crate::{shutdown, store, telemetry};
 
 /// Settings of `run`.
@@ -57,6 +58,13 @@ pub struct RunArgs {
     /// Run dispatch (outbox -> D1).
     #[arg(long, env = "DISPATCH_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub dispatch_enabled: bool,
+    /// Apply migrations at start-up; false when `migrate` runs as a separate job, so the runtime
+    /// database role needs no DDL rights (the worker then waits until the schema is current).
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+    /// Same as MIGRATE_ON_START=false.
+    #[arg(long)]
+    pub no_migrate: bool,
     /// Seconds to finish work in hand after SIGTERM/SIGINT before exiting anyway.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 25)]
     pub shutdown_timeout_secs: u64,
@@ -116,6 +124,27 @@ fn registry_setup_error(options: &RegistryOptions, e: RegistrySetupError) -> Con
     ConfigError { variable, problem }
 }
 
+/// The Kafka security settings, checked against the brokers within KAFKA_STARTUP_CHECK_TIMEOUT_MS:
+/// refused TLS or credentials stop start-up naming the setting; unreachable brokers only warn.
+pub async fn kafka_security(kafka: &KafkaSettings) -> Result<KafkaSecurity, CliError> {
+    kafka.validate()?;
+    let security = KafkaSecurity::from_settings(&kafka.security)?;
+    let timeout = Duration::from_millis(kafka.security.kafka_startup_check_timeout_ms);
+    let (brokers, checked) = (kafka.kafka_brokers.clone(), security.clone());
+    let found = tokio::task::spawn_blocking(move || kafka::check_brokers(&brokers, &checked, timeout))
+        .await
+        .map_err(|e| CliError::context("check the Kafka brokers", e))??;
+    match found {
+        BrokerCheck::Accepted => info!(brokers = %kafka.kafka_brokers, "Kafka brokers accept our connection"),
+        BrokerCheck::Unreachable(last) => warn!(
+            brokers = %kafka.kafka_brokers,
+            last_error = last.as_deref().unwrap_or("none"),
+            "Kafka brokers unreachable at start-up; will keep trying"
+        ),
+    }
+    Ok(security)
+}
+
 /// The D1 client from validated settings; key and TLS problems name their variable.
 pub fn d1_client(d1: &ValidD1Settings) -> Result<D1Client, ConfigError> {
     let auth_key = AssertionKey::from_file(&d1.auth_key, d1.auth_key_id.clone())
@@ -138,7 +167,9 @@ pub fn d1_client(d1: &ValidD1Settings) -> Result<D1Client, ConfigError> {
             D1ConfigError::TlsFile { path, .. } if d1.client_tls.as_ref().is_some_and(|(_, k)| k == path) => {
                 "D1_CLIENT_KEY"
             }
-            D1ConfigError::TlsFile { .. } | D1ConfigError::ClientCertWithoutTls => "D1_CLIENT_CERT",
+            D1ConfigError::TlsFile { .. }
+            | D1ConfigError::ClientCertWithoutTls
+            | D1ConfigError::ClientIdentityRequired { .. } => "D1_CLIENT_CERT",
             _ => "D1_API_URL",
         };
         ConfigError { variable, problem: e.to_string() }
@@ -182,6 +213,9 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
         None
     };
 
+    // Last of the checks: it may wait for the brokers, so every local mistake is reported first.
+    let kafka_security = if args.ingest_enabled { Some(kafka_security(&args.kafka).await?) } else { None };
+
     let metrics =
         telemetry::prometheus::install_metrics().map_err(|e| CliError::context("install metrics", e))?;
     let mut checks = vec![Check::Database];
@@ -204,7 +238,8 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
     let pool = store::connect_lazy(&db.database_url, db.database_max_connections)
         .map_err(|e| CliError::context("database", error_chain(&e)))?;
     let signals = tokio::spawn(shutdown::on_signal(work.clone(), stop));
-    if !migrate_when_ready(&pool, &readiness, &work).await {
+    let migrate = args.migrate_on_start && !args.no_migrate;
+    if !schema_when_ready(&pool, migrate, &readiness, &work).await {
         return finish(
             readiness,
             work,
@@ -219,7 +254,7 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(watch_database(pool.clone(), readiness.clone(), work.clone())));
 
-    if let Some(pipeline) = pipeline {
+    if let (Some(pipeline), Some(security)) = (pipeline, kafka_security) {
         let options = IngestOptions {
             brokers: args.kafka.kafka_brokers.clone(),
             group_id: args.kafka.kafka_group_id.clone(),
@@ -228,6 +263,7 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             batch_wait: Duration::from_millis(args.ingest.ingest_batch_wait_ms),
             queue_capacity: args.ingest.ingest_queue_capacity as usize,
             revoke_wait: Duration::from_secs(args.shutdown_timeout_secs.saturating_sub(5).max(1)),
+            security,
         };
         let health_readiness = readiness.clone();
         let health: consumer::HealthSink = Arc::new(move |ok| health_readiness.set_kafka(ok));
@@ -302,19 +338,42 @@ async fn finish(
     }
 }
 
-/// Applies migrations, retrying while PostgreSQL is unreachable. False when stopped first.
-async fn migrate_when_ready(pool: &PgPool, readiness: &Readiness, work: &CancellationToken) -> bool {
+/// Applies migrations (`migrate`) or waits until a separate `migrate` job has applied them all,
+/// retrying while PostgreSQL is unreachable. False when stopped first.
+async fn schema_when_ready(
+    pool: &PgPool,
+    migrate: bool,
+    readiness: &Readiness,
+    work: &CancellationToken,
+) -> bool {
     let mut delay = Duration::from_millis(200);
     loop {
-        match store::migrate(pool).await {
-            Ok(()) => {
+        let outcome = if migrate {
+            store::migrate(pool).await.map(|()| 0)
+        } else {
+            store::unapplied_migrations(pool).await
+        };
+        match outcome {
+            Ok(0) => {
                 readiness.set_database(true);
-                info!("database migrated");
+                info!(migrated_here = migrate, "database schema is current");
                 return true;
+            }
+            Ok(missing) => {
+                readiness.set_database(false);
+                warn!(
+                    missing,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "database schema not current yet (MIGRATE_ON_START=false): waiting for `card-registrar migrate`"
+                );
+            }
+            Err(e) if migrate => {
+                readiness.set_database(false);
+                warn!(error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "cannot migrate yet");
             }
             Err(e) => {
                 readiness.set_database(false);
-                warn!(error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "cannot migrate yet");
+                warn!(error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "cannot check the schema yet");
             }
         }
         tokio::select! {

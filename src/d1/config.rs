@@ -1,6 +1,7 @@
 //! What the D1 client needs (URL, issuer, keys, TLS files, timeout) and how it becomes an HTTP client.
 //!
-//! Plain `http://` is refused unless the host is loopback (the simulator); TLS material is read
+//! Plain `http://` is refused unless the host is loopback (the simulator), and so is any host that is
+//! not loopback without a client certificate (D1 requires mutual TLS); TLS material is read
 //! from files. Errors name the URL host or the file, never key material.
 
 use std::net::IpAddr;
@@ -58,6 +59,12 @@ pub enum D1ConfigError {
         /// The host named in the URL.
         host: String,
     },
+    /// A D1 that is not loopback (the real one) without a client certificate for mutual TLS.
+    #[error("D1 API URL host {host} is not loopback: a client certificate and key (mutual TLS) are required")]
+    ClientIdentityRequired {
+        /// The host named in the URL.
+        host: String,
+    },
     /// A client certificate is configured for a plain http URL.
     #[error("a D1 client certificate is configured but the D1 API URL is plain http")]
     ClientCertWithoutTls,
@@ -96,6 +103,11 @@ fn is_loopback(host: &Host<&str>) -> bool {
 /// Builds the HTTP client: timeouts, no redirects (a redirected PUT could change method), TLS files.
 pub(crate) fn http_client(config: &D1ClientConfig) -> Result<reqwest::Client, D1ConfigError> {
     check_url(&config.base_url)?;
+    if config.client_identity.is_none()
+        && let Some(host) = config.base_url.host().filter(|h| !is_loopback(h))
+    {
+        return Err(D1ConfigError::ClientIdentityRequired { host: host.to_string() });
+    }
     let mut builder = reqwest::Client::builder()
         .use_native_tls()
         .timeout(config.timeout)

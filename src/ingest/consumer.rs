@@ -54,6 +54,8 @@ pub struct IngestOptions {
     pub queue_capacity: usize,
     /// Longest wait for a revoked partition's batch in hand.
     pub revoke_wait: Duration,
+    /// TLS, SASL and pass-through properties (the same for every Kafka client of the process).
+    pub security: crate::kafka::KafkaSecurity,
 }
 
 /// Reports whether the broker connection is healthy (for `/readyz`).
@@ -280,6 +282,7 @@ fn client_config(options: &IngestOptions) -> ClientConfig {
         .set("max.poll.interval.ms", "300000")
         .set("statistics.interval.ms", "5000")
         .set("client.id", "card-registrar");
+    options.security.apply(&mut c);
     c
 }
 

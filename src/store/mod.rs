@@ -48,6 +48,17 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await.map_err(|e| StoreError::Migrate(Box::new(e)))
 }
 
+/// How many of the embedded migrations the database has not applied (successfully) yet. Needs
+/// only SELECT on `_sqlx_migrations`, so the runtime role can ask when `migrate` runs as a job.
+pub async fn unapplied_migrations(pool: &PgPool) -> Result<usize, StoreError> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .map_err(|e| StoreError::db("read the applied migrations (_sqlx_migrations)", e))?;
+    Ok(MIGRATOR.iter().filter(|m| applied.binary_search(&m.version).is_err()).count())
+}
+
 /// Whether PostgreSQL answers (for `/readyz`).
 pub async fn ping(pool: &PgPool) -> bool {
     pool.execute("SELECT 1").await.is_ok()

@@ -232,6 +232,7 @@ impl Run {
             batch_wait: Duration::from_millis(20),
             queue_capacity: 1000,
             revoke_wait: Duration::from_secs(10),
+            security: Default::default(),
         };
         let (pool, stop) = (db.pool.clone(), CancellationToken::new());
         let s = stop.clone();

@@ -34,6 +34,7 @@ impl Ingest {
             batch_wait: Duration::from_millis(20),
             queue_capacity: 1000,
             revoke_wait: Duration::from_secs(10),
+            security: Default::default(),
         };
         let stop = CancellationToken::new();
         let (pool, pipeline, s) = (db.pool.clone(), Arc::new(keys.pipeline()), stop.clone());

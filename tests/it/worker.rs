@@ -24,6 +24,11 @@ impl WorkerEnv {
         self.vars.push((key.into(), value.into()));
     }
 
+    /// The variables, for running the binary with other commands or arguments.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        self.vars.clone()
+    }
+
     /// Environment for a worker on this schema, these topics and keys; `d1_url` None = no dispatch.
     pub fn new(db: &TestDb, topics: &TestTopics, keys: &TestKeys, group: &str, d1_url: Option<&str>) -> Self {
         let f = &keys.files;

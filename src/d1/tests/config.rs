@@ -20,10 +20,19 @@ fn plain_http_to_loopback_and_https_anywhere_are_accepted() {
         "http://127.1.2.3",
         "http://localhost:1",
         "http://[::1]:8480",
-        "https://api.d1.thalescloud.io",
+        "https://localhost:8443",
     ] {
         let (config, _, _) = config(url, Duration::from_secs(1));
         assert!(D1Client::new(config).is_ok(), "{url}");
+    }
+}
+
+#[test]
+fn https_to_a_non_loopback_host_without_a_client_certificate_is_refused() {
+    for url in ["https://api.d1.thalescloud.io", "https://10.0.0.1:8443"] {
+        let (config, _, _) = config(url, Duration::from_secs(1));
+        let err = D1Client::new(config).unwrap_err();
+        assert!(matches!(err, D1ConfigError::ClientIdentityRequired { .. }), "{url}: {err}");
     }
 }
 
@@ -35,7 +44,7 @@ fn other_schemes_are_refused() {
 
 #[test]
 fn missing_tls_files_are_named_in_the_error() {
-    let (mut config, _, _) = config("https://api.d1.thalescloud.io", Duration::from_secs(1));
+    let (mut config, _, _) = config("https://localhost:8443", Duration::from_secs(1));
     config.ca_cert = Some("/nonexistent/ca.pem".into());
     let err = D1Client::new(config).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
