@@ -98,8 +98,10 @@ impl Ingest {
             group_id: group.clone(),
             topics,
             batch_max: settings.ingest.ingest_batch_max as usize,
+            batch_max_bytes: settings.ingest.ingest_batch_max_bytes as usize,
             batch_wait: Duration::from_millis(settings.ingest.ingest_batch_wait_ms),
             queue_capacity: settings.ingest.ingest_queue_capacity as usize,
+            queue_max_bytes: settings.ingest.ingest_queue_max_bytes as usize,
             revoke_wait: Duration::from_secs(10),
         };
         let stop = CancellationToken::new();

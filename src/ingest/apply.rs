@@ -10,7 +10,7 @@
 //! an enqueued call stores the trace context of its `card.decide` span, so dispatch continues
 //! the same trace.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -22,7 +22,7 @@ use crate::core::dead_letter::DeadLetterReason;
 use crate::core::decide::{Action, Effect, decide};
 use crate::core::record::{CallStatus, CardRecord};
 use crate::core::validate::ValidEvent;
-use crate::store::history::HistoryRow;
+use crate::store::history::{HistoryRow, SeenEvent};
 use crate::store::outbox::NewRegistration;
 use crate::store::{StoreError, cards, dead_letters, history, locks, offsets, outbox};
 use crate::telemetry::propagation::{TraceHeaders, current_trace_headers};
@@ -116,6 +116,19 @@ struct Dead {
     envelope: String,
 }
 
+/// The facts of an event the history keeps, to compare a repeated eventId with.
+fn facts(event: &ValidEvent) -> SeenEvent {
+    let e = event.event();
+    let meta = e.meta();
+    SeenEvent {
+        card_id: meta.card_id.as_str().to_owned(),
+        kind: e.kind().as_str().to_owned(),
+        outcome: e.outcome_str().map(str::to_owned),
+        consumer_id: meta.consumer_id.as_str().to_owned(),
+        occurred_at: meta.occurred_at,
+    }
+}
+
 /// Applies the batch in one transaction; on any error nothing is written.
 pub async fn apply_batch(
     pool: &PgPool,
@@ -169,7 +182,7 @@ pub async fn apply_messages(
             .collect();
 
     let mut applied = Applied::default();
-    let mut in_batch: HashSet<Uuid> = HashSet::new();
+    let mut in_batch: HashMap<Uuid, SeenEvent> = HashMap::new();
     let mut dirty: Vec<String> = Vec::new();
     let mut history_rows: Vec<HistoryRow<'_>> = Vec::new();
     let mut enqueues = Vec::new();
@@ -197,11 +210,28 @@ pub async fn apply_messages(
             };
             let meta = event.event().meta();
             let event_id = meta.event_id.as_uuid();
-            if seen.contains(&event_id) || in_batch.contains(&event_id) {
-                applied.duplicates += 1;
-                return Ok(MessageOutcome::Duplicate);
-            }
             let card_id = meta.card_id.as_str();
+            if let Some(earlier) = seen.get(&event_id).or_else(|| in_batch.get(&event_id)) {
+                if *earlier == facts(event) {
+                    applied.duplicates += 1;
+                    return Ok(MessageOutcome::Duplicate);
+                }
+                // Same eventId, other facts: a producer bug that must not pass as a duplicate.
+                let reason = DeadLetterReason::EventIdReused;
+                let _dead_letter = spans::dead_letter(reason).entered();
+                dead.push(Dead {
+                    offset: m.offset,
+                    reason,
+                    detail: format!(
+                        "{}: eventId already used by an event with another card, kind, outcome, consumer or time",
+                        reason.code()
+                    ),
+                    card_id: Some(card_id.to_owned()),
+                    event_id: Some(event_id),
+                    envelope: sealer.seal(&m.raw.to_bytes())?,
+                });
+                return Ok(MessageOutcome::DeadLetter);
+            }
             let decide_span = spans::decide();
             let _decide = decide_span.enter();
             let (record, call) = state.entry(card_id.to_owned()).or_insert((None, None));
@@ -228,7 +258,7 @@ pub async fn apply_messages(
                     }
                     Action::History(effect) => {
                         decide_span.record("effect", effect.as_str());
-                        in_batch.insert(event_id);
+                        in_batch.insert(event_id, facts(event));
                         applied.effects.push(*effect);
                         history_rows.push(HistoryRow {
                             event_id,

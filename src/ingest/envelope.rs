@@ -70,6 +70,15 @@ impl RawMessage {
         })
     }
 
+    /// Bytes held: key, header names and values, value. What the byte bounds of queues and
+    /// batches count.
+    pub fn size(&self) -> usize {
+        let len = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
+        len(&self.key)
+            + len(&self.payload)
+            + self.headers.iter().map(|(k, v)| k.len() + len(v)).sum::<usize>()
+    }
+
     /// The value of the first header with this name, as UTF-8.
     pub fn header_str(&self, name: &str) -> Option<&str> {
         self.headers
