@@ -1,11 +1,14 @@
 //! Ingest under hostile and odd streams, against the real broker and database, with the worker
-//! binary as a child process: huge garbage among valid events (memory bounded in bytes).
+//! binary as a child process: huge garbage among valid events (memory bounded in bytes), PANs
+//! inside cardIds and reused eventIds (dead letters, never silent drops), a partition task that
+//! dies (readiness fails, ingest stops with an error).
 
 use std::time::Duration;
 
+use card_registrar::avro::encode::Framing;
 use card_registrar::core::record::{CallStatus, CardState};
-use card_registrar::store::{cards, dead_letters};
-use card_registrar::workload::{Outgoing, Plan};
+use card_registrar::store::{cards, dead_letters, offsets};
+use card_registrar::workload::{Generator, Outgoing, Plan};
 
 use crate::helpers::*;
 use crate::ingest::scripts;
@@ -121,4 +124,132 @@ async fn a_thousand_one_megabyte_garbage_messages_are_dead_lettered_in_bounded_m
         assert_eq!((r.state, call), (CardState::Pending, Some(CallStatus::Queued)));
     }
     assert!(peak < PEAK_RSS_BOUND, "worker peak RSS {} MiB over the bound {} MiB", peak >> 20, PEAK_RSS_BOUND >> 20);
+}
+
+fn outgoing(event: &card_registrar::core::event::CardEvent) -> Outgoing {
+    use card_registrar::avro::encode::{Framing, encode};
+    use card_registrar::avro::schemas::SchemaSet;
+    Outgoing {
+        kind: event.kind(),
+        key: event.meta().card_id.as_str().as_bytes().to_vec(),
+        payload: encode(&SchemaSet::embedded().unwrap(), event, Framing::SingleObject).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pan_inside_a_card_id_and_a_reused_event_id_become_dead_letters_never_silent_drops() {
+    use card_registrar::core::event::{CardEvent, OrderOutcome, TokenizationOutcome};
+    let (db, topics, keys) = (TestDb::new().await, TestTopics::new(1).await, TestKeys::new());
+    let pan_inside = tokenized("c-4111111111111111", "consumer-1", TokenizationOutcome::Approved);
+    let pan_ordered = ordered("x5555555555554444y", "consumer-1", OrderOutcome::Accepted);
+    let first = tokenized("ok-card-1", "consumer-1", TokenizationOutcome::Approved);
+    // The same eventId for another card: a reuse, not a duplicate.
+    let mut reused = tokenized("ok-card-2", "consumer-1", TokenizationOutcome::Approved);
+    if let (CardEvent::Tokenized(r), CardEvent::Tokenized(f)) = (&mut reused, &first) {
+        r.meta.event_id = f.meta.event_id;
+    }
+    let messages = [outgoing(&pan_inside), outgoing(&pan_ordered), outgoing(&first), outgoing(&first), outgoing(&reused)];
+    publish(&topics, &messages).await;
+
+    let ingest = crate::ingest::Ingest::start(&db, &topics, &keys);
+    let n = topics.published();
+    wait_until("every message applied or dead-lettered", Duration::from_secs(60), || async {
+        applied(&db.pool, &ingest.group).await == n
+    })
+    .await;
+    ingest.stop().await;
+
+    let mut dead: Vec<(String, Option<String>)> = dead_letters::list(&db.pool, &Default::default(), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.reason, d.card_id))
+        .collect();
+    dead.sort();
+    assert_eq!(
+        dead,
+        vec![
+            ("CARD_ID_DERIVED_FROM_PAN".into(), Some("c-[masked]".into())),
+            ("CARD_ID_DERIVED_FROM_PAN".into(), Some("x[masked]y".into())),
+            ("EVENT_ID_REUSED".into(), Some("ok-card-2".into())),
+        ]
+    );
+    assert!(cards::get(&db.pool, "ok-card-1").await.unwrap().is_some());
+    assert!(cards::get(&db.pool, "ok-card-2").await.unwrap().is_none(), "the reused eventId was not applied");
+    // No table holds the PANs in clear.
+    let snapshot = format!("{:?}", Snapshot::take(&db.pool).await);
+    for pan in ["4111111111111111", "5555555555554444"] {
+        assert!(!snapshot.contains(pan), "{pan} stored in clear");
+    }
+}
+
+/// A sealer that panics: stands in for a bug inside a partition task.
+struct PanickingSealer;
+
+impl card_registrar::ingest::envelope::Sealer for PanickingSealer {
+    fn seal(&self, _: &[u8]) -> Result<String, card_registrar::ingest::envelope::SealError> {
+        panic!("sealer bug (test)")
+    }
+    fn open(&self, _: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, card_registrar::ingest::envelope::SealError> {
+        panic!("sealer bug (test)")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_task_that_panics_fails_readiness_and_stops_ingest_with_an_error() {
+    use card_registrar::avro::decode::Decoder;
+    use card_registrar::avro::schemas::SchemaSet;
+    use card_registrar::crypto::CardDataKeys;
+    use card_registrar::ingest::consumer::{self, Health, IngestOptions};
+    use std::sync::{Arc, Mutex};
+
+    let (db, topics, keys) = (TestDb::new().await, TestTopics::new(1).await, TestKeys::new());
+    let mut g = Generator::new(SchemaSet::embedded().unwrap(), keys.card_public(), Framing::SingleObject, 3, "p");
+    let valid = scripts(&keys, "die", 1, |_| Plan::TokenizedOnly);
+    let mut messages: Vec<Outgoing> = valid.iter().flat_map(|c| c.phase1.clone()).collect();
+    messages.push(g.poison(card_registrar::core::event::EventKind::Tokenized));
+    publish(&topics, &messages).await;
+
+    let pipeline = card_registrar::ingest::prepare::Pipeline::new(
+        Decoder::new(Arc::new(SchemaSet::embedded().unwrap()), None),
+        Arc::new(CardDataKeys::from_file(&keys.files.card_data_private_jwks).unwrap()),
+        Arc::new(PanickingSealer),
+    );
+    let reports: Arc<Mutex<Vec<Health>>> = Arc::default();
+    let sink = reports.clone();
+    let group = format!("g-{}", uuid::Uuid::new_v4().simple());
+    let options = IngestOptions {
+        brokers: brokers(),
+        group_id: group.clone(),
+        topics: topics.kinds(),
+        batch_max: 500,
+        batch_max_bytes: 4 << 20,
+        batch_wait: Duration::from_millis(20),
+        queue_capacity: 1000,
+        queue_max_bytes: 16 << 20,
+        revoke_wait: Duration::from_secs(10),
+    };
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        consumer::run(
+            options,
+            db.pool.clone(),
+            Arc::new(pipeline),
+            Arc::new(move |h| sink.lock().unwrap().push(h)),
+            tokio_util::sync::CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("ingest stops by itself when a partition task dies");
+    match result {
+        Err(consumer::IngestError::PartitionTask { topic, partition: 0, how: "panicked" }) => {
+            assert_eq!(topic, topics.tokenized)
+        }
+        other => panic!("expected a dead partition task, got {other:?}"),
+    }
+    assert!(reports.lock().unwrap().contains(&Health::PartitionTaskDied));
+    // Nothing was skipped: the batch with the message that killed the task was not committed.
+    let stored = offsets::load(&db.pool, &group, &topics.tokenized).await.unwrap();
+    let poison_offset = messages.len() as i64 - 1;
+    assert!(stored.get(&0).copied().unwrap_or(0) <= poison_offset, "{stored:?}");
 }
