@@ -16,7 +16,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::envelope::{RawMessage, SealError, Sealer};
+use super::message::{Applied, Batch, Prepared};
+use crate::crypto::{SealError, Sealer};
 use super::spans::{self, MessageOutcome};
 use crate::core::dead_letter::DeadLetterReason;
 use crate::core::decide::{Action, Effect, decide};
@@ -26,62 +27,6 @@ use crate::store::history::{HistoryRow, SeenEvent};
 use crate::store::outbox::NewRegistration;
 use crate::store::{StoreError, cards, dead_letters, history, locks, offsets, outbox};
 use crate::telemetry::propagation::{TraceHeaders, current_trace_headers};
-
-/// Why a message will not be applied, decided before the transaction (decoding, validation).
-#[derive(Debug, Clone)]
-pub struct Rejection {
-    /// Stable reason.
-    pub reason: DeadLetterReason,
-    /// Operator-facing detail naming fields, never values.
-    pub detail: String,
-    /// The card, when the message decoded and the id is safe to show.
-    pub card_id: Option<String>,
-    /// The event id, when it decoded.
-    pub event_id: Option<Uuid>,
-}
-
-/// One message of the batch, prepared outside the transaction.
-#[derive(Debug)]
-pub struct Prepared {
-    /// Kafka offset.
-    pub offset: i64,
-    /// The message as received (sealed into a dead letter if refused).
-    pub raw: RawMessage,
-    /// The message's W3C `traceparent` header: the parent of its `ingest.message` span.
-    pub traceparent: Option<String>,
-    /// W3C `tracestate`.
-    pub tracestate: Option<String>,
-    /// The validated event, or why it was refused.
-    pub outcome: Result<ValidEvent, Rejection>,
-}
-
-/// A partition's batch.
-#[derive(Debug)]
-pub struct Batch<'a> {
-    /// Consumer group.
-    pub group: &'a str,
-    /// Topic.
-    pub topic: &'a str,
-    /// Partition.
-    pub partition: i32,
-    /// The stored next offset this consumer started from (`None`: nothing stored yet).
-    pub from: Option<i64>,
-    /// Messages in offset order.
-    pub messages: Vec<Prepared>,
-}
-
-/// What a committed batch did, for metrics and logs.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Applied {
-    /// The partition's next offset, now stored.
-    pub next_offset: i64,
-    /// Effects of applied events.
-    pub effects: Vec<Effect>,
-    /// Events already in the history (re-published or replayed).
-    pub duplicates: usize,
-    /// Reasons of stored dead letters.
-    pub dead_letters: Vec<DeadLetterReason>,
-}
 
 /// Applying a batch failed; nothing of it was committed.
 #[derive(Debug, thiserror::Error)]

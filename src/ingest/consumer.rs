@@ -43,8 +43,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::envelope::RawMessage;
-use super::partition::{Committed, HeldBytes, Incoming, PartitionTask};
+use super::message::{Committed, Incoming, RawMessage};
+use super::partition::{HeldBytes, PartitionTask};
 use super::prepare::Pipeline;
 use crate::core::event::EventKind;
 use crate::store::offsets;

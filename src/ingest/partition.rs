@@ -21,34 +21,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::apply::{ApplyError, Batch, apply_batch};
-use super::envelope::RawMessage;
+use super::apply::{ApplyError, apply_batch};
+use super::message::{Batch, Committed, Incoming};
 use super::prepare::Pipeline;
 use crate::core::event::EventKind;
 use crate::store::offsets;
 use crate::telemetry::metrics::{
     DEAD_LETTERS, DECISIONS, EVENTS_CONSUMED, INGEST_BATCH_DURATION, INGEST_BATCH_SIZE,
 };
-
-/// A message handed from the poll thread to its partition task.
-#[derive(Debug)]
-pub struct Incoming {
-    /// Kafka offset.
-    pub offset: i64,
-    /// Key, headers, value.
-    pub raw: RawMessage,
-}
-
-/// A batch committed in PostgreSQL, to be committed to Kafka too (for lag tools only).
-#[derive(Debug, Clone)]
-pub struct Committed {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Next offset to read.
-    pub next_offset: i64,
-}
 
 /// Bytes of the messages a partition task holds (queued or in its batch in hand): added by the
 /// poll thread when it hands a message over, released by the task when the batch is done.

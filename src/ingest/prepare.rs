@@ -6,10 +6,9 @@
 
 use std::sync::Arc;
 
-use super::apply::{Prepared, Rejection};
+use super::message::{Incoming, Prepared, Rejection};
 use crate::avro::decode::{DecodeFailure, Decoder};
-use super::envelope::Sealer;
-use super::partition::Incoming;
+use crate::crypto::Sealer;
 use crate::avro::registry::RegistryError;
 use crate::core::event::{CardEvent, EventKind};
 use crate::core::dead_letter::DeadLetterReason;

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use card_registrar::core::event::*;
 use card_registrar::core::ids::*;
-use card_registrar::ingest::envelope::{SealError, Sealer};
+use card_registrar::crypto::{SealError, Sealer};
 use card_registrar::store;
 use chrono::{TimeZone, Utc};
 use sqlx::PgPool;

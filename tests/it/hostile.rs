@@ -186,11 +186,11 @@ async fn a_pan_inside_a_card_id_and_a_reused_event_id_become_dead_letters_never_
 /// A sealer that panics: stands in for a bug inside a partition task.
 struct PanickingSealer;
 
-impl card_registrar::ingest::envelope::Sealer for PanickingSealer {
-    fn seal(&self, _: &[u8]) -> Result<String, card_registrar::ingest::envelope::SealError> {
+impl card_registrar::crypto::Sealer for PanickingSealer {
+    fn seal(&self, _: &[u8]) -> Result<String, card_registrar::crypto::SealError> {
         panic!("sealer bug (test)")
     }
-    fn open(&self, _: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, card_registrar::ingest::envelope::SealError> {
+    fn open(&self, _: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, card_registrar::crypto::SealError> {
         panic!("sealer bug (test)")
     }
 }

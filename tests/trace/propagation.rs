@@ -5,10 +5,10 @@
 use card_registrar::config::{LogFormat, TelemetrySettings};
 use card_registrar::core::event::EventKind;
 use card_registrar::dispatch::StepOutcome;
-use card_registrar::ingest::apply::{Batch, apply_batch};
+use card_registrar::ingest::apply::apply_batch;
+use card_registrar::ingest::message::Batch;
 use card_registrar::avro::encode::Framing;
-use card_registrar::ingest::envelope::RawMessage;
-use card_registrar::ingest::partition::Incoming;
+use card_registrar::ingest::message::{Incoming, RawMessage};
 use card_registrar::avro::schemas::SchemaSet;
 use card_registrar::telemetry::{self, CapturedSpan, LogBuffer, SpanCapture};
 use card_registrar::workload::{Generator, Outgoing, Plan};
