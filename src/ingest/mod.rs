@@ -10,6 +10,7 @@ pub mod message;
 pub mod apply;
 pub mod consumer;
 pub mod partition;
+pub mod plan;
 pub mod prepare;
 pub mod replay;
 mod spans;
