@@ -253,3 +253,43 @@ async fn a_partition_task_that_panics_fails_readiness_and_stops_ingest_with_an_e
     let poison_offset = messages.len() as i64 - 1;
     assert!(stored.get(&0).copied().unwrap_or(0) <= poison_offset, "{stored:?}");
 }
+
+/// Writes the fuzzers' seed inputs (`fuzz/seeds/`) from real encodings: run on purpose with
+/// `cargo test --test it write_fuzz_seeds -- --ignored` after a schema or format change.
+#[test]
+#[ignore = "writes fuzz/seeds; run by hand"]
+fn write_fuzz_seeds() {
+    use card_registrar::avro::encode::encode;
+    use card_registrar::avro::schemas::SchemaSet;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let write = |target: &str, name: &str, bytes: &[u8]| {
+        std::fs::create_dir_all(dir.join(target)).unwrap();
+        std::fs::write(dir.join(target).join(name), bytes).unwrap();
+    };
+    let keys = TestKeys::new();
+    let schemas = SchemaSet::embedded().unwrap();
+    let cards_ = scripts(&keys, "seed", 4, |i| [Plan::CreatedOnly, Plan::TokenizedOnly, Plan::OrderedOnly, Plan::CreatedThenTokenized][i]);
+    for (i, m) in cards_.iter().flat_map(|c| c.phase1.iter().chain(&c.phase2)).enumerate() {
+        // Control byte: topic of the message, with the registry, no key.
+        let control = match m.kind {
+            card_registrar::core::event::EventKind::Created => 0u8,
+            card_registrar::core::event::EventKind::Tokenized => 1,
+            card_registrar::core::event::EventKind::Ordered => 2,
+        };
+        write("decode", &format!("single-object-{i}"), &[&[control][..], &m.payload].concat());
+    }
+    // Confluent framing: schema id 0 (the stub registry's first kept schema), a tokenized datum.
+    let event = tokenized("card-1", "consumer-1", card_registrar::core::event::TokenizationOutcome::Approved);
+    let single = encode(&schemas, &event, Framing::SingleObject).unwrap();
+    let confluent = [&[1u8, 0, 0, 0, 0, 0][..], &single[10..]].concat();
+    write("decode", "confluent-0", &confluent);
+    // Card data: a compact JWE as text (control 0), plaintexts encrypted by the target (control 1).
+    let jwe = card_registrar::crypto::encrypt_bytes(br#"{"pan":"4111111111111111","exp":"1230"}"#, &keys.card_public()).unwrap();
+    write("card_data", "jwe", &[b"\x00card-1\n".as_slice(), jwe.as_bytes()].concat());
+    write("card_data", "plaintext", b"\x01card-1\n{\"pan\":\"4111111111111111\",\"exp\":\"1230\"}");
+    write("card_data", "pan-in-id", b"\x01c-4111111111111111\n{\"pan\":\"5555555555554444\",\"exp\":\"0199\"}");
+    // D1: a Get Card body, an error body, a Retry-After date.
+    write("d1_response", "card", b"\x00{\"cardId\":\"c1\",\"consumerId\":\"u1\",\"cardProductId\":\"p1\",\"state\":\"ACTIVE\"}");
+    write("d1_response", "error", b"\x01{\"errorCode\":\"INVALID_CARD\",\"errorMessage\":\"card 4111111111111111 refused\"}");
+    write("d1_response", "retry-after", b"\x41Wed, 21 Oct 2026 07:28:00 GMT");
+}
