@@ -273,8 +273,28 @@ mod tests {
         assert_eq!(status, 503);
         assert_eq!(
             body,
-            serde_json::json!({"ready": false, "checks": {"database": false, "kafka": false, "not_shutting_down": true}})
+            serde_json::json!({"ready": false, "checks": {"database": false, "kafka": false, "not_shutting_down": true,
+                                "offsets_in_log": true, "partition_tasks": true}})
         );
+    }
+
+    #[tokio::test]
+    async fn readyz_fails_while_a_partition_is_held_and_after_a_partition_task_died() {
+        let readiness = Readiness::new(&[Check::Database, Check::Kafka]);
+        let admin = TestAdmin::spawn(readiness.clone(), handle()).await;
+        readiness.set_database(true);
+        readiness.set_kafka(true);
+        assert_eq!(admin.readyz().await.0, 200);
+
+        readiness.set_held_partitions(2);
+        let (status, body) = admin.readyz().await;
+        assert_eq!((status, &body["checks"]["offsets_in_log"]), (503, &serde_json::json!(false)));
+        readiness.set_held_partitions(0);
+        assert_eq!(admin.readyz().await.0, 200);
+
+        readiness.set_partition_task_died();
+        let (status, body) = admin.readyz().await;
+        assert_eq!((status, &body["checks"]["partition_tasks"]), (503, &serde_json::json!(false)));
     }
 
     #[tokio::test]

@@ -92,49 +92,6 @@ pub fn validate_lifecycle(event: CardEvent, policy: CardIdPolicy) -> Result<Vali
 }
 
 #[cfg(test)]
-    pub(crate) fn assume_valid(event: CardEvent) -> Self {
-        Self(event)
-    }
-}
-
-impl From<CardDataError> for DeadLetterReason {
-    fn from(e: CardDataError) -> Self {
-        match e {
-            CardDataError::PanFormat | CardDataError::PanLuhn => Self::InvalidPan,
-            CardDataError::Expiry => Self::InvalidExpiry,
-            CardDataError::Payload => Self::InvalidCardData,
-        }
-    }
-}
-
-/// Whether a cardId has the shape of a PAN (12..19 digits passing Luhn). Tokenized and ordered
-/// events carry no card data to compare with, so this is the only guard that keeps a PAN used as
-/// a cardId out of the history, the logs and D1. Numeric ids that happen to pass Luhn are refused
-/// too: a scanner could not tell them from PANs either.
-pub fn card_id_looks_like_pan(card_id: &str) -> bool {
-    (12..=19).contains(&card_id.len()) && card_id.bytes().all(|b| b.is_ascii_digit()) && luhn_valid(card_id)
-}
-
-/// Validates a `CardCreated` against its decrypted card data.
-pub fn validate_created(created: CardCreated, card: &CardData) -> Result<ValidEvent, DeadLetterReason> {
-    let card_id = created.meta.card_id.as_str();
-    if card_id_looks_like_pan(card_id) || card_id_derivation(card_id, &card.pan).is_some() {
-        return Err(DeadLetterReason::CardIdDerivedFromPan);
-    }
-    Ok(ValidEvent(CardEvent::Created(created)))
-}
-
-/// Validates a tokenized or ordered event (no card data to check). A `CardCreated` passed here
-/// is refused: it must go through [`validate_created`].
-pub fn validate_lifecycle(event: CardEvent) -> Result<ValidEvent, DeadLetterReason> {
-    match event {
-        CardEvent::Created(_) => Err(DeadLetterReason::InvalidCardData),
-        e if card_id_looks_like_pan(e.meta().card_id.as_str()) => Err(DeadLetterReason::CardIdDerivedFromPan),
-        e => Ok(ValidEvent(e)),
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::event::{EncryptedCard, EventMeta, InitialState};
