@@ -363,9 +363,13 @@ impl Ctx {
             let mut assigned = TopicPartitionList::new();
             let mut stopping = Vec::new();
             for key in tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())) {
-                router.held.remove(&key);
-                if let Some(slot) = router.slots.remove(&key) {
+                // A held partition was never assigned to the client; every other one was (its
+                // task may already be gone, e.g. at shutdown) and must be unassigned, or the
+                // client waits for it forever.
+                if !router.held.remove(&key) {
                     assigned.add_partition(&key.0, key.1);
+                }
+                if let Some(slot) = router.slots.remove(&key) {
                     stopping.push((key, slot));
                 }
             }
