@@ -13,6 +13,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use card_registrar::avro::decode::Decoder;
+use card_registrar::avro::encode::{Framing, encode, encode_version};
+use card_registrar::avro::schemas::SchemaSet;
 use card_registrar::core::decide::decide;
 use card_registrar::core::event::{
     CardEvent, CardOrdered, CardTokenized, EventKind, EventMeta, OrderOutcome, TokenizationOutcome,
@@ -21,10 +24,7 @@ use card_registrar::core::ids::{CardId, CardProductId, ConsumerId, EventId};
 use card_registrar::core::record::{CallStatus, CardRecord, CardState};
 use card_registrar::core::validate::{CardIdPolicy, validate_lifecycle};
 use card_registrar::crypto::{CardDataKeys, RecipientKey};
-use card_registrar::avro::decode::Decoder;
-use card_registrar::avro::encode::{Framing, encode, encode_version};
 use card_registrar::ingest::prepare::validate_one;
-use card_registrar::avro::schemas::SchemaSet;
 use card_registrar::workload::{Generator, Plan};
 use chrono::{DateTime, Utc};
 

@@ -10,12 +10,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
+use crate::avro::encode::{EncodeError, Framing, encode};
+use crate::avro::schemas::SchemaSet;
 use crate::core::event::*;
 use crate::core::ids::{CardId, CardProductId, ConsumerId, EventId};
 use crate::core::pan::CardData;
 use crate::crypto::{RecipientKey, encrypt_card_data};
-use crate::avro::encode::{EncodeError, Framing, encode};
-use crate::avro::schemas::SchemaSet;
 
 /// What happens to one card.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

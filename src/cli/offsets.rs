@@ -126,7 +126,9 @@ pub async fn run(db: &DatabaseSettings, cmd: OffsetsCommand) -> Result<(), CliEr
 /// Who runs the command: `--by`, else the login name from the environment.
 fn operator(by: Option<&str>) -> Result<String, CliError> {
     let from_env = || {
-        ["SUDO_USER", "USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
+        ["SUDO_USER", "USER", "LOGNAME"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
     };
     by.map(str::to_owned).filter(|s| !s.trim().is_empty()).or_else(from_env).ok_or_else(|| {
         CliError::Failed("--by is required: no login name in SUDO_USER, USER or LOGNAME".into())

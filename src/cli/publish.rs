@@ -10,11 +10,11 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::CliError;
+use crate::avro::encode::Framing;
+use crate::avro::schemas::SchemaSet;
 use crate::config::{ConfigError, KafkaSettings};
 use crate::core::event::EventKind;
 use crate::crypto::RecipientKey;
-use crate::avro::encode::Framing;
-use crate::avro::schemas::SchemaSet;
 use crate::workload::{Generator, Outgoing, Plan};
 
 /// Which plans the cards follow.

@@ -12,6 +12,9 @@ use tracing::{info, warn};
 use super::CliError;
 use super::migrate::error_chain;
 use crate::admin::{self, Check, Readiness};
+use crate::avro::decode::Decoder;
+use crate::avro::registry::{HttpSchemaRegistry, SchemaRegistry};
+use crate::avro::schemas::SchemaSet;
 use crate::config::{
     AdminSettings, CardDataSettings, ConfigError, D1Settings, DatabaseSettings, DispatchSettings,
     IngestSettings, KafkaSettings, ValidD1Settings,
@@ -25,10 +28,7 @@ use crate::dispatch::limiter::Limiter;
 use crate::dispatch::maintenance::{self, Retention};
 use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::ingest::consumer::{self, IngestOptions};
-use crate::avro::decode::Decoder;
 use crate::ingest::prepare::Pipeline;
-use crate::avro::registry::{HttpSchemaRegistry, SchemaRegistry};
-use crate::avro::schemas::SchemaSet;
 use crate::{shutdown, store, telemetry};
 
 /// Settings of `run`.
@@ -257,7 +257,8 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             work.clone(),
         )));
     }
-    let finished = finish(readiness, work, admin_stop, admin_task, tasks, args.shutdown_timeout_secs, signals).await;
+    let finished =
+        finish(readiness, work, admin_stop, admin_task, tasks, args.shutdown_timeout_secs, signals).await;
     match fatal.get() {
         Some(why) => Err(CliError::Failed(why.clone())),
         None => finished,

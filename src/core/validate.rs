@@ -170,7 +170,10 @@ mod tests {
             validate_created(created("5555555555554444"), &data, strict),
             Err(DeadLetterReason::CardIdDerivedFromPan)
         );
-        assert_eq!(validate_lifecycle(tokenized("378282246310005"), strict), Err(DeadLetterReason::CardIdDerivedFromPan));
+        assert_eq!(
+            validate_lifecycle(tokenized("378282246310005"), strict),
+            Err(DeadLetterReason::CardIdDerivedFromPan)
+        );
     }
 
     #[test]
@@ -178,10 +181,17 @@ mod tests {
         let strict = CardIdPolicy::default();
         for id in ["c-4111111111111111", "4111111111111111-x", "a_5555555555554444_b", "x378282246310005"] {
             assert!(strict.refuses(id), "{id}");
-            assert_eq!(validate_lifecycle(tokenized(id), strict), Err(DeadLetterReason::CardIdDerivedFromPan), "{id}");
+            assert_eq!(
+                validate_lifecycle(tokenized(id), strict),
+                Err(DeadLetterReason::CardIdDerivedFromPan),
+                "{id}"
+            );
             // Even when it is not the PAN of the card data.
             let data = card(r#"{"pan":"6011111111111117","exp":"1230"}"#).unwrap();
-            assert_eq!(validate_created(created(id), &data, strict), Err(DeadLetterReason::CardIdDerivedFromPan));
+            assert_eq!(
+                validate_created(created(id), &data, strict),
+                Err(DeadLetterReason::CardIdDerivedFromPan)
+            );
         }
         // Runs that are too short, too long or fail Luhn are not PANs.
         for id in ["c-4111111111111112", "c-41111111111", "c-41111111111111111111", "card-0001-2024"] {

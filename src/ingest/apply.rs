@@ -129,11 +129,8 @@ async fn write(
     outbox::enqueue(tx, &new_rows).await?;
     outbox::cancel_unclaimed(tx, &plan.cancels, "implicit registration came first").await?;
     // Sealed here, not while planning: sealing is the one costly step, and it needs the key.
-    let envelopes: Vec<String> = plan
-        .dead_letters
-        .iter()
-        .map(|d| sealer.seal(&d.message.raw.to_bytes()))
-        .collect::<Result<_, _>>()?;
+    let envelopes: Vec<String> =
+        plan.dead_letters.iter().map(|d| sealer.seal(&d.message.raw.to_bytes())).collect::<Result<_, _>>()?;
     let dead_rows: Vec<dead_letters::NewDeadLetter<'_>> = plan
         .dead_letters
         .iter()

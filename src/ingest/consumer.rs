@@ -545,7 +545,12 @@ fn poll_thread(
             report(false);
         }
         if let Some(((topic, partition), how)) = consumer.context().dead_task() {
-            error!(topic, partition, how, "partition task died; stopping ingest so the process restarts from the stored offsets");
+            error!(
+                topic,
+                partition,
+                how,
+                "partition task died; stopping ingest so the process restarts from the stored offsets"
+            );
             health(Health::PartitionTaskDied);
             failure = Some(IngestError::PartitionTask { topic, partition, how });
             break;

@@ -14,4 +14,3 @@ pub mod plan;
 pub mod prepare;
 pub mod replay;
 mod spans;
-

@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use super::message::{Incoming, Prepared, Rejection};
 use crate::avro::decode::{DecodeFailure, Decoder};
-use crate::crypto::Sealer;
 use crate::avro::registry::RegistryError;
-use crate::core::event::{CardEvent, EventKind};
 use crate::core::dead_letter::DeadLetterReason;
+use crate::core::event::{CardEvent, EventKind};
 use crate::core::pan::mask_pan_like;
 use crate::core::validate::{CardIdPolicy, ValidEvent, validate_created, validate_lifecycle};
 use crate::crypto::CardDataKeys;
+use crate::crypto::Sealer;
 
 /// Preparing a batch hit a transient problem; the whole batch is retried.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +105,11 @@ fn validate_all(
 
 /// Validates one decoded event. A refused event's cardId is shown only with every PAN-like run
 /// masked, and not at all when it may be derived from the PAN in another way (a digest).
-pub fn validate_one(keys: &CardDataKeys, event: CardEvent, policy: CardIdPolicy) -> Result<ValidEvent, Rejection> {
+pub fn validate_one(
+    keys: &CardDataKeys,
+    event: CardEvent,
+    policy: CardIdPolicy,
+) -> Result<ValidEvent, Rejection> {
     let meta = event.meta();
     let event_id = Some(meta.event_id.as_uuid());
     let masked_card_id = mask_pan_like(meta.card_id.as_str()).into_owned();
@@ -135,7 +139,11 @@ pub fn validate_one(keys: &CardDataKeys, event: CardEvent, policy: CardIdPolicy)
             })
         }
         other => validate_lifecycle(other, policy).map_err(|reason| {
-            reject(reason, format!("{} (cardId holds a PAN-like digit run)", reason.code()), Some(masked_card_id))
+            reject(
+                reason,
+                format!("{} (cardId holds a PAN-like digit run)", reason.code()),
+                Some(masked_card_id),
+            )
         }),
     }
 }

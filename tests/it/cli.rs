@@ -5,9 +5,9 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use card_registrar::core::record::CardState;
 use card_registrar::avro::encode::Framing;
 use card_registrar::avro::schemas::SchemaSet;
+use card_registrar::core::record::CardState;
 use card_registrar::store::{cards, outbox};
 use card_registrar::workload::{Generator, Plan};
 

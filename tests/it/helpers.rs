@@ -152,9 +152,9 @@ impl TestTopics {
             .names()
             .iter()
             .map(|n| {
-                config.iter().fold(NewTopic::new(n, partitions, TopicReplication::Fixed(1)), |t, (k, v)| {
-                    t.set(k, v)
-                })
+                config
+                    .iter()
+                    .fold(NewTopic::new(n, partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v))
             })
             .collect();
         for r in admin
@@ -267,9 +267,9 @@ impl TestKeys {
 
     /// The ingest pipeline (embedded schemas, our card-data keys, the real sealer).
     pub fn pipeline(&self) -> card_registrar::ingest::prepare::Pipeline {
-        use card_registrar::crypto::{CardDataKeys, EnvelopeSealer};
         use card_registrar::avro::decode::Decoder;
         use card_registrar::avro::schemas::SchemaSet;
+        use card_registrar::crypto::{CardDataKeys, EnvelopeSealer};
         let keys = CardDataKeys::from_file(&self.files.card_data_private_jwks).unwrap();
         let sealer = EnvelopeSealer::from_file(&self.files.card_data_private_jwks).unwrap();
         let decoder = Decoder::new(std::sync::Arc::new(SchemaSet::embedded().unwrap()), None);

@@ -123,7 +123,12 @@ async fn a_thousand_one_megabyte_garbage_messages_are_dead_lettered_in_bounded_m
         let (r, call) = cards::get(&db.pool, &c.card_id).await.unwrap().expect("valid card registered");
         assert_eq!((r.state, call), (CardState::Pending, Some(CallStatus::Queued)));
     }
-    assert!(peak < PEAK_RSS_BOUND, "worker peak RSS {} MiB over the bound {} MiB", peak >> 20, PEAK_RSS_BOUND >> 20);
+    assert!(
+        peak < PEAK_RSS_BOUND,
+        "worker peak RSS {} MiB over the bound {} MiB",
+        peak >> 20,
+        PEAK_RSS_BOUND >> 20
+    );
 }
 
 fn outgoing(event: &card_registrar::core::event::CardEvent) -> Outgoing {
@@ -148,7 +153,13 @@ async fn a_pan_inside_a_card_id_and_a_reused_event_id_become_dead_letters_never_
     if let (CardEvent::Tokenized(r), CardEvent::Tokenized(f)) = (&mut reused, &first) {
         r.meta.event_id = f.meta.event_id;
     }
-    let messages = [outgoing(&pan_inside), outgoing(&pan_ordered), outgoing(&first), outgoing(&first), outgoing(&reused)];
+    let messages = [
+        outgoing(&pan_inside),
+        outgoing(&pan_ordered),
+        outgoing(&first),
+        outgoing(&first),
+        outgoing(&reused),
+    ];
     publish(&topics, &messages).await;
 
     let ingest = crate::ingest::Ingest::start(&db, &topics, &keys);
@@ -204,7 +215,8 @@ async fn a_partition_task_that_panics_fails_readiness_and_stops_ingest_with_an_e
     use std::sync::{Arc, Mutex};
 
     let (db, topics, keys) = (TestDb::new().await, TestTopics::new(1).await, TestKeys::new());
-    let mut g = Generator::new(SchemaSet::embedded().unwrap(), keys.card_public(), Framing::SingleObject, 3, "p");
+    let mut g =
+        Generator::new(SchemaSet::embedded().unwrap(), keys.card_public(), Framing::SingleObject, 3, "p");
     let valid = scripts(&keys, "die", 1, |_| Plan::TokenizedOnly);
     let mut messages: Vec<Outgoing> = valid.iter().flat_map(|c| c.phase1.clone()).collect();
     messages.push(g.poison(card_registrar::core::event::EventKind::Tokenized));
@@ -268,7 +280,9 @@ fn write_fuzz_seeds() {
     };
     let keys = TestKeys::new();
     let schemas = SchemaSet::embedded().unwrap();
-    let cards_ = scripts(&keys, "seed", 4, |i| [Plan::CreatedOnly, Plan::TokenizedOnly, Plan::OrderedOnly, Plan::CreatedThenTokenized][i]);
+    let cards_ = scripts(&keys, "seed", 4, |i| {
+        [Plan::CreatedOnly, Plan::TokenizedOnly, Plan::OrderedOnly, Plan::CreatedThenTokenized][i]
+    });
     for (i, m) in cards_.iter().flat_map(|c| c.phase1.iter().chain(&c.phase2)).enumerate() {
         // Control byte: topic of the message, with the registry, no key.
         let control = match m.kind {
@@ -284,12 +298,28 @@ fn write_fuzz_seeds() {
     let confluent = [&[1u8, 0, 0, 0, 0, 0][..], &single[10..]].concat();
     write("decode", "confluent-0", &confluent);
     // Card data: a compact JWE as text (control 0), plaintexts encrypted by the target (control 1).
-    let jwe = card_registrar::crypto::encrypt_bytes(br#"{"pan":"4111111111111111","exp":"1230"}"#, &keys.card_public()).unwrap();
+    let jwe = card_registrar::crypto::encrypt_bytes(
+        br#"{"pan":"4111111111111111","exp":"1230"}"#,
+        &keys.card_public(),
+    )
+    .unwrap();
     write("card_data", "jwe", &[b"\x00card-1\n".as_slice(), jwe.as_bytes()].concat());
     write("card_data", "plaintext", b"\x01card-1\n{\"pan\":\"4111111111111111\",\"exp\":\"1230\"}");
-    write("card_data", "pan-in-id", b"\x01c-4111111111111111\n{\"pan\":\"5555555555554444\",\"exp\":\"0199\"}");
+    write(
+        "card_data",
+        "pan-in-id",
+        b"\x01c-4111111111111111\n{\"pan\":\"5555555555554444\",\"exp\":\"0199\"}",
+    );
     // D1: a Get Card body, an error body, a Retry-After date.
-    write("d1_response", "card", b"\x00{\"cardId\":\"c1\",\"consumerId\":\"u1\",\"cardProductId\":\"p1\",\"state\":\"ACTIVE\"}");
-    write("d1_response", "error", b"\x01{\"errorCode\":\"INVALID_CARD\",\"errorMessage\":\"card 4111111111111111 refused\"}");
+    write(
+        "d1_response",
+        "card",
+        b"\x00{\"cardId\":\"c1\",\"consumerId\":\"u1\",\"cardProductId\":\"p1\",\"state\":\"ACTIVE\"}",
+    );
+    write(
+        "d1_response",
+        "error",
+        b"\x01{\"errorCode\":\"INVALID_CARD\",\"errorMessage\":\"card 4111111111111111 refused\"}",
+    );
     write("d1_response", "retry-after", b"\x41Wed, 21 Oct 2026 07:28:00 GMT");
 }

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use card_registrar::avro::encode::Framing;
+use card_registrar::avro::schemas::SchemaSet;
 use card_registrar::core::event::EventKind;
 use card_registrar::core::record::{CallStatus, CardState, RegistrationSource};
 use card_registrar::ingest::consumer::{self, IngestOptions};
-use card_registrar::avro::encode::Framing;
-use card_registrar::avro::schemas::SchemaSet;
 use card_registrar::store::{cards, dead_letters, history, offsets};
 use card_registrar::workload::{CardScript, Generator, Outgoing, Plan};
 use tokio_util::sync::CancellationToken;

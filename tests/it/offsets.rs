@@ -29,9 +29,7 @@ async fn readyz(worker: &Worker) -> Option<(u16, serde_json::Value)> {
 async fn metric(worker: &Worker, name: &str, labels: &[&str]) -> Option<f64> {
     let text = reqwest::get(format!("http://{}/metrics", worker.admin)).await.ok()?.text().await.ok()?;
     text.lines()
-        .find(|l| {
-            l.split([' ', '{']).next() == Some(name) && labels.iter().all(|label| l.contains(label))
-        })?
+        .find(|l| l.split([' ', '{']).next() == Some(name) && labels.iter().all(|label| l.contains(label)))?
         .rsplit(' ')
         .next()?
         .parse()
@@ -54,7 +52,10 @@ async fn run_worker_until(env: &WorkerEnv, name: &str, db: &TestDb, group: &str,
 
 fn created_events(keys: &TestKeys, prefix: &str, n: usize) -> (Vec<String>, Vec<Outgoing>) {
     let cards_ = scripts(keys, prefix, n, |_| Plan::CreatedOnly);
-    (cards_.iter().map(|c| c.card_id.clone()).collect(), cards_.iter().flat_map(|c| c.phase1.clone()).collect())
+    (
+        cards_.iter().map(|c| c.card_id.clone()).collect(),
+        cards_.iter().flat_map(|c| c.phase1.clone()).collect(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -80,14 +81,21 @@ async fn records_deleted_before_ingest_read_them_are_recorded_as_a_gap_counted_a
     })
     .await;
     let topic_label = format!("topic=\"{}\"", topics.created);
-    let counted = metric(&worker, "card_registrar_offsets_lost_total", &[&topic_label, "partition=\"0\""]).await;
+    let counted =
+        metric(&worker, "card_registrar_offsets_lost_total", &[&topic_label, "partition=\"0\""]).await;
     let log = worker.log.clone();
     assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", tail(&log));
 
     let gaps = offsets::gaps(&db.pool).await.unwrap();
     assert_eq!(gaps.len(), 1, "{gaps:?}");
     assert_eq!(
-        (gaps[0].group_id.as_str(), gaps[0].topic.as_str(), gaps[0].partition, gaps[0].from_offset, gaps[0].to_offset),
+        (
+            gaps[0].group_id.as_str(),
+            gaps[0].topic.as_str(),
+            gaps[0].partition,
+            gaps[0].from_offset,
+            gaps[0].to_offset
+        ),
         (group.as_str(), topics.created.as_str(), 0, 10, 25)
     );
     assert_eq!(counted, Some(15.0), "lost messages counted");
@@ -153,7 +161,10 @@ async fn a_recreated_topic_holds_its_partition_until_an_operator_resets_the_offs
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reset: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((reset["from_offset"].as_i64(), reset["to_offset"].as_i64()), (Some(10), Some(0)));
-    assert_eq!((reset["target"].as_str(), reset["operator"].as_str()), (Some("earliest"), Some("oncall-alice")));
+    assert_eq!(
+        (reset["target"].as_str(), reset["operator"].as_str()),
+        (Some("earliest"), Some("oncall-alice"))
+    );
     assert!(reset["reset_at"].is_string());
 
     wait_until("the held partition released and applied", Duration::from_secs(60), || async {

@@ -6,9 +6,9 @@ use card_registrar::core::event::{CardEvent, OrderOutcome, TokenizationOutcome};
 use card_registrar::core::pan::CardData;
 use card_registrar::core::record::{CallStatus, CardState, RegistrationSource};
 use card_registrar::core::validate::{CardIdPolicy, validate_created, validate_lifecycle};
+use card_registrar::crypto::Sealer;
 use card_registrar::ingest::apply::{ApplyError, apply_batch};
 use card_registrar::ingest::message::{Batch, Prepared, RawMessage, Rejection};
-use card_registrar::crypto::Sealer;
 use card_registrar::store::{cards, dead_letters, history, offsets, outbox};
 use chrono::Utc;
 

@@ -2,14 +2,14 @@
 //! through ingest, the decision, the outbox row, dispatch, the D1 client and the simulator,
 //! checked span by span through the parent links (every finished span is captured).
 
+use card_registrar::avro::encode::Framing;
+use card_registrar::avro::schemas::SchemaSet;
 use card_registrar::config::{LogFormat, TelemetrySettings};
 use card_registrar::core::event::EventKind;
 use card_registrar::dispatch::StepOutcome;
 use card_registrar::ingest::apply::apply_batch;
 use card_registrar::ingest::message::Batch;
-use card_registrar::avro::encode::Framing;
 use card_registrar::ingest::message::{Incoming, RawMessage};
-use card_registrar::avro::schemas::SchemaSet;
 use card_registrar::telemetry::{self, CapturedSpan, LogBuffer, SpanCapture};
 use card_registrar::workload::{Generator, Outgoing, Plan};
 use chrono::Utc;
