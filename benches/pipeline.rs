@@ -74,7 +74,7 @@ fn lifecycle_step(tools: &Tools, kind: EventKind, ctx: &Context, msg: &Message) 
 fn created_step(tools: &Tools, kind: EventKind, ctx: &Context, msg: &Message) -> usize {
     let decoded = futures::executor::block_on(tools.decoder.decode(kind, Some(&msg.key), &msg.payload));
     let Ok(event) = decoded else { return 0 };
-    let Ok(valid) = validate_one(&tools.keys, event) else { return 0 };
+    let Ok(valid) = validate_one(&tools.keys, event, CardIdPolicy::default()) else { return 0 };
     decide(ctx.record.as_ref(), ctx.call, &valid, ctx.now).actions.len()
 }
 

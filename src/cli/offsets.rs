@@ -21,7 +21,7 @@ use crate::store::{self, offsets};
 #[derive(Debug, Subcommand)]
 pub enum OffsetsCommand {
     /// Set one partition's stored offset (recorded with who and when).
-    Reset(ResetArgs),
+    Reset(Box<ResetArgs>),
     /// List the recorded gaps: offsets deleted by the broker before ingest read them.
     Gaps,
 }
