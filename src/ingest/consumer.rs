@@ -155,6 +155,9 @@ struct Ctx {
     brokers_down: std::sync::atomic::AtomicBool,
     /// Lets a rebalance callback waiting for PostgreSQL give up when the process stops.
     shutdown: CancellationToken,
+    /// A client outside the group, for watermark queries: asked from inside the rebalance
+    /// callback, the group's own client can stall on them.
+    watermarks: BaseConsumer,
 }
 
 impl Ctx {
@@ -203,7 +206,7 @@ impl Ctx {
         let mut started = Vec::new();
         for elem in tpl.elements() {
             let key = (elem.topic().to_owned(), elem.partition());
-            match self.place(consumer, &key, stored.get(&key).copied()) {
+            match self.place(&key, stored.get(&key).copied()) {
                 Some(Placement::Start(from)) => started.push((key, from)),
                 Some(Placement::Hold) => {
                     self.router().held.insert(key);
@@ -216,14 +219,9 @@ impl Ctx {
 
     /// Compares the stored offset with the partition's watermarks. `None` when shutdown came
     /// first.
-    fn place(
-        &self,
-        consumer: &BaseConsumer<Ctx>,
-        (topic, partition): &(String, i32),
-        stored: Option<i64>,
-    ) -> Option<Placement> {
+    fn place(&self, (topic, partition): &(String, i32), stored: Option<i64>) -> Option<Placement> {
         let Some(stored) = stored else { return Some(Placement::Start(None)) };
-        let (low, high) = match consumer.fetch_watermarks(topic, *partition, Duration::from_secs(5)) {
+        let (low, high) = match self.watermarks.fetch_watermarks(topic, *partition, Duration::from_secs(5)) {
             Ok(w) => w,
             Err(e) => {
                 // Safe: with auto.offset.reset=error an offset outside the log is reported, not skipped.
@@ -349,7 +347,7 @@ impl Ctx {
         };
         let mut started = Vec::new();
         for key in held {
-            if let Some(Placement::Start(from)) = self.place(consumer, &key, stored.get(&key).copied()) {
+            if let Some(Placement::Start(from)) = self.place(&key, stored.get(&key).copied()) {
                 info!(topic = %key.0, partition = key.1, start = ?from, "held partition released");
                 started.push((key, from));
             }
@@ -519,6 +517,10 @@ fn poll_thread(
         commits: commits_tx,
         brokers_down: std::sync::atomic::AtomicBool::new(false),
         shutdown: shutdown.clone(),
+        watermarks: ClientConfig::new()
+            .set("bootstrap.servers", &options.brokers)
+            .create()
+            .map_err(|source| IngestError::Kafka { op: "create the watermark client", source })?,
     };
     let consumer: BaseConsumer<Ctx> = client_config(&options)
         .create_with_context(ctx)
