@@ -285,10 +285,9 @@ impl Ctx {
     }
 
     /// Assigns partitions at their start offsets and starts their tasks.
+    /// Inside the rebalance callback this must run even with nothing to start: the client
+    /// counts the (possibly empty) assign call as the end of the rebalance.
     fn start(&self, consumer: &BaseConsumer<Ctx>, started: Vec<((String, i32), Option<i64>)>) {
-        if started.is_empty() {
-            return;
-        }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), from) in &started {
             let offset = from.map_or(Offset::Beginning, Offset::Offset);
@@ -352,7 +351,9 @@ impl Ctx {
                 started.push((key, from));
             }
         }
-        self.start(consumer, started);
+        if !started.is_empty() {
+            self.start(consumer, started);
+        }
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
@@ -380,7 +381,8 @@ impl Ctx {
         // Held partitions were never assigned to the client: unassigning them would fail the call.
         let result =
             if matches!(consumer.rebalance_protocol(), rdkafka::consumer::RebalanceProtocol::Cooperative) {
-                if assigned.count() == 0 { Ok(()) } else { consumer.incremental_unassign(&assigned) }
+                // Called even when empty: the client counts it as the end of the rebalance.
+                consumer.incremental_unassign(&assigned)
             } else {
                 consumer.unassign()
             };
