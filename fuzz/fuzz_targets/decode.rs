@@ -28,7 +28,7 @@ static SCHEMAS: LazyLock<Arc<SchemaSet>> =
 static WITH_REGISTRY: LazyLock<Decoder> = LazyLock::new(|| {
     let kept = [EventKind::Created, EventKind::Tokenized, EventKind::Ordered]
         .iter()
-        .flat_map(|k| SCHEMAS.versions(*k).iter().map(|v| Arc::new(v.schema.clone())))
+        .flat_map(|k| SCHEMAS.versions(*k).iter().map(|v| v.schema.clone()))
         .collect();
     Decoder::new(SCHEMAS.clone(), Some(Arc::new(StubRegistry(kept))))
 });
