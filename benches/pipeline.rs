@@ -22,7 +22,7 @@ use card_registrar::core::event::{
 };
 use card_registrar::core::ids::{CardId, CardProductId, ConsumerId, EventId};
 use card_registrar::core::record::{CallStatus, CardRecord, CardState};
-use card_registrar::core::validate::validate_lifecycle;
+use card_registrar::core::validate::{CardIdPolicy, validate_lifecycle};
 use card_registrar::crypto::{CardDataKeys, RecipientKey};
 use card_registrar::ingest::prepare::validate_one;
 use card_registrar::workload::{Generator, Plan};
@@ -65,7 +65,7 @@ struct Case {
 fn lifecycle_step(tools: &Tools, kind: EventKind, ctx: &Context, msg: &Message) -> usize {
     let decoded = futures::executor::block_on(tools.decoder.decode(kind, Some(&msg.key), &msg.payload));
     let Ok(event) = decoded else { return 0 };
-    let Ok(valid) = validate_lifecycle(event) else { return 0 };
+    let Ok(valid) = validate_lifecycle(event, CardIdPolicy::default()) else { return 0 };
     decide(ctx.record.as_ref(), ctx.call, &valid, ctx.now).actions.len()
 }
 
@@ -74,7 +74,7 @@ fn lifecycle_step(tools: &Tools, kind: EventKind, ctx: &Context, msg: &Message) 
 fn created_step(tools: &Tools, kind: EventKind, ctx: &Context, msg: &Message) -> usize {
     let decoded = futures::executor::block_on(tools.decoder.decode(kind, Some(&msg.key), &msg.payload));
     let Ok(event) = decoded else { return 0 };
-    let Ok(valid) = validate_one(&tools.keys, event) else { return 0 };
+    let Ok(valid) = validate_one(&tools.keys, event, CardIdPolicy::default()) else { return 0 };
     decide(ctx.record.as_ref(), ctx.call, &valid, ctx.now).actions.len()
 }
 

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::metrics::READY;
+use crate::telemetry::metrics::{PARTITIONS_HELD, READY};
 
 /// A readiness check a process may declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,10 @@ struct Inner {
     database_applies: bool,
     database: AtomicBool,
     kafka: AtomicBool,
+    /// Partitions ingest holds back (stored offset beyond the log); ready only at 0.
+    held_partitions: AtomicUsize,
+    /// False once a partition task died unexpectedly.
+    partition_tasks: AtomicBool,
     shutting_down: AtomicBool,
 }
 
@@ -67,6 +71,8 @@ impl Readiness {
                 database_applies: checks.contains(&Check::Database),
                 database: AtomicBool::new(false),
                 kafka: AtomicBool::new(false),
+                held_partitions: AtomicUsize::new(0),
+                partition_tasks: AtomicBool::new(true),
                 shutting_down: AtomicBool::new(false),
             }),
         };
@@ -83,6 +89,20 @@ impl Readiness {
     /// Records whether the Kafka assignment is healthy.
     pub fn set_kafka(&self, ok: bool) {
         self.inner.kafka.store(ok, Ordering::Release);
+        self.publish();
+    }
+
+    /// Records how many partitions ingest holds back because their stored offset is not in the
+    /// log (`offsets_in_log` fails while any is).
+    pub fn set_held_partitions(&self, n: usize) {
+        self.inner.held_partitions.store(n, Ordering::Release);
+        metrics::gauge!(PARTITIONS_HELD).set(n as f64);
+        self.publish();
+    }
+
+    /// Records that a partition task died unexpectedly (`partition_tasks` fails from then on).
+    pub fn set_partition_task_died(&self) {
+        self.inner.partition_tasks.store(false, Ordering::Release);
         self.publish();
     }
 
@@ -105,6 +125,8 @@ impl Readiness {
         }
         if self.inner.kafka_applies {
             checks.insert("kafka", self.inner.kafka.load(Ordering::Acquire));
+            checks.insert("offsets_in_log", self.inner.held_partitions.load(Ordering::Acquire) == 0);
+            checks.insert("partition_tasks", self.inner.partition_tasks.load(Ordering::Acquire));
         }
         checks.insert("not_shutting_down", !self.inner.shutting_down.load(Ordering::Acquire));
         ReadinessReport { ready: checks.values().all(|ok| *ok), checks }
@@ -251,8 +273,28 @@ mod tests {
         assert_eq!(status, 503);
         assert_eq!(
             body,
-            serde_json::json!({"ready": false, "checks": {"database": false, "kafka": false, "not_shutting_down": true}})
+            serde_json::json!({"ready": false, "checks": {"database": false, "kafka": false, "not_shutting_down": true,
+                                "offsets_in_log": true, "partition_tasks": true}})
         );
+    }
+
+    #[tokio::test]
+    async fn readyz_fails_while_a_partition_is_held_and_after_a_partition_task_died() {
+        let readiness = Readiness::new(&[Check::Database, Check::Kafka]);
+        let admin = TestAdmin::spawn(readiness.clone(), handle()).await;
+        readiness.set_database(true);
+        readiness.set_kafka(true);
+        assert_eq!(admin.readyz().await.0, 200);
+
+        readiness.set_held_partitions(2);
+        let (status, body) = admin.readyz().await;
+        assert_eq!((status, &body["checks"]["offsets_in_log"]), (503, &serde_json::json!(false)));
+        readiness.set_held_partitions(0);
+        assert_eq!(admin.readyz().await.0, 200);
+
+        readiness.set_partition_task_died();
+        let (status, body) = admin.readyz().await;
+        assert_eq!((status, &body["checks"]["partition_tasks"]), (503, &serde_json::json!(false)));
     }
 
     #[tokio::test]

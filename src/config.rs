@@ -29,8 +29,8 @@ impl ConfigError {
     }
 }
 
-/// PostgreSQL.
-#[derive(Debug, Clone, Args)]
+/// PostgreSQL. `Debug` redacts the URL's password and query (which may hold one).
+#[derive(Clone, Args)]
 pub struct DatabaseSettings {
     /// PostgreSQL connection URL.
     #[arg(
@@ -45,8 +45,8 @@ pub struct DatabaseSettings {
     pub database_max_connections: u32,
 }
 
-/// Kafka and the event contract's topics.
-#[derive(Debug, Clone, Args)]
+/// Kafka and the event contract's topics. `Debug` redacts credentials in the registry URL.
+#[derive(Clone, Args)]
 pub struct KafkaSettings {
     /// Bootstrap servers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
@@ -210,6 +210,11 @@ pub struct CardDataSettings {
     /// File holding our P-256 private key(s) for `encryptedCard` (JWK or JWK Set; several for rotation).
     #[arg(long, env = "CARD_DATA_KEYS")]
     pub card_data_keys: Option<PathBuf>,
+    /// Accept a cardId made only of digits even if it passes Luhn (a bank whose card ids are
+    /// numeric). Off: such ids are refused as possible PANs. A PAN-like run inside a mixed id is
+    /// always refused.
+    #[arg(long, env = "CARD_ID_ALLOW_NUMERIC", default_value_t = false, action = clap::ArgAction::Set)]
+    pub card_id_allow_numeric: bool,
 }
 
 /// Ingest tuning.
@@ -224,6 +229,14 @@ pub struct IngestSettings {
     /// Messages buffered per partition before it is paused (backpressure).
     #[arg(long, env = "INGEST_QUEUE_CAPACITY", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
     pub ingest_queue_capacity: u32,
+    /// Most message bytes (key + value) applied in one PostgreSQL transaction, per partition. A
+    /// single larger message still forms a batch of one.
+    #[arg(long, env = "INGEST_BATCH_MAX_BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1024..=(256 << 20)))]
+    pub ingest_batch_max_bytes: u64,
+    /// Message bytes buffered per partition (queue and batch in hand) before it is paused; also
+    /// sizes the Kafka client's fetches and pre-fetch queue.
+    #[arg(long, env = "INGEST_QUEUE_MAX_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
+    pub ingest_queue_max_bytes: u64,
 }
 
 /// Dispatch tuning: retries, leases, breaker, retention.
@@ -284,8 +297,8 @@ pub enum LogFormat {
     Text,
 }
 
-/// Logs and traces.
-#[derive(Debug, Clone, Args)]
+/// Logs and traces. `Debug` redacts credentials in the OTLP endpoint URL.
+#[derive(Clone, Args)]
 pub struct TelemetrySettings {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
@@ -302,6 +315,64 @@ pub struct TelemetrySettings {
     /// Service name on every span.
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "card-registrar", global = true)]
     pub otel_service_name: String,
+}
+
+/// A URL fit for a log line or `Debug`: the password replaced by `***` and the query (libpq
+/// accepts `?password=`, and tokens travel there too) by `[redacted]`.
+pub fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            let had_query = u.query().is_some();
+            u.set_query(None);
+            u.set_fragment(None);
+            let mut out = u.to_string();
+            if had_query {
+                out.push_str("?[redacted]");
+            }
+            out
+        }
+        Err(_) => "[unparseable URL]".into(),
+    }
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka_group_id", &self.kafka_group_id)
+            .field("topic_card_created", &self.topic_card_created)
+            .field("topic_card_tokenized", &self.topic_card_tokenized)
+            .field("topic_card_ordered", &self.topic_card_ordered)
+            .field("schema_registry_url", &self.schema_registry_url.as_ref().map(|u| redact_url(u.as_str())))
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for TelemetrySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetrySettings")
+            .field("rust_log", &self.rust_log)
+            .field("log_format", &self.log_format)
+            .field(
+                "otel_exporter_otlp_endpoint",
+                &self.otel_exporter_otlp_endpoint.as_ref().map(|u| redact_url(u.as_str())),
+            )
+            .field("otel_exporter_otlp_protocol", &self.otel_exporter_otlp_protocol)
+            .field("otel_service_name", &self.otel_service_name)
+            .finish()
+    }
 }
 
 impl DispatchSettings {
@@ -712,6 +783,24 @@ mod tests {
         assert!(t(&["--dispatch-lease-secs", "65"]).is_ok());
         let err = t(&["--dispatch-reconcile-delay-ms", "10000"]).unwrap_err();
         assert_eq!(err.variable, "DISPATCH_RECONCILE_DELAY_MS");
+    }
+
+    #[test]
+    fn settings_that_may_hold_a_secret_redact_it_in_debug() {
+        let t = parse(&[
+            "--database-url",
+            "postgres://app:s3cret-pw@db.internal:5432/cards?sslmode=require&password=qpw",
+            "--schema-registry-url",
+            "https://reg-user:reg-s3cret@registry.internal/",
+        ]);
+        let db = format!("{:?}", t.db);
+        assert!(!db.contains("s3cret-pw") && !db.contains("qpw"), "{db}");
+        assert!(db.contains("app:***@db.internal:5432/cards?[redacted]"), "{db}");
+        let kafka = format!("{:?}", t.kafka);
+        assert!(!kafka.contains("reg-s3cret"), "{kafka}");
+        assert!(kafka.contains("reg-user:***@registry.internal"), "{kafka}");
+        assert_eq!(redact_url("not a url"), "[unparseable URL]");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use card_registrar::cli::{Cli, Command, card, dead_letters, migrate, outbox, publish, run};
+use card_registrar::cli::{Cli, Command, card, dead_letters, migrate, offsets, outbox, publish, run};
 use card_registrar::telemetry;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             Command::Card(cmd) => card::run(&cli.database, cmd).await,
             Command::Outbox(cmd) => outbox::run(&cli.database, cmd).await,
             Command::DeadLetters(cmd) => dead_letters::run(&cli.database, cmd).await,
+            Command::Offsets(cmd) => offsets::run(&cli.database, cmd).await,
             Command::Publish(args) => publish::run(*args).await,
         };
         if let Err(e) = telemetry.shutdown().await {

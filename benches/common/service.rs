@@ -16,10 +16,9 @@ use card_registrar::d1::{D1Client, D1ClientConfig};
 use card_registrar::dispatch::attempt::Deps;
 use card_registrar::dispatch::limiter::Limiter;
 use card_registrar::dispatch::{DispatchOptions, Dispatcher};
-use card_registrar::ingest::apply::{Batch, Prepared, apply_batch};
+use card_registrar::ingest::apply::apply_batch;
 use card_registrar::ingest::consumer::{self, IngestOptions};
-use card_registrar::ingest::envelope::RawMessage;
-use card_registrar::ingest::partition::Incoming;
+use card_registrar::ingest::message::{Batch, Incoming, Prepared, RawMessage};
 use card_registrar::ingest::prepare::Pipeline;
 use card_registrar::workload::{Generator, Outgoing, Plan};
 use chrono::Utc;
@@ -98,8 +97,10 @@ impl Ingest {
             group_id: group.clone(),
             topics,
             batch_max: settings.ingest.ingest_batch_max as usize,
+            batch_max_bytes: settings.ingest.ingest_batch_max_bytes as usize,
             batch_wait: Duration::from_millis(settings.ingest.ingest_batch_wait_ms),
             queue_capacity: settings.ingest.ingest_queue_capacity as usize,
+            queue_max_bytes: settings.ingest.ingest_queue_max_bytes as usize,
             revoke_wait: Duration::from_secs(10),
             security: Default::default(),
         };

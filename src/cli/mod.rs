@@ -4,6 +4,7 @@
 pub mod card;
 pub mod dead_letters;
 pub mod migrate;
+pub mod offsets;
 pub mod outbox;
 pub mod publish;
 pub mod run;
@@ -43,6 +44,9 @@ pub enum Command {
     /// Inspect and replay dead letters.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(dead_letters::DeadLettersCommand),
+    /// Resolve partitions whose stored offset is not in the log; list offset gaps.
+    #[command(subcommand)]
+    Offsets(offsets::OffsetsCommand),
     /// Publish sample or load events (demo, benchmarks).
     Publish(Box<publish::PublishArgs>),
 }

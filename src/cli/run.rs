@@ -20,6 +20,7 @@ use crate::config::{
     IngestSettings, KafkaSettings, ValidD1Settings,
 };
 use crate::core::event::EventKind;
+use crate::core::validate::CardIdPolicy;
 use crate::crypto::{AssertionKey, CardDataKeys, D1EncryptionKey, EnvelopeSealer};
 use crate::d1::{ClientIdentity, D1Client, D1ClientConfig, D1ConfigError};
 use crate::dispatch::attempt::Deps;
@@ -102,7 +103,9 @@ pub fn pipeline(kafka: &KafkaSettings, card_data: &CardDataSettings) -> Result<P
         None => None,
     };
     info!(kids = ?keys.kids().collect::<Vec<_>>(), "card-data keys loaded");
-    Ok(Pipeline::new(Decoder::new(Arc::new(schemas), registry), Arc::new(keys), Arc::new(sealer)))
+    let card_ids = CardIdPolicy { allow_numeric: card_data.card_id_allow_numeric };
+    Ok(Pipeline::new(Decoder::new(Arc::new(schemas), registry), Arc::new(keys), Arc::new(sealer))
+        .with_card_id_policy(card_ids))
 }
 
 /// A registry setup problem as a one-line configuration error naming its variable.
@@ -252,6 +255,8 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
         .await;
     }
     let mut tasks = Vec::new();
+    // Set by a task that failed for good: the stop that follows exits non-zero.
+    let fatal: Arc<std::sync::OnceLock<String>> = Arc::default();
     tasks.push(tokio::spawn(watch_database(pool.clone(), readiness.clone(), work.clone())));
 
     if let (Some(pipeline), Some(security)) = (pipeline, kafka_security) {
@@ -260,17 +265,26 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             group_id: args.kafka.kafka_group_id.clone(),
             topics: topic_kinds(&args.kafka),
             batch_max: args.ingest.ingest_batch_max as usize,
+            batch_max_bytes: args.ingest.ingest_batch_max_bytes as usize,
             batch_wait: Duration::from_millis(args.ingest.ingest_batch_wait_ms),
             queue_capacity: args.ingest.ingest_queue_capacity as usize,
+            queue_max_bytes: args.ingest.ingest_queue_max_bytes as usize,
             revoke_wait: Duration::from_secs(args.shutdown_timeout_secs.saturating_sub(5).max(1)),
             security,
         };
         let health_readiness = readiness.clone();
-        let health: consumer::HealthSink = Arc::new(move |ok| health_readiness.set_kafka(ok));
-        let (pool, work) = (pool.clone(), work.clone());
+        let health: consumer::HealthSink = Arc::new(move |h| match h {
+            consumer::Health::Kafka(ok) => health_readiness.set_kafka(ok),
+            consumer::Health::HeldPartitions(n) => health_readiness.set_held_partitions(n),
+            consumer::Health::PartitionTaskDied => health_readiness.set_partition_task_died(),
+        });
+        let (pool, work, fatal) = (pool.clone(), work.clone(), fatal.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = consumer::run(options, pool, pipeline, health, work.clone()).await {
-                tracing::error!(error = %error_chain(&e), "ingest stopped");
+                let chain = error_chain(&e);
+                tracing::error!(error = %chain, "ingest stopped");
+                // The process must exit non-zero so the orchestrator restarts it.
+                let _ = fatal.set(format!("ingest stopped: {chain}"));
                 work.cancel();
             }
         }));
@@ -308,7 +322,12 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             work.clone(),
         )));
     }
-    finish(readiness, work, admin_stop, admin_task, tasks, args.shutdown_timeout_secs, signals).await
+    let finished =
+        finish(readiness, work, admin_stop, admin_task, tasks, args.shutdown_timeout_secs, signals).await;
+    match fatal.get() {
+        Some(why) => Err(CliError::Failed(why.clone())),
+        None => finished,
+    }
 }
 
 async fn finish(

@@ -65,6 +65,8 @@ reasons! {
     CardIdDerivedFromPan => "CARD_ID_DERIVED_FROM_PAN",
     /// The event's consumerId differs from the one recorded for the card.
     ConsumerMismatch => "CONSUMER_MISMATCH",
+    /// The eventId was already used for an event with other facts (card, kind, outcome, consumer, time).
+    EventIdReused => "EVENT_ID_REUSED",
 }
 
 /// The text is not one of the stable reason codes.

@@ -117,7 +117,8 @@ impl Expiry {
 
 impl fmt::Debug for Expiry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Expiry({:02}/{:02})", self.month, self.year)
+        // Card data: masked like `Pan`, whose expiry it is.
+        f.write_str("Expiry(**/**)")
     }
 }
 
@@ -267,7 +268,11 @@ mod tests {
         assert_eq!(format!("{p:?}"), "Pan(****1111)");
         assert_eq!(format!("{p}"), "****1111");
         let data = CardData { pan: p, exp: Expiry::parse("1229").unwrap() };
-        assert!(!format!("{data:?}").contains(VISA));
+        let shown = format!("{data:?}");
+        assert!(!shown.contains(VISA), "{shown}");
+        // The expiry is card data too: neither MMYY nor its parts appear.
+        assert_eq!(format!("{:?}", data.exp), "Expiry(**/**)");
+        assert!(!shown.contains("12") && !shown.contains("29"), "{shown}");
     }
 
     #[test]

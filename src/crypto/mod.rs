@@ -19,4 +19,4 @@ pub use assertion::{ASSERTION_LIFETIME, AssertionKey, SignError};
 pub use card_data::{CardDataDecryptError, CardDataKeys, JWE_ALG, JWE_ENC, JweDefect};
 pub use key_file::{KeyError, KeyProblem};
 pub use recipient::{D1EncryptionKey, EncryptError, RecipientKey, encrypt_bytes, encrypt_card_data};
-pub use sealer::EnvelopeSealer;
+pub use sealer::{EnvelopeSealer, SealError, Sealer};

@@ -14,7 +14,24 @@ use zeroize::Zeroizing;
 
 use super::card_data::JWE_ENC;
 use super::key_file::{self, KeyError, KeyProblem, Part};
-use crate::ingest::envelope::{SealError, Sealer};
+
+/// Sealing or opening an envelope failed.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {op} a dead-letter envelope: {detail}")]
+pub struct SealError {
+    /// `seal` or `open`.
+    pub op: &'static str,
+    /// What went wrong (never the content).
+    pub detail: String,
+}
+
+/// Encrypts envelopes at rest and decrypts them for replay.
+pub trait Sealer: Send + Sync {
+    /// Encrypts `plaintext` into a storable string.
+    fn seal(&self, plaintext: &[u8]) -> Result<String, SealError>;
+    /// Decrypts what `seal` produced.
+    fn open(&self, sealed: &str) -> Result<Zeroizing<Vec<u8>>, SealError>;
+}
 
 /// Seals and opens dead-letter envelopes with our card-data keys. `Debug` shows kids only.
 pub struct EnvelopeSealer {

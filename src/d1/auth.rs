@@ -26,6 +26,9 @@ use crate::telemetry::metrics::D1_TOKEN_REFRESHES;
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// Assumed lifetime when D1 omits `expires_in`: short, so a wrong guess costs little.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+/// Longest lifetime believed: a huge `expires_in` must neither overflow `Instant + Duration` nor
+/// keep a token that D1 may have revoked long ago.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Refresh at most this long before expiry (or 10% of the lifetime, whichever is shorter).
 const MAX_EARLY_REFRESH: Duration = Duration::from_secs(60);
 
@@ -171,8 +174,10 @@ impl TokenSource {
     }
 }
 
-/// How long to use a token of `lifetime`: until min(60 s, 10%) before it expires.
+/// How long to use a token of `lifetime` (at most [`MAX_LIFETIME`]): until min(60 s, 10%) before
+/// it expires.
 fn refresh_after(lifetime: Duration) -> Duration {
+    let lifetime = lifetime.min(MAX_LIFETIME);
     lifetime - (lifetime / 10).min(MAX_EARLY_REFRESH)
 }
 
@@ -185,6 +190,13 @@ mod tests {
         assert_eq!(refresh_after(Duration::from_secs(900)), Duration::from_secs(840));
         assert_eq!(refresh_after(Duration::from_secs(100)), Duration::from_secs(90));
         assert_eq!(refresh_after(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_huge_expires_in_is_clamped_and_never_overflows_the_clock() {
+        let after = refresh_after(Duration::from_secs(u64::MAX));
+        assert_eq!(after, MAX_LIFETIME - MAX_EARLY_REFRESH);
+        assert!(Instant::now().checked_add(after).is_some());
     }
 
     #[test]

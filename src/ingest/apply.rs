@@ -1,5 +1,6 @@
-//! Applies one partition's batch in one PostgreSQL transaction: lock the cards, decide, write
-//! records, history, outbox rows, dead letters and the partition's next offset, then commit.
+//! Applies one partition's batch in one PostgreSQL transaction: lock and load the cards, plan
+//! (`plan::plan_batch`, pure: decide folded over the loaded state), write records, history,
+//! outbox rows, dead letters and the partition's next offset, then commit.
 //!
 //! Exactly-once into PostgreSQL: the offset moves in the same transaction as the state, and only
 //! from the offset the batch started at (a fence against a zombie consumer). A replay after a
@@ -10,78 +11,17 @@
 //! an enqueued call stores the trace context of its `card.decide` span, so dispatch continues
 //! the same trace.
 
-use std::collections::{HashMap, HashSet};
-
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::envelope::{RawMessage, SealError, Sealer};
-use super::spans::{self, MessageOutcome};
-use crate::core::dead_letter::DeadLetterReason;
-use crate::core::decide::{Action, Effect, decide};
-use crate::core::record::{CallStatus, CardRecord};
+use super::message::{Applied, Batch, Prepared};
+use super::plan::{BatchPlan, Loaded, plan_batch};
+use crate::core::record::CardRecord;
 use crate::core::validate::ValidEvent;
-use crate::store::history::HistoryRow;
+use crate::crypto::{SealError, Sealer};
 use crate::store::outbox::NewRegistration;
 use crate::store::{StoreError, cards, dead_letters, history, locks, offsets, outbox};
-use crate::telemetry::propagation::{TraceHeaders, current_trace_headers};
-
-/// Why a message will not be applied, decided before the transaction (decoding, validation).
-#[derive(Debug, Clone)]
-pub struct Rejection {
-    /// Stable reason.
-    pub reason: DeadLetterReason,
-    /// Operator-facing detail naming fields, never values.
-    pub detail: String,
-    /// The card, when the message decoded and the id is safe to show.
-    pub card_id: Option<String>,
-    /// The event id, when it decoded.
-    pub event_id: Option<Uuid>,
-}
-
-/// One message of the batch, prepared outside the transaction.
-#[derive(Debug)]
-pub struct Prepared {
-    /// Kafka offset.
-    pub offset: i64,
-    /// The message as received (sealed into a dead letter if refused).
-    pub raw: RawMessage,
-    /// The message's W3C `traceparent` header: the parent of its `ingest.message` span.
-    pub traceparent: Option<String>,
-    /// W3C `tracestate`.
-    pub tracestate: Option<String>,
-    /// The validated event, or why it was refused.
-    pub outcome: Result<ValidEvent, Rejection>,
-}
-
-/// A partition's batch.
-#[derive(Debug)]
-pub struct Batch<'a> {
-    /// Consumer group.
-    pub group: &'a str,
-    /// Topic.
-    pub topic: &'a str,
-    /// Partition.
-    pub partition: i32,
-    /// The stored next offset this consumer started from (`None`: nothing stored yet).
-    pub from: Option<i64>,
-    /// Messages in offset order.
-    pub messages: Vec<Prepared>,
-}
-
-/// What a committed batch did, for metrics and logs.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Applied {
-    /// The partition's next offset, now stored.
-    pub next_offset: i64,
-    /// Effects of applied events.
-    pub effects: Vec<Effect>,
-    /// Events already in the history (re-published or replayed).
-    pub duplicates: usize,
-    /// Reasons of stored dead letters.
-    pub dead_letters: Vec<DeadLetterReason>,
-}
 
 /// Applying a batch failed; nothing of it was committed.
 #[derive(Debug, thiserror::Error)]
@@ -105,15 +45,6 @@ pub enum ApplyError {
     /// The batch is empty; there is no offset to store.
     #[error("empty batch")]
     Empty,
-}
-
-struct Dead {
-    offset: i64,
-    reason: DeadLetterReason,
-    detail: String,
-    card_id: Option<String>,
-    event_id: Option<Uuid>,
-    envelope: String,
 }
 
 /// Applies the batch in one transaction; on any error nothing is written.
@@ -143,7 +74,7 @@ pub async fn apply_batch(
 
 /// Applies messages inside the caller's transaction (records, history, outbox rows, dead
 /// letters), without touching consumed offsets: the batch path adds them, a dead-letter replay
-/// does not.
+/// does not. Load (locking the cards), plan (pure), write.
 pub async fn apply_messages(
     tx: &mut PgConnection,
     sealer: &dyn Sealer,
@@ -152,155 +83,69 @@ pub async fn apply_messages(
     messages: &[Prepared],
     now: DateTime<Utc>,
 ) -> Result<Applied, ApplyError> {
-    let events: Vec<(&Prepared, &ValidEvent)> =
-        messages.iter().filter_map(|m| m.outcome.as_ref().ok().map(|e| (m, e))).collect();
-    let mut card_ids: Vec<&str> = events.iter().map(|(_, e)| e.event().meta().card_id.as_str()).collect();
+    let loaded = load(tx, messages).await?;
+    let plan = plan_batch(loaded, topic, partition, messages, now);
+    write(tx, sealer, topic, partition, plan).await
+}
+
+/// Locks the batch's cards (in cardId order) and reads their state and the history's record of
+/// the batch's event ids.
+async fn load(tx: &mut PgConnection, messages: &[Prepared]) -> Result<Loaded, StoreError> {
+    let events: Vec<&ValidEvent> = messages.iter().filter_map(|m| m.outcome.as_ref().ok()).collect();
+    let mut card_ids: Vec<&str> = events.iter().map(|e| e.event().meta().card_id.as_str()).collect();
     card_ids.sort_unstable();
     card_ids.dedup();
-    let event_ids: Vec<Uuid> = events.iter().map(|(_, e)| e.event().meta().event_id.as_uuid()).collect();
-
+    let event_ids: Vec<Uuid> = events.iter().map(|e| e.event().meta().event_id.as_uuid()).collect();
     locks::lock_cards(tx, &card_ids).await?;
     let seen = history::seen(tx, &event_ids).await?;
-    let mut state: HashMap<String, (Option<CardRecord>, Option<CallStatus>)> =
-        cards::load_for_update(tx, &card_ids)
-            .await?
-            .into_iter()
-            .map(|(k, (r, c))| (k, (Some(r), c)))
-            .collect();
+    let cards = cards::load_for_update(tx, &card_ids).await?;
+    Ok(Loaded { seen, cards })
+}
 
-    let mut applied = Applied::default();
-    let mut in_batch: HashSet<Uuid> = HashSet::new();
-    let mut dirty: Vec<String> = Vec::new();
-    let mut history_rows: Vec<HistoryRow<'_>> = Vec::new();
-    let mut enqueues = Vec::new();
-    let mut cancels: Vec<&str> = Vec::new();
-    let mut dead: Vec<Dead> = Vec::new();
-
-    for m in messages {
-        let span = spans::message(topic, partition, m);
-        // Synchronous: the spans are entered and left without crossing an await.
-        let outcome = span.in_scope(|| -> Result<MessageOutcome, ApplyError> {
-            let event = match &m.outcome {
-                Err(r) => {
-                    let _dead_letter = spans::dead_letter(r.reason).entered();
-                    dead.push(Dead {
-                        offset: m.offset,
-                        reason: r.reason,
-                        detail: r.detail.clone(),
-                        card_id: r.card_id.clone(),
-                        event_id: r.event_id,
-                        envelope: sealer.seal(&m.raw.to_bytes())?,
-                    });
-                    return Ok(MessageOutcome::DeadLetter);
-                }
-                Ok(e) => e,
-            };
-            let meta = event.event().meta();
-            let event_id = meta.event_id.as_uuid();
-            if seen.contains(&event_id) || in_batch.contains(&event_id) {
-                applied.duplicates += 1;
-                return Ok(MessageOutcome::Duplicate);
-            }
-            let card_id = meta.card_id.as_str();
-            let decide_span = spans::decide();
-            let _decide = decide_span.enter();
-            let (record, call) = state.entry(card_id.to_owned()).or_insert((None, None));
-            let decision = decide(record.as_ref(), *call, event, now);
-            let mut outcome = MessageOutcome::Applied;
-            for action in &decision.actions {
-                match action {
-                    Action::EnqueueRegistration(request) => {
-                        // Dispatch continues the trace from this decision, also after a restart.
-                        let trace = current_trace_headers().or_else(|| {
-                            m.traceparent.clone().map(|traceparent| TraceHeaders {
-                                traceparent,
-                                tracestate: m.tracestate.clone(),
-                            })
-                        });
-                        enqueues.push((request.clone(), trace));
-                        *call = Some(CallStatus::Queued);
-                    }
-                    Action::CancelQueuedRegistration => {
-                        cancels.push(card_id);
-                        if matches!(call, Some(CallStatus::Queued | CallStatus::Parked)) {
-                            *call = Some(CallStatus::Cancelled);
-                        }
-                    }
-                    Action::History(effect) => {
-                        decide_span.record("effect", effect.as_str());
-                        in_batch.insert(event_id);
-                        applied.effects.push(*effect);
-                        history_rows.push(HistoryRow {
-                            event_id,
-                            card_id,
-                            kind: event.event().kind().as_str(),
-                            outcome: event.event().outcome_str(),
-                            consumer_id: meta.consumer_id.as_str(),
-                            occurred_at: meta.occurred_at,
-                            effect: effect.as_str(),
-                            topic,
-                            partition,
-                            offset: m.offset,
-                        });
-                    }
-                    Action::DeadLetter(reason) => {
-                        let _dead_letter = spans::dead_letter(*reason).entered();
-                        outcome = MessageOutcome::DeadLetter;
-                        dead.push(Dead {
-                            offset: m.offset,
-                            reason: *reason,
-                            detail: format!("{} for card {card_id}", reason.code()),
-                            card_id: Some(card_id.to_owned()),
-                            event_id: Some(event_id),
-                            envelope: sealer.seal(&m.raw.to_bytes())?,
-                        });
-                    }
-                }
-            }
-            if let Some(next) = decision.record {
-                *record = Some(next);
-                dirty.push(card_id.to_owned());
-            }
-            Ok(outcome)
-        })?;
-        spans::record_outcome(&span, outcome);
-    }
-
-    dirty.sort_unstable();
-    dirty.dedup();
-    let records: Vec<&CardRecord> =
-        dirty.iter().filter_map(|c| state.get(c).and_then(|(r, _)| r.as_ref())).collect();
+/// Writes a plan: the thin, effectful half.
+async fn write(
+    tx: &mut PgConnection,
+    sealer: &dyn Sealer,
+    topic: &str,
+    partition: i32,
+    plan: BatchPlan<'_>,
+) -> Result<Applied, ApplyError> {
+    let records: Vec<&CardRecord> = plan.records.iter().collect();
     let mut consumers: Vec<&str> = records.iter().map(|r| r.consumer_id.as_str()).collect();
     consumers.sort_unstable();
     consumers.dedup();
     cards::note_consumers(tx, &consumers).await?;
     cards::upsert(tx, &records).await?;
-    history::append(tx, &history_rows).await?;
-    let new_rows: Vec<NewRegistration<'_>> = enqueues
+    history::append(tx, &plan.history).await?;
+    let new_rows: Vec<NewRegistration<'_>> = plan
+        .enqueues
         .iter()
-        .map(|(request, trace)| NewRegistration {
-            request,
-            traceparent: trace.as_ref().map(|t| t.traceparent.as_str()),
-            tracestate: trace.as_ref().and_then(|t| t.tracestate.as_deref()),
+        .map(|e| NewRegistration {
+            request: &e.request,
+            traceparent: e.trace.as_ref().map(|t| t.traceparent.as_str()),
+            tracestate: e.trace.as_ref().and_then(|t| t.tracestate.as_deref()),
         })
         .collect();
     outbox::enqueue(tx, &new_rows).await?;
-    outbox::cancel_unclaimed(tx, &cancels, "implicit registration came first").await?;
-    let dead_rows: Vec<dead_letters::NewDeadLetter<'_>> = dead
+    outbox::cancel_unclaimed(tx, &plan.cancels, "implicit registration came first").await?;
+    // Sealed here, not while planning: sealing is the one costly step, and it needs the key.
+    let envelopes: Vec<String> =
+        plan.dead_letters.iter().map(|d| sealer.seal(&d.message.raw.to_bytes())).collect::<Result<_, _>>()?;
+    let dead_rows: Vec<dead_letters::NewDeadLetter<'_>> = plan
+        .dead_letters
         .iter()
-        .map(|d| dead_letters::NewDeadLetter {
+        .zip(&envelopes)
+        .map(|(d, envelope)| dead_letters::NewDeadLetter {
             topic,
             partition,
-            offset: d.offset,
+            offset: d.message.offset,
             reason: d.reason.code(),
             detail: &d.detail,
             card_id: d.card_id.as_deref(),
             event_id: d.event_id,
-            envelope: &d.envelope,
+            envelope,
         })
         .collect();
     dead_letters::insert(tx, &dead_rows).await?;
-    applied.dead_letters = dead.iter().map(|d| d.reason).collect();
-
-    Ok(applied)
+    Ok(plan.applied)
 }

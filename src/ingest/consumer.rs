@@ -4,9 +4,22 @@
 //! - On assignment (inside the rebalance callback), each partition starts at the offset stored in
 //!   PostgreSQL, set in the assignment list itself: seeking after assign would race the fetcher.
 //!   No stored offset means the beginning.
-//! - Backpressure: each partition task has a bounded queue. When it is full the partition is
-//!   paused and the overflow kept in order; the thread keeps polling, so the consumer never
-//!   exceeds `max.poll.interval.ms`. The partition resumes once its queue takes the overflow.
+//! - A stored offset outside the log is never skipped silently. Below the low watermark (the
+//!   broker deleted messages before we read them), ingest records the gap in `offset_gaps`, moves
+//!   the stored offset to the low watermark in the same transaction, counts the lost messages
+//!   and logs an error. Above the high watermark (topic recreated), the partition is held: not
+//!   consumed, reported in `/readyz` and a gauge, until an operator runs `offsets reset`; held
+//!   partitions are checked again every few seconds. `auto.offset.reset=error` makes the client
+//!   report an offset that falls out of the log while consuming instead of jumping; the
+//!   partitions are then placed again the same way.
+//! - A partition task that ends while it was not asked to stop (a panic) fails readiness and
+//!   stops ingest with an error, so the process exits non-zero and is restarted; nothing after
+//!   the stored offset is lost.
+//! - Backpressure: each partition task has a queue bounded in messages and in bytes (the bytes
+//!   of its batch in hand count too). When it is full the partition is paused and the overflow
+//!   kept in order; the thread keeps polling, so the consumer never exceeds
+//!   `max.poll.interval.ms`. The partition resumes once its queue takes the overflow. The
+//!   client's fetch sizes and pre-fetch queue are sized from the same byte bounds.
 //! - Revocation waits (bounded) for the partition's batch in hand; correctness does not depend
 //!   on it, because the stored offset fences a late commit.
 //! - Kafka offsets are committed asynchronously after each PostgreSQL commit, only so standard
@@ -30,12 +43,12 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::envelope::RawMessage;
-use super::partition::{Committed, Incoming, PartitionTask};
+use super::message::{Committed, Incoming, RawMessage};
+use super::partition::{HeldBytes, PartitionTask};
 use super::prepare::Pipeline;
 use crate::core::event::EventKind;
 use crate::store::offsets;
-use crate::telemetry::metrics::CONSUMER_LAG;
+use crate::telemetry::metrics::{CONSUMER_LAG, OFFSETS_LOST};
 
 /// How ingest batches and buffers.
 #[derive(Debug, Clone)]
@@ -48,18 +61,33 @@ pub struct IngestOptions {
     pub topics: Vec<(String, EventKind)>,
     /// Most messages per transaction.
     pub batch_max: usize,
+    /// Most message bytes per transaction (a larger single message forms a batch of one).
+    pub batch_max_bytes: usize,
     /// Longest wait to fill a batch.
     pub batch_wait: Duration,
     /// Messages buffered per partition before it is paused.
     pub queue_capacity: usize,
+    /// Message bytes held per partition (queue and batch in hand) before it is paused.
+    pub queue_max_bytes: usize,
     /// Longest wait for a revoked partition's batch in hand.
     pub revoke_wait: Duration,
     /// TLS, SASL and pass-through properties (the same for every Kafka client of the process).
     pub security: crate::kafka::KafkaSecurity,
 }
 
-/// Reports whether the broker connection is healthy (for `/readyz`).
-pub type HealthSink = Arc<dyn Fn(bool) + Send + Sync>;
+/// What ingest reports for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Whether the broker connection is healthy.
+    Kafka(bool),
+    /// How many partitions are held because their stored offset is beyond the log.
+    HeldPartitions(usize),
+    /// A partition task died unexpectedly; ingest stops with an error.
+    PartitionTaskDied,
+}
+
+/// Receives ingest's health changes (for `/readyz`).
+pub type HealthSink = Arc<dyn Fn(Health) + Send + Sync>;
 
 /// Ingest could not start or failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -76,11 +104,32 @@ pub enum IngestError {
     /// The poll thread could not be started or panicked.
     #[error("ingest poll thread: {0}")]
     Thread(String),
+    /// A partition task ended without being asked to (a bug): stop, so the process restarts
+    /// from the stored offsets.
+    #[error("the task of partition {topic}/{partition} {how}")]
+    PartitionTask {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// `panicked` or `ended unexpectedly`.
+        how: &'static str,
+    },
+}
+
+/// Where a newly assigned partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Consume from this offset (`None`: nothing stored, the beginning).
+    Start(Option<i64>),
+    /// Do not consume: the stored offset is beyond the end of the log.
+    Hold,
 }
 
 /// One assigned partition: its task's queue and the overflow held while paused.
 struct Slot {
     tx: mpsc::Sender<Incoming>,
+    held: HeldBytes,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     overflow: VecDeque<Incoming>,
@@ -91,6 +140,8 @@ struct Slot {
 /// contended, it only makes the context `Sync`).
 struct Router {
     slots: HashMap<(String, i32), Slot>,
+    /// Partitions given to us but not consumed: stored offset beyond the log.
+    held: std::collections::BTreeSet<(String, i32)>,
 }
 
 /// The rdkafka context: rebalance handling and client callbacks.
@@ -106,6 +157,9 @@ struct Ctx {
     brokers_down: std::sync::atomic::AtomicBool,
     /// Lets a rebalance callback waiting for PostgreSQL give up when the process stops.
     shutdown: CancellationToken,
+    /// A client outside the group, for watermark queries: asked from inside the rebalance
+    /// callback, the group's own client can stall on them.
+    watermarks: BaseConsumer,
 }
 
 impl Ctx {
@@ -146,7 +200,7 @@ impl Ctx {
         }
     }
 
-    fn assign(&self, consumer: &BaseConsumer<Ctx>, tpl: &mut TopicPartitionList) {
+    fn assign(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
         let Some(stored) = self.stored_offsets() else {
             info!("stopping before the assignment could be taken");
             return;
@@ -154,15 +208,96 @@ impl Ctx {
         let mut started = Vec::new();
         for elem in tpl.elements() {
             let key = (elem.topic().to_owned(), elem.partition());
-            started.push((key.clone(), stored.get(&key).copied()));
+            match self.place(&key, stored.get(&key).copied()) {
+                Some(Placement::Start(from)) => started.push((key, from)),
+                Some(Placement::Hold) => {
+                    self.router().held.insert(key);
+                }
+                None => return,
+            }
         }
+        self.start(consumer, started);
+    }
+
+    /// Compares the stored offset with the partition's watermarks. `None` when shutdown came
+    /// first.
+    fn place(&self, (topic, partition): &(String, i32), stored: Option<i64>) -> Option<Placement> {
+        let Some(stored) = stored else { return Some(Placement::Start(None)) };
+        let (low, high) = match self.watermarks.fetch_watermarks(topic, *partition, Duration::from_secs(5)) {
+            Ok(w) => w,
+            Err(e) => {
+                // Safe: with auto.offset.reset=error an offset outside the log is reported, not skipped.
+                warn!(topic, partition, error = %e, "cannot read the watermarks; starting from the stored offset");
+                return Some(Placement::Start(Some(stored)));
+            }
+        };
+        if stored > high {
+            error!(
+                topic,
+                partition,
+                stored,
+                low,
+                high,
+                "stored offset is beyond the end of the log (topic recreated?); partition held until \
+                 `card-registrar offsets reset`"
+            );
+            return Some(Placement::Hold);
+        }
+        if stored >= low {
+            return Some(Placement::Start(Some(stored)));
+        }
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let skipped = self.rt.block_on(offsets::skip_gap(
+                &self.pool,
+                &self.options.group_id,
+                topic,
+                *partition,
+                stored,
+                low,
+            ));
+            match skipped {
+                Ok(true) => {
+                    error!(
+                        topic,
+                        partition,
+                        from = stored,
+                        to = low,
+                        lost = low - stored,
+                        "messages were deleted before ingest read them; continuing from the low \
+                         watermark (recorded in offset_gaps)"
+                    );
+                    metrics::counter!(OFFSETS_LOST, "topic" => topic.clone(), "partition" => partition.to_string())
+                        .increment(u64::try_from(low - stored).unwrap_or(0));
+                    return Some(Placement::Start(Some(low)));
+                }
+                Ok(false) => {
+                    // Another consumer moved the offset meanwhile: start from what it stored.
+                    let now = self.stored_offsets()?;
+                    return Some(Placement::Start(now.get(&(topic.clone(), *partition)).copied()));
+                }
+                Err(_) if self.shutdown.is_cancelled() => return None,
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot record an offset gap; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Assigns partitions at their start offsets and starts their tasks.
+    /// Inside the rebalance callback this must run even with nothing to start: the client
+    /// counts the (possibly empty) assign call as the end of the rebalance.
+    fn start(&self, consumer: &BaseConsumer<Ctx>, started: Vec<((String, i32), Option<i64>)>) {
+        let mut tpl = TopicPartitionList::new();
         for ((topic, partition), from) in &started {
             let offset = from.map_or(Offset::Beginning, Offset::Offset);
-            if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, offset) {
                 error!(topic, partition, error = %e, "cannot set the start offset in the assignment");
             }
         }
-        if let Err(e) = consumer.incremental_assign(tpl) {
+        if let Err(e) = consumer.incremental_assign(&tpl) {
             error!(error = %e, "incremental assign failed");
             return;
         }
@@ -172,6 +307,7 @@ impl Ctx {
             info!(topic, partition, start = ?from, "partition assigned");
             let (tx, rx) = mpsc::channel(self.options.queue_capacity);
             let stop = CancellationToken::new();
+            let held = HeldBytes::default();
             let task = PartitionTask {
                 group: self.options.group_id.clone(),
                 topic: topic.clone(),
@@ -179,42 +315,110 @@ impl Ctx {
                 partition,
                 from,
                 batch_max: self.options.batch_max,
+                batch_max_bytes: self.options.batch_max_bytes,
                 batch_wait: self.options.batch_wait,
+                held: held.clone(),
                 pool: self.pool.clone(),
                 pipeline: self.pipeline.clone(),
                 commits: self.commits.clone(),
                 stop: stop.clone(),
             };
             let task = self.rt.spawn(task.run(rx));
+            router.held.remove(&(topic.clone(), partition));
             router.slots.insert(
                 (topic, partition),
-                Slot { tx, stop, task, overflow: VecDeque::new(), paused: false },
+                Slot { tx, held, stop, task, overflow: VecDeque::new(), paused: false },
             );
         }
     }
 
+    /// Starts held partitions whose stored offset is back inside the log (after an operator's
+    /// `offsets reset`).
+    fn recheck_held(&self, consumer: &BaseConsumer<Ctx>) {
+        let held: Vec<(String, i32)> = self.router().held.iter().cloned().collect();
+        if held.is_empty() {
+            return;
+        }
+        let stored = match self.rt.block_on(offsets::load_group(&self.pool, &self.options.group_id)) {
+            Ok(rows) => rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect::<HashMap<_, _>>(),
+            Err(e) => {
+                warn!(error = %e, "cannot read stored offsets for held partitions");
+                return;
+            }
+        };
+        let mut started = Vec::new();
+        for key in held {
+            if let Some(Placement::Start(from)) = self.place(&key, stored.get(&key).copied()) {
+                info!(topic = %key.0, partition = key.1, start = ?from, "held partition released");
+                started.push((key, from));
+            }
+        }
+        if !started.is_empty() {
+            self.start(consumer, started);
+        }
+    }
+
     fn revoke(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
-        let stopping: Vec<_> = {
+        let (stopping, assigned): (Vec<_>, TopicPartitionList) = {
             let mut router = self.router();
-            tpl.elements()
-                .iter()
-                .map(|e| (e.topic().to_owned(), e.partition()))
-                .filter_map(|key| router.slots.remove(&key).map(|slot| (key, slot)))
-                .collect()
+            let mut assigned = TopicPartitionList::new();
+            let mut stopping = Vec::new();
+            for key in tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())) {
+                // A held partition was never assigned to the client; every other one was (its
+                // task may already be gone, e.g. at shutdown) and must be unassigned, or the
+                // client waits for it forever.
+                if !router.held.remove(&key) {
+                    assigned.add_partition(&key.0, key.1);
+                }
+                if let Some(slot) = router.slots.remove(&key) {
+                    stopping.push((key, slot));
+                }
+            }
+            (stopping, assigned)
         };
         for ((topic, partition), _) in &stopping {
             info!(topic, partition, "partition revoked");
         }
         self.stop_and_wait(stopping, "partition revoked while its batch was still running");
+        // Held partitions were never assigned to the client: unassigning them would fail the call.
         let result =
             if matches!(consumer.rebalance_protocol(), rdkafka::consumer::RebalanceProtocol::Cooperative) {
-                consumer.incremental_unassign(tpl)
+                // Called even when empty: the client counts it as the end of the rebalance.
+                consumer.incremental_unassign(&assigned)
             } else {
                 consumer.unassign()
             };
         if let Err(e) = result {
             warn!(error = %e, "unassign failed");
         }
+    }
+
+    /// A partition task that ended although it was not asked to stop, with how it ended.
+    fn dead_task(&self) -> Option<((String, i32), &'static str)> {
+        let mut router = self.router();
+        let key = router
+            .slots
+            .iter()
+            .find(|(_, s)| s.task.is_finished() && !s.stop.is_cancelled())
+            .map(|(k, _)| k.clone())?;
+        let slot = router.slots.remove(&key)?;
+        drop(router);
+        let how = match self.rt.block_on(slot.task) {
+            Err(e) if e.is_panic() => "panicked",
+            _ => "ended unexpectedly",
+        };
+        Some((key, how))
+    }
+
+    /// Places every assigned partition again (after the client found a fetch offset outside the
+    /// log): each restarts from its stored offset, or records a gap, or is held.
+    fn replace_all(&self, consumer: &BaseConsumer<Ctx>) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in self.router().slots.keys() {
+            tpl.add_partition(topic, *partition);
+        }
+        self.revoke(consumer, &tpl);
+        self.assign(consumer, &tpl);
     }
 }
 
@@ -241,7 +445,7 @@ impl ClientContext for Ctx {
 impl ConsumerContext for Ctx {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, &*tpl),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
             other => error!(error = ?other, "rebalance error"),
         }
@@ -275,15 +479,26 @@ fn client_config(options: &IngestOptions) -> ClientConfig {
         .set("group.id", &options.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        .set("auto.offset.reset", "error")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
         .set("max.poll.interval.ms", "300000")
         .set("statistics.interval.ms", "5000")
+        // Fetches sized from the byte bounds, so the client's own buffers stay near them too
+        // (a message larger than a fetch limit is still returned, alone).
+        .set("max.partition.fetch.bytes", fetch_bytes(options.batch_max_bytes).to_string())
+        .set("fetch.max.bytes", fetch_bytes(options.queue_max_bytes).to_string())
+        .set("queued.max.messages.kbytes", (fetch_bytes(options.queue_max_bytes) / 1024).to_string())
         .set("client.id", "card-registrar");
     options.security.apply(&mut c);
     c
+}
+
+/// A fetch size: the byte bound, within what librdkafka accepts (at least its 1 MB
+/// `message.max.bytes`, below its 100 MB `receive.message.max.bytes`).
+fn fetch_bytes(bound: usize) -> usize {
+    bound.clamp(1 << 20, 64 << 20)
 }
 
 fn poll_thread(
@@ -303,10 +518,14 @@ fn poll_thread(
         pipeline,
         options: options.clone(),
         kinds,
-        router: Mutex::new(Router { slots: HashMap::new() }),
+        router: Mutex::new(Router { slots: HashMap::new(), held: Default::default() }),
         commits: commits_tx,
         brokers_down: std::sync::atomic::AtomicBool::new(false),
         shutdown: shutdown.clone(),
+        watermarks: ClientConfig::new()
+            .set("bootstrap.servers", &options.brokers)
+            .create()
+            .map_err(|source| IngestError::Kafka { op: "create the watermark client", source })?,
     };
     let consumer: BaseConsumer<Ctx> = client_config(&options)
         .create_with_context(ctx)
@@ -323,12 +542,30 @@ fn poll_thread(
         // Only changes are reported: the readiness gauge is not touched per message.
         if healthy != Some(ok) {
             healthy = Some(ok);
-            health(ok);
+            health(Health::Kafka(ok));
         }
     };
+    let mut held_reported = None;
+    let mut failure = None;
     while !shutdown.is_cancelled() {
         if consumer.context().brokers_down.swap(false, std::sync::atomic::Ordering::Relaxed) {
             report(false);
+        }
+        if let Some(((topic, partition), how)) = consumer.context().dead_task() {
+            error!(
+                topic,
+                partition,
+                how,
+                "partition task died; stopping ingest so the process restarts from the stored offsets"
+            );
+            health(Health::PartitionTaskDied);
+            failure = Some(IngestError::PartitionTask { topic, partition, how });
+            break;
+        }
+        let held = consumer.context().router().held.len();
+        if held_reported != Some(held) {
+            held_reported = Some(held);
+            health(Health::HeldPartitions(held));
         }
         flush_overflow(&consumer);
         drain_commits(&consumer, &commits_rx);
@@ -338,11 +575,16 @@ fn poll_thread(
                 report(true);
                 route(&consumer, &message);
             }
+            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                error!("a fetch offset is outside the log; placing the assigned partitions again");
+                consumer.context().replace_all(&consumer);
+            }
             Some(Err(e)) => warn!(error = %e, "kafka poll error"),
         }
         if last_check.elapsed() >= Duration::from_secs(5) {
             last_check = Instant::now();
             report(consumer.fetch_metadata(names.first().copied(), Duration::from_secs(2)).is_ok());
+            consumer.context().recheck_held(&consumer);
         }
     }
 
@@ -354,13 +596,15 @@ fn poll_thread(
     // Dropping the consumer closes it: it leaves the group so partitions move at once.
     drop(consumer);
     info!("ingest stopped");
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 fn route(consumer: &BaseConsumer<Ctx>, message: &BorrowedMessage<'_>) {
     let key = (message.topic().to_owned(), message.partition());
     let incoming = Incoming { offset: message.offset(), raw: raw_message(message) };
-    let mut router = consumer.context().router();
+    let ctx = consumer.context();
+    let limit = ctx.options.queue_max_bytes;
+    let mut router = ctx.router();
     let Some(slot) = router.slots.get_mut(&key) else {
         // Not (or no longer) ours; it will be read again from the stored offset by its owner.
         debug!(topic = %key.0, partition = key.1, "message for an unassigned partition dropped");
@@ -370,7 +614,13 @@ fn route(consumer: &BaseConsumer<Ctx>, message: &BorrowedMessage<'_>) {
         slot.overflow.push_back(incoming);
         return;
     }
-    match slot.tx.try_send(incoming) {
+    let size = incoming.raw.size();
+    let sent = if slot.held.has_room(size, limit) {
+        slot.tx.try_send(incoming).map(|()| slot.held.add(size))
+    } else {
+        Err(TrySendError::Full(incoming))
+    };
+    match sent {
         Ok(()) => {}
         Err(TrySendError::Full(incoming)) => {
             slot.overflow.push_back(incoming);
@@ -386,11 +636,18 @@ fn route(consumer: &BaseConsumer<Ctx>, message: &BorrowedMessage<'_>) {
 }
 
 fn flush_overflow(consumer: &BaseConsumer<Ctx>) {
-    let mut router = consumer.context().router();
+    let ctx = consumer.context();
+    let limit = ctx.options.queue_max_bytes;
+    let mut router = ctx.router();
     for (key, slot) in &mut router.slots {
         while let Some(incoming) = slot.overflow.pop_front() {
+            let size = incoming.raw.size();
+            if !slot.held.has_room(size, limit) {
+                slot.overflow.push_front(incoming);
+                break;
+            }
             match slot.tx.try_send(incoming) {
-                Ok(()) => {}
+                Ok(()) => slot.held.add(size),
                 Err(TrySendError::Full(incoming) | TrySendError::Closed(incoming)) => {
                     slot.overflow.push_front(incoming);
                     break;

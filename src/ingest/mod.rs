@@ -5,10 +5,12 @@
 //! schema registry or database is transient (retry, never skip). Errors and logs name fields,
 //! never their values.
 
+pub mod message;
+
 pub mod apply;
 pub mod consumer;
-pub mod envelope;
 pub mod partition;
+pub mod plan;
 pub mod prepare;
 pub mod replay;
 mod spans;

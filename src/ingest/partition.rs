@@ -1,5 +1,9 @@
-//! One task per assigned partition: take a batch (up to N messages or T ms), prepare it (decode,
-//! validate), apply it in one transaction, report the new offset for the Kafka commit.
+//! One task per assigned partition: take a batch (up to N messages, B bytes or T ms), prepare it
+//! (decode, validate), apply it in one transaction, report the new offset for the Kafka commit.
+//!
+//! Memory is bounded in bytes as well as messages: the task and the poll thread share a counter
+//! of the bytes the task holds (queued or in the batch in hand), released once a batch is done;
+//! the poll thread pauses the partition while it is at `queue_max_bytes`.
 //!
 //! Transient failures (PostgreSQL down, registry unreachable) are retried with backoff on the
 //! same batch, so nothing is skipped; meanwhile the queue fills and the poll thread pauses the
@@ -7,6 +11,7 @@
 //! and drops what was already applied.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -16,8 +21,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::apply::{ApplyError, Batch, apply_batch};
-use super::envelope::RawMessage;
+use super::apply::{ApplyError, apply_batch};
+use super::message::{Batch, Committed, Incoming};
 use super::prepare::Pipeline;
 use crate::core::event::EventKind;
 use crate::store::offsets;
@@ -25,24 +30,34 @@ use crate::telemetry::metrics::{
     DEAD_LETTERS, DECISIONS, EVENTS_CONSUMED, INGEST_BATCH_DURATION, INGEST_BATCH_SIZE,
 };
 
-/// A message handed from the poll thread to its partition task.
-#[derive(Debug)]
-pub struct Incoming {
-    /// Kafka offset.
-    pub offset: i64,
-    /// Key, headers, value.
-    pub raw: RawMessage,
-}
+/// Bytes of the messages a partition task holds (queued or in its batch in hand): added by the
+/// poll thread when it hands a message over, released by the task when the batch is done.
+#[derive(Debug, Clone, Default)]
+pub struct HeldBytes(Arc<AtomicUsize>);
 
-/// A batch committed in PostgreSQL, to be committed to Kafka too (for lag tools only).
-#[derive(Debug, Clone)]
-pub struct Committed {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Next offset to read.
-    pub next_offset: i64,
+impl HeldBytes {
+    /// Bytes held now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Whether a message of `size` bytes fits under `limit`. One message always fits into an
+    /// empty queue, so a message larger than the limit still passes, alone.
+    pub fn has_room(&self, size: usize, limit: usize) -> bool {
+        let held = self.get();
+        held == 0 || held.saturating_add(size) <= limit
+    }
+
+    /// Counts a message handed to the task.
+    pub fn add(&self, size: usize) {
+        self.0.fetch_add(size, Ordering::AcqRel);
+    }
+
+    fn release(&self, size: usize) {
+        // Never below zero, even if the accounting were off: a stuck pause is worse than a
+        // briefly loose bound.
+        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| Some(h.saturating_sub(size)));
+    }
 }
 
 /// Everything one partition task needs.
@@ -53,7 +68,9 @@ pub(crate) struct PartitionTask {
     pub partition: i32,
     pub from: Option<i64>,
     pub batch_max: usize,
+    pub batch_max_bytes: usize,
     pub batch_wait: Duration,
+    pub held: HeldBytes,
     pub pool: PgPool,
     pub pipeline: Arc<Pipeline>,
     pub commits: std::sync::mpsc::Sender<Committed>,
@@ -73,37 +90,77 @@ impl PartitionTask {
     /// Runs until stopped (revocation or shutdown); the batch in hand is finished first.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Incoming>) {
         let mut buf = Vec::with_capacity(self.batch_max);
+        // A message that did not fit into the previous batch's bytes: it starts the next one.
+        let mut carry: Option<Incoming> = None;
         loop {
             buf.clear();
-            if !self.next_batch(&mut rx, &mut buf).await {
+            if !self.next_batch(&mut rx, &mut buf, &mut carry).await {
                 return;
             }
+            let taken: usize = buf.iter().map(|m| m.raw.size()).sum();
             // Messages before the stored offset were applied already (by us or a previous owner).
             let from = self.from;
             buf.retain(|m| from.is_none_or(|f| m.offset >= f));
-            if buf.is_empty() {
-                continue;
+            if !buf.is_empty() {
+                let span = info_span!("ingest.batch", topic = %self.topic, partition = self.partition,
+                                      first_offset = buf[0].offset, size = buf.len(), bytes = taken);
+                if !self.process(&mut buf).instrument(span).await {
+                    return;
+                }
             }
-            let span = info_span!("ingest.batch", topic = %self.topic, partition = self.partition,
-                                  first_offset = buf[0].offset, size = buf.len());
-            if !self.process(&mut buf).instrument(span).await {
-                return;
-            }
+            buf.clear();
+            self.held.release(taken);
         }
     }
 
-    /// Waits for the first message, then fills the batch until full or `batch_wait` passed.
-    /// False when stopped with nothing in hand.
-    async fn next_batch(&self, rx: &mut mpsc::Receiver<Incoming>, buf: &mut Vec<Incoming>) -> bool {
-        tokio::select! {
-            n = rx.recv_many(buf, self.batch_max) => if n == 0 { return false },
-            _ = self.stop.cancelled() => return false,
-        }
+    /// Waits for the first message, then fills the batch until it has `batch_max` messages or
+    /// `batch_max_bytes` bytes, or `batch_wait` passed. False when stopped with nothing in hand.
+    async fn next_batch(
+        &self,
+        rx: &mut mpsc::Receiver<Incoming>,
+        buf: &mut Vec<Incoming>,
+        carry: &mut Option<Incoming>,
+    ) -> bool {
+        let first = match carry.take() {
+            Some(m) => m,
+            None => tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => return false },
+                _ = self.stop.cancelled() => return false,
+            },
+        };
+        let mut bytes = first.raw.size();
+        buf.push(first);
         let deadline = tokio::time::Instant::now() + self.batch_wait;
-        while buf.len() < self.batch_max && !self.stop.is_cancelled() {
-            let room = self.batch_max - buf.len();
+        let mut take = |m: Incoming, buf: &mut Vec<Incoming>| -> bool {
+            let size = m.raw.size();
+            if bytes.saturating_add(size) > self.batch_max_bytes {
+                *carry = Some(m);
+                return false;
+            }
+            bytes += size;
+            buf.push(m);
+            true
+        };
+        'fill: while buf.len() < self.batch_max && !self.stop.is_cancelled() {
+            // What is already queued first, without a timer per message.
+            while buf.len() < self.batch_max {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        if !take(m, buf) {
+                            break 'fill;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if buf.len() >= self.batch_max {
+                break;
+            }
             tokio::select! {
-                n = rx.recv_many(buf, room) => if n == 0 { break },
+                m = rx.recv() => match m {
+                    Some(m) => if !take(m, buf) { break },
+                    None => break,
+                },
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = self.stop.cancelled() => break,
             }

@@ -6,14 +6,15 @@
 
 use std::sync::Arc;
 
-use super::apply::{Prepared, Rejection};
-use super::envelope::Sealer;
-use super::partition::Incoming;
+use super::message::{Incoming, Prepared, Rejection};
 use crate::avro::decode::{DecodeFailure, Decoder};
 use crate::avro::registry::RegistryError;
+use crate::core::dead_letter::DeadLetterReason;
 use crate::core::event::{CardEvent, EventKind};
-use crate::core::validate::{ValidEvent, card_id_looks_like_pan, validate_created, validate_lifecycle};
+use crate::core::pan::mask_pan_like;
+use crate::core::validate::{CardIdPolicy, ValidEvent, validate_created, validate_lifecycle};
 use crate::crypto::CardDataKeys;
+use crate::crypto::Sealer;
 
 /// Preparing a batch hit a transient problem; the whole batch is retried.
 #[derive(Debug, thiserror::Error)]
@@ -31,12 +32,19 @@ pub struct Pipeline {
     decoder: Decoder,
     keys: Arc<CardDataKeys>,
     sealer: Arc<dyn Sealer>,
+    card_ids: CardIdPolicy,
 }
 
 impl Pipeline {
     /// A pipeline over these parts.
     pub fn new(decoder: Decoder, keys: Arc<CardDataKeys>, sealer: Arc<dyn Sealer>) -> Self {
-        Self { decoder, keys, sealer }
+        Self { decoder, keys, sealer, card_ids: CardIdPolicy::default() }
+    }
+
+    /// The same pipeline with this cardId policy (`CARD_ID_ALLOW_NUMERIC`).
+    pub fn with_card_id_policy(mut self, card_ids: CardIdPolicy) -> Self {
+        self.card_ids = card_ids;
+        self
     }
 
     /// The sealer for dead letters.
@@ -64,14 +72,14 @@ impl Pipeline {
                 Err(DecodeFailure::Transient(e)) => return Err(e.into()),
             }
         }
-        let keys = self.keys.clone();
+        let (keys, policy) = (self.keys.clone(), self.card_ids);
         let needs_crypto = decoded.iter().any(|d| matches!(d, Ok(CardEvent::Created(_))));
         let validated = if needs_crypto {
-            tokio::task::spawn_blocking(move || validate_all(&keys, decoded))
+            tokio::task::spawn_blocking(move || validate_all(&keys, decoded, policy))
                 .await
                 .map_err(|e| PrepareError::Worker(e.to_string()))?
         } else {
-            validate_all(&keys, decoded)
+            validate_all(&keys, decoded, policy)
         };
         Ok(messages
             .iter()
@@ -90,38 +98,52 @@ impl Pipeline {
 fn validate_all(
     keys: &CardDataKeys,
     decoded: Vec<Result<CardEvent, Rejection>>,
+    policy: CardIdPolicy,
 ) -> Vec<Result<ValidEvent, Rejection>> {
-    decoded.into_iter().map(|d| d.and_then(|event| validate_one(keys, event))).collect()
+    decoded.into_iter().map(|d| d.and_then(|event| validate_one(keys, event, policy))).collect()
 }
 
-/// Validates one decoded event; the rejection shows the cardId only when it cannot be a PAN.
-pub fn validate_one(keys: &CardDataKeys, event: CardEvent) -> Result<ValidEvent, Rejection> {
+/// Validates one decoded event. A refused event's cardId is shown only with every PAN-like run
+/// masked, and not at all when it may be derived from the PAN in another way (a digest).
+pub fn validate_one(
+    keys: &CardDataKeys,
+    event: CardEvent,
+    policy: CardIdPolicy,
+) -> Result<ValidEvent, Rejection> {
     let meta = event.meta();
     let event_id = Some(meta.event_id.as_uuid());
-    let safe_card_id = (!card_id_looks_like_pan(meta.card_id.as_str())).then(|| meta.card_id.to_string());
-    let reject =
-        |reason: crate::core::dead_letter::DeadLetterReason, detail: String, card_id: Option<String>| {
-            Rejection { reason, detail, card_id, event_id }
-        };
+    let masked_card_id = mask_pan_like(meta.card_id.as_str()).into_owned();
+    let id_refused = policy.refuses(meta.card_id.as_str());
+    let reject = |reason: DeadLetterReason, detail: String, card_id: Option<String>| Rejection {
+        reason,
+        detail,
+        card_id,
+        event_id,
+    };
     match event {
         CardEvent::Created(created) => {
             let card = keys.decrypt(&created.encrypted_card).map_err(|e| {
                 // Without the PAN we cannot tell whether the cardId is derived from it.
                 reject(e.reason(), e.to_string(), None)
             })?;
-            let result = validate_created(created, &card);
+            let result = validate_created(created, &card, policy);
             drop(card);
             result.map_err(|reason| {
-                let shown = if reason == crate::core::dead_letter::DeadLetterReason::CardIdDerivedFromPan {
-                    None
-                } else {
-                    safe_card_id.clone()
+                let shown = match reason {
+                    DeadLetterReason::CardIdDerivedFromPan if id_refused => Some(masked_card_id.clone()),
+                    // The PAN itself or a digest of it: nothing of the id is safe to show.
+                    DeadLetterReason::CardIdDerivedFromPan => None,
+                    _ => Some(masked_card_id.clone()),
                 };
                 reject(reason, format!("{} (cardId checked against the card data)", reason.code()), shown)
             })
         }
-        other => validate_lifecycle(other).map_err(|reason| {
-            reject(reason, format!("{} (cardId has the shape of a PAN)", reason.code()), None)
+        other => validate_lifecycle(other, policy).map_err(|reason| {
+            reject(
+                reason,
+                format!("{} (cardId holds a PAN-like digit run)", reason.code()),
+                Some(masked_card_id),
+            )
         }),
     }
 }

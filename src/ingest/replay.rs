@@ -8,8 +8,7 @@ use chrono::Utc;
 use sqlx::PgPool;
 
 use super::apply::{ApplyError, apply_messages};
-use super::envelope::RawMessage;
-use super::partition::Incoming;
+use super::message::{Incoming, RawMessage};
 use super::prepare::{Pipeline, PrepareError};
 use crate::core::event::EventKind;
 use crate::store::dead_letters::ReplayStatus;

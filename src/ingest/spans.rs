@@ -17,7 +17,7 @@ use tracing::field::Empty;
 use tracing::{Span, info_span};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::apply::Prepared;
+use super::message::Prepared;
 use crate::core::dead_letter::DeadLetterReason;
 use crate::telemetry::propagation::parent_from_trace_headers;
 

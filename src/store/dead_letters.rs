@@ -69,8 +69,58 @@ pub struct NewDeadLetter<'a> {
     pub envelope: &'a str,
 }
 
+/// Most bytes of text (sealed envelopes and details) bound by one insert statement: far below
+/// PostgreSQL's 1 GB limit on one parameter value and on one protocol message, and small enough
+/// that the server never holds much more than one statement's worth at once.
+pub const INSERT_MAX_BYTES: usize = 16 << 20;
+
+/// Most rows bound by one insert statement.
+pub const INSERT_MAX_ROWS: usize = 1000;
+
 /// Stores dead letters; a message already stored (same topic, partition, offset) is skipped.
+/// Large sets are written in several statements of at most [`INSERT_MAX_BYTES`] each.
 pub async fn insert(tx: &mut PgConnection, rows: &[NewDeadLetter<'_>]) -> Result<(), StoreError> {
+    for chunk in chunks(rows, INSERT_MAX_BYTES, INSERT_MAX_ROWS) {
+        insert_chunk(tx, chunk).await?;
+    }
+    Ok(())
+}
+
+/// Splits `rows` into consecutive runs of at most `max_rows` rows and `max_bytes` bytes of text
+/// (a single larger row forms a run of its own).
+fn chunks<'r, 'a>(
+    rows: &'r [NewDeadLetter<'a>],
+    max_bytes: usize,
+    max_rows: usize,
+) -> Vec<&'r [NewDeadLetter<'a>]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, row) in rows.iter().enumerate() {
+        let size = row.text_bytes();
+        if i > start && (bytes.saturating_add(size) > max_bytes || i - start >= max_rows) {
+            out.push(&rows[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(size);
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
+
+impl NewDeadLetter<'_> {
+    fn text_bytes(&self) -> usize {
+        self.topic.len()
+            + self.reason.len()
+            + self.detail.len()
+            + self.card_id.map_or(0, str::len)
+            + self.envelope.len()
+            + 64
+    }
+}
+
+async fn insert_chunk(tx: &mut PgConnection, rows: &[NewDeadLetter<'_>]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -216,4 +266,46 @@ pub async fn mark_replayed(
     .await
     .map_err(|e| StoreError::db("record replay", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(envelope: &str) -> NewDeadLetter<'_> {
+        NewDeadLetter {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+            reason: "UNKNOWN_FRAMING",
+            detail: "d",
+            card_id: None,
+            event_id: None,
+            envelope,
+        }
+    }
+
+    #[test]
+    fn large_envelopes_are_split_into_statements_under_the_byte_bound() {
+        let big = "x".repeat(1_800_000);
+        let rows: Vec<_> = (0..1000).map(|_| row(&big)).collect();
+        let parts = chunks(&rows, INSERT_MAX_BYTES, INSERT_MAX_ROWS);
+        assert_eq!(parts.iter().map(|c| c.len()).sum::<usize>(), 1000);
+        assert!(parts.len() >= 1000 * 1_800_000 / INSERT_MAX_BYTES, "{}", parts.len());
+        for c in &parts {
+            assert!(c.iter().map(NewDeadLetter::text_bytes).sum::<usize>() <= INSERT_MAX_BYTES);
+        }
+    }
+
+    #[test]
+    fn a_row_larger_than_the_bound_goes_alone_and_small_rows_are_capped_by_count() {
+        let huge = "x".repeat(100);
+        let rows = [row("a"), row(&huge), row("b")];
+        let parts = chunks(&rows, 50, 10);
+        assert_eq!(parts.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![1, 1, 1]);
+        let small: Vec<_> = (0..25).map(|_| row("a")).collect();
+        let parts = chunks(&small, usize::MAX, 10);
+        assert_eq!(parts.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![10, 10, 5]);
+        assert!(chunks(&[], 10, 10).is_empty());
+    }
 }

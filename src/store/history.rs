@@ -1,6 +1,6 @@
 //! Each card's event history. The primary key on `event_id` recognises a re-published event.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
@@ -33,18 +33,42 @@ pub struct HistoryRow<'a> {
     pub offset: i64,
 }
 
-/// Which of these event ids are already in the history.
-pub async fn seen(tx: &mut PgConnection, event_ids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
+/// What the history remembers of an event: enough to tell a re-published copy (same facts) from
+/// an eventId reused for another event.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SeenEvent {
+    /// The card.
+    pub card_id: String,
+    /// `CREATED`, `TOKENIZED` or `ORDERED`.
+    pub kind: String,
+    /// Outcome, for tokenized and ordered.
+    pub outcome: Option<String>,
+    /// The event's consumer.
+    pub consumer_id: String,
+    /// `occurredAt`.
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// The events among these ids already in the history, with their facts.
+pub async fn seen(tx: &mut PgConnection, event_ids: &[Uuid]) -> Result<HashMap<Uuid, SeenEvent>, StoreError> {
     if event_ids.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(HashMap::new());
     }
-    let rows: Vec<(Uuid,)> =
-        sqlx::query_as("SELECT event_id FROM card_events WHERE event_id = ANY($1::uuid[])")
-            .bind(event_ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| StoreError::db("look up event ids", e))?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        event_id: Uuid,
+        #[sqlx(flatten)]
+        seen: SeenEvent,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT event_id, card_id, kind, outcome, consumer_id, occurred_at
+         FROM card_events WHERE event_id = ANY($1::uuid[])",
+    )
+    .bind(event_ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| StoreError::db("look up event ids", e))?;
+    Ok(rows.into_iter().map(|r| (r.event_id, r.seen)).collect())
 }
 
 /// Appends rows; an event id already present is skipped.

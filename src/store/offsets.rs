@@ -77,3 +77,131 @@ pub async fn advance(
     };
     Ok(done == 1)
 }
+
+/// Moves the stored offset past messages the broker no longer has, from `from` (stored) to `to`
+/// (the low watermark), and records the gap, in one transaction. False when the stored offset
+/// is no longer `from` (another consumer moved it; nothing written).
+pub async fn skip_gap(
+    pool: &sqlx::PgPool,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await.map_err(|e| StoreError::db("begin offset gap", e))?;
+    if !advance(&mut tx, group, topic, partition, Some(from), to).await? {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO offset_gaps (group_id, topic, partition, from_offset, to_offset) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .bind(from)
+    .bind(to)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| StoreError::db("record offset gap", e))?;
+    tx.commit().await.map_err(|e| StoreError::db("commit offset gap", e))?;
+    Ok(true)
+}
+
+/// A recorded gap: offsets `[from_offset, to_offset)` were never read.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct Gap {
+    /// Consumer group.
+    pub group_id: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// First offset not read.
+    pub from_offset: i64,
+    /// First offset read again.
+    pub to_offset: i64,
+    /// When ingest found it.
+    pub detected_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every recorded gap, oldest first.
+pub async fn gaps(db: impl PgExecutor<'_>) -> Result<Vec<Gap>, StoreError> {
+    sqlx::query_as(
+        "SELECT group_id, topic, partition, from_offset, to_offset, detected_at FROM offset_gaps ORDER BY id",
+    )
+    .fetch_all(db)
+    .await
+    .map_err(|e| StoreError::db("list offset gaps", e))
+}
+
+/// An operator's reset of a partition's stored offset.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct Reset {
+    /// Consumer group.
+    pub group_id: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The stored offset before (none: nothing was stored).
+    pub from_offset: Option<i64>,
+    /// The stored offset now.
+    pub to_offset: i64,
+    /// What was asked: `earliest`, `latest` or the offset.
+    pub target: String,
+    /// Who ran it.
+    pub operator: String,
+    /// When.
+    pub reset_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Sets the partition's stored offset to `to` and records who did it, in one transaction.
+pub async fn reset(
+    pool: &sqlx::PgPool,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    to: i64,
+    target: &str,
+    operator: &str,
+) -> Result<Reset, StoreError> {
+    let mut tx = pool.begin().await.map_err(|e| StoreError::db("begin offset reset", e))?;
+    let before: Option<(i64,)> = sqlx::query_as(
+        "SELECT next_offset FROM consumer_offsets WHERE group_id = $1 AND topic = $2 AND partition = $3 FOR UPDATE",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(|e| StoreError::db("read stored offset", e))?;
+    sqlx::query(
+        "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = $4, updated_at = now()",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .bind(to)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| StoreError::db("reset stored offset", e))?;
+    let row: Reset = sqlx::query_as(
+        "INSERT INTO offset_resets (group_id, topic, partition, from_offset, to_offset, target, operator)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         RETURNING group_id, topic, partition, from_offset, to_offset, target, operator, reset_at",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .bind(before.map(|(o,)| o))
+    .bind(to)
+    .bind(target)
+    .bind(operator)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| StoreError::db("record offset reset", e))?;
+    tx.commit().await.map_err(|e| StoreError::db("commit offset reset", e))?;
+    Ok(row)
+}

@@ -108,6 +108,8 @@ fn every_alert_says_what_it_means_and_what_to_do() {
         "CardRegistrarDeadLetterRateHigh",
         "CardRegistrarCircuitBreakerOpen",
         "CardRegistrarNotReady",
+        "CardRegistrarOffsetsLost",
+        "CardRegistrarPartitionHeld",
     ];
     assert_eq!(names, expected.into_iter().collect());
 }

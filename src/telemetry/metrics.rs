@@ -39,9 +39,15 @@ pub const CIRCUIT_BREAKER_TRANSITIONS: &str = "card_registrar_circuit_breaker_tr
 pub const D1_TOKEN_REFRESHES: &str = "card_registrar_d1_token_refreshes_total";
 /// Gauge: 1 while `/readyz` answers 200, else 0 (set by `admin::Readiness`).
 pub const READY: &str = "card_registrar_ready";
+/// Counter, labels `topic`, `partition`: messages the broker deleted before ingest read them
+/// (stored offset below the low watermark; each gap is also a row in `offset_gaps`).
+pub const OFFSETS_LOST: &str = "card_registrar_offsets_lost_total";
+/// Gauge: partitions held back because their stored offset is above the high watermark (topic
+/// recreated?); they wait for `card-registrar offsets reset`.
+pub const PARTITIONS_HELD: &str = "card_registrar_partitions_held";
 
 /// Every metric name above (dashboards and alerts may use only these; a test checks both).
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 18] = [
     EVENTS_CONSUMED,
     DECISIONS,
     DEAD_LETTERS,
@@ -58,6 +64,8 @@ pub const ALL: [&str; 16] = [
     CIRCUIT_BREAKER_TRANSITIONS,
     D1_TOKEN_REFRESHES,
     READY,
+    OFFSETS_LOST,
+    PARTITIONS_HELD,
 ];
 
 /// The histograms among [`ALL`]: Prometheus exposes them as `_bucket`, `_sum` and `_count` series.
@@ -81,4 +89,6 @@ pub fn describe() {
     describe_counter!(CIRCUIT_BREAKER_TRANSITIONS, "Circuit breaker transitions, by target state");
     describe_counter!(D1_TOKEN_REFRESHES, "OAuth access-token fetches, by outcome");
     describe_gauge!(READY, "1 while the process is ready (database, Kafka, not shutting down), else 0");
+    describe_counter!(OFFSETS_LOST, "Messages deleted by the broker before ingest read them, per partition");
+    describe_gauge!(PARTITIONS_HELD, "Partitions held back: stored offset above the high watermark");
 }

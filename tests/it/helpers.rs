@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use card_registrar::core::event::*;
 use card_registrar::core::ids::*;
-use card_registrar::ingest::envelope::{SealError, Sealer};
+use card_registrar::crypto::{SealError, Sealer};
 use card_registrar::store;
 use chrono::{TimeZone, Utc};
 use sqlx::PgPool;
@@ -134,6 +134,11 @@ pub struct TestTopics {
 
 impl TestTopics {
     pub async fn new(partitions: i32) -> Self {
+        Self::with_config(partitions, &[]).await
+    }
+
+    /// Topics created with these topic-level settings (e.g. `max.message.bytes`).
+    pub async fn with_config(partitions: i32, config: &[(&str, &str)]) -> Self {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
         let id = Uuid::new_v4().simple().to_string();
         let t = Self {
@@ -143,8 +148,15 @@ impl TestTopics {
         };
         let admin: AdminClient<_> =
             rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
-        let topics: Vec<NewTopic<'_>> =
-            t.names().iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
+        let topics: Vec<NewTopic<'_>> = t
+            .names()
+            .iter()
+            .map(|n| {
+                config
+                    .iter()
+                    .fold(NewTopic::new(n, partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v))
+            })
+            .collect();
         for r in admin
             .create_topics(&topics, &AdminOptions::new())
             .await

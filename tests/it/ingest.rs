@@ -31,8 +31,10 @@ impl Ingest {
             group_id: group.clone(),
             topics: topics.kinds(),
             batch_max: 500,
+            batch_max_bytes: 4 << 20,
             batch_wait: Duration::from_millis(20),
             queue_capacity: 1000,
+            queue_max_bytes: 16 << 20,
             revoke_wait: Duration::from_secs(10),
             security: Default::default(),
         };

@@ -5,9 +5,10 @@ use card_registrar::core::decide::Effect;
 use card_registrar::core::event::{CardEvent, OrderOutcome, TokenizationOutcome};
 use card_registrar::core::pan::CardData;
 use card_registrar::core::record::{CallStatus, CardState, RegistrationSource};
-use card_registrar::core::validate::{validate_created, validate_lifecycle};
-use card_registrar::ingest::apply::{ApplyError, Batch, Prepared, Rejection, apply_batch};
-use card_registrar::ingest::envelope::{RawMessage, Sealer};
+use card_registrar::core::validate::{CardIdPolicy, validate_created, validate_lifecycle};
+use card_registrar::crypto::Sealer;
+use card_registrar::ingest::apply::{ApplyError, apply_batch};
+use card_registrar::ingest::message::{Batch, Prepared, RawMessage, Rejection};
 use card_registrar::store::{cards, dead_letters, history, offsets, outbox};
 use chrono::Utc;
 
@@ -20,9 +21,9 @@ fn valid(e: CardEvent) -> Prepared {
     let outcome = match e {
         CardEvent::Created(c) => {
             let data = CardData::from_json(br#"{"pan":"4111111111111111","exp":"1230"}"#).unwrap();
-            validate_created(c, &data)
+            validate_created(c, &data, CardIdPolicy::default())
         }
-        other => validate_lifecycle(other),
+        other => validate_lifecycle(other, CardIdPolicy::default()),
     }
     .map_err(|reason| Rejection { reason, detail: String::new(), card_id: None, event_id: None });
     Prepared {

@@ -148,6 +148,11 @@ impl Worker {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGCONT).unwrap();
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

@@ -1,12 +1,21 @@
-//! The original Kafka message kept with a dead letter: key, headers and value, sealed.
+//! The messages ingest passes along, in the order they exist: a Kafka message as received
+//! ([`RawMessage`], also the envelope kept sealed with a dead letter), handed to its partition task
+//! ([`Incoming`]), prepared outside the transaction ([`Prepared`] or a [`Rejection`]), applied as a
+//! [`Batch`] with a result ([`Applied`]) and a Kafka commit to make ([`Committed`]).
 //!
-//! A malformed message may hold a clear PAN in any byte, so it is stored only sealed (encrypted to
-//! our own card-data key by a [`Sealer`]) and opened again only to replay it.
+//! A malformed message may hold a clear PAN in any byte, so a dead letter's envelope is stored
+//! only sealed (encrypted to our own card-data key by a [`crate::crypto::Sealer`]) and opened
+//! again only to replay it.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 use zeroize::Zeroizing;
+
+use crate::core::dead_letter::DeadLetterReason;
+use crate::core::decide::Effect;
+use crate::core::validate::ValidEvent;
 
 /// A Kafka message as received.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -70,6 +79,15 @@ impl RawMessage {
         })
     }
 
+    /// Bytes held: key, header names and values, value. What the byte bounds of queues and
+    /// batches count.
+    pub fn size(&self) -> usize {
+        let len = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
+        len(&self.key)
+            + len(&self.payload)
+            + self.headers.iter().map(|(k, v)| k.len() + len(v)).sum::<usize>()
+    }
+
     /// The value of the first header with this name, as UTF-8.
     pub fn header_str(&self, name: &str) -> Option<&str> {
         self.headers
@@ -80,22 +98,80 @@ impl RawMessage {
     }
 }
 
-/// Sealing or opening an envelope failed.
-#[derive(Debug, thiserror::Error)]
-#[error("failed to {op} a dead-letter envelope: {detail}")]
-pub struct SealError {
-    /// `seal` or `open`.
-    pub op: &'static str,
-    /// What went wrong (never the content).
-    pub detail: String,
+/// A message handed from the poll thread to its partition task.
+#[derive(Debug)]
+pub struct Incoming {
+    /// Kafka offset.
+    pub offset: i64,
+    /// Key, headers, value.
+    pub raw: RawMessage,
 }
 
-/// Encrypts envelopes at rest and decrypts them for replay.
-pub trait Sealer: Send + Sync {
-    /// Encrypts `plaintext` into a storable string.
-    fn seal(&self, plaintext: &[u8]) -> Result<String, SealError>;
-    /// Decrypts what `seal` produced.
-    fn open(&self, sealed: &str) -> Result<Zeroizing<Vec<u8>>, SealError>;
+/// A batch committed in PostgreSQL, to be committed to Kafka too (for lag tools only).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Next offset to read.
+    pub next_offset: i64,
+}
+
+/// Why a message will not be applied, decided before the transaction (decoding, validation).
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Stable reason.
+    pub reason: DeadLetterReason,
+    /// Operator-facing detail naming fields, never values.
+    pub detail: String,
+    /// The card, when the message decoded and the id is safe to show.
+    pub card_id: Option<String>,
+    /// The event id, when it decoded.
+    pub event_id: Option<Uuid>,
+}
+
+/// One message of the batch, prepared outside the transaction.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Kafka offset.
+    pub offset: i64,
+    /// The message as received (sealed into a dead letter if refused).
+    pub raw: RawMessage,
+    /// The message's W3C `traceparent` header: the parent of its `ingest.message` span.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate`.
+    pub tracestate: Option<String>,
+    /// The validated event, or why it was refused.
+    pub outcome: Result<ValidEvent, Rejection>,
+}
+
+/// A partition's batch.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    /// Consumer group.
+    pub group: &'a str,
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// The stored next offset this consumer started from (`None`: nothing stored yet).
+    pub from: Option<i64>,
+    /// Messages in offset order.
+    pub messages: Vec<Prepared>,
+}
+
+/// What a committed batch did, for metrics and logs.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Applied {
+    /// The partition's next offset, now stored.
+    pub next_offset: i64,
+    /// Effects of applied events.
+    pub effects: Vec<Effect>,
+    /// Events already in the history (re-published or replayed).
+    pub duplicates: usize,
+    /// Reasons of stored dead letters.
+    pub dead_letters: Vec<DeadLetterReason>,
 }
 
 #[cfg(test)]

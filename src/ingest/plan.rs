@@ -1,0 +1,298 @@
+//! The pure half of applying a batch: `decide` folded over the state loaded for the batch's cards,
+//! into everything that must be written (records, history, outbox changes, dead letters).
+//!
+//! No I/O and no clock (the time is given): the writer in `apply` loads, plans, then writes.
+//! Planning emits each message's spans, because an enqueued call keeps the trace context of its
+//! `card.decide` span so that dispatch continues the same trace.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::message::{Applied, Prepared};
+use super::spans::{self, MessageOutcome};
+use crate::core::dead_letter::DeadLetterReason;
+use crate::core::decide::{Action, RegistrationRequest, decide};
+use crate::core::record::{CallStatus, CardRecord};
+use crate::core::validate::ValidEvent;
+use crate::store::history::{HistoryRow, SeenEvent};
+use crate::telemetry::propagation::{TraceHeaders, current_trace_headers};
+
+/// What the transaction read before planning.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Events of the batch already in the history, with their facts.
+    pub seen: HashMap<Uuid, SeenEvent>,
+    /// Each known card's record and registration-call status (absent: a new card).
+    pub cards: HashMap<String, (CardRecord, Option<CallStatus>)>,
+}
+
+/// A message to store as a dead letter; the writer seals its bytes.
+#[derive(Debug)]
+pub struct PlannedDeadLetter<'m> {
+    /// The message.
+    pub message: &'m Prepared,
+    /// Stable reason.
+    pub reason: DeadLetterReason,
+    /// Detail naming fields, never values.
+    pub detail: String,
+    /// The card, when safe to show.
+    pub card_id: Option<String>,
+    /// The event id, when it decoded.
+    pub event_id: Option<Uuid>,
+}
+
+/// A registration call to enqueue, with the trace it continues.
+#[derive(Debug)]
+pub struct Enqueue {
+    /// The call.
+    pub request: RegistrationRequest,
+    /// The decision's trace context.
+    pub trace: Option<TraceHeaders>,
+}
+
+/// Everything a batch writes, decided.
+#[derive(Debug)]
+pub struct BatchPlan<'m> {
+    /// Records that changed, one per card, ordered by cardId.
+    pub records: Vec<CardRecord>,
+    /// History rows to append.
+    pub history: Vec<HistoryRow<'m>>,
+    /// Registration calls to enqueue.
+    pub enqueues: Vec<Enqueue>,
+    /// Cards whose unclaimed registration call is cancelled.
+    pub cancels: Vec<&'m str>,
+    /// Dead letters to store.
+    pub dead_letters: Vec<PlannedDeadLetter<'m>>,
+    /// What the batch did, for metrics (its `next_offset` is the caller's).
+    pub applied: Applied,
+}
+
+/// The facts of an event the history keeps, to compare a repeated eventId with.
+pub fn facts(event: &ValidEvent) -> SeenEvent {
+    let e = event.event();
+    let meta = e.meta();
+    SeenEvent {
+        card_id: meta.card_id.as_str().to_owned(),
+        kind: e.kind().as_str().to_owned(),
+        outcome: e.outcome_str().map(str::to_owned),
+        consumer_id: meta.consumer_id.as_str().to_owned(),
+        occurred_at: meta.occurred_at,
+    }
+}
+
+/// Folds `decide` over the batch's messages in offset order, from the loaded state.
+pub fn plan_batch<'m>(
+    loaded: Loaded,
+    topic: &'m str,
+    partition: i32,
+    messages: &'m [Prepared],
+    now: DateTime<Utc>,
+) -> BatchPlan<'m> {
+    let Loaded { seen, cards } = loaded;
+    let mut state: HashMap<String, (Option<CardRecord>, Option<CallStatus>)> =
+        cards.into_iter().map(|(k, (r, c))| (k, (Some(r), c))).collect();
+    let mut in_batch: HashMap<Uuid, SeenEvent> = HashMap::new();
+    let mut dirty: Vec<String> = Vec::new();
+    let mut plan = BatchPlan {
+        records: Vec::new(),
+        history: Vec::new(),
+        enqueues: Vec::new(),
+        cancels: Vec::new(),
+        dead_letters: Vec::new(),
+        applied: Applied::default(),
+    };
+
+    for m in messages {
+        let span = spans::message(topic, partition, m);
+        // Synchronous: the spans are entered and left without crossing an await.
+        let outcome = span.in_scope(|| {
+            let event = match &m.outcome {
+                Err(r) => {
+                    let _dead_letter = spans::dead_letter(r.reason).entered();
+                    plan.dead_letters.push(PlannedDeadLetter {
+                        message: m,
+                        reason: r.reason,
+                        detail: r.detail.clone(),
+                        card_id: r.card_id.clone(),
+                        event_id: r.event_id,
+                    });
+                    return MessageOutcome::DeadLetter;
+                }
+                Ok(e) => e,
+            };
+            let meta = event.event().meta();
+            let event_id = meta.event_id.as_uuid();
+            let card_id = meta.card_id.as_str();
+            if let Some(earlier) = seen.get(&event_id).or_else(|| in_batch.get(&event_id)) {
+                if *earlier == facts(event) {
+                    plan.applied.duplicates += 1;
+                    return MessageOutcome::Duplicate;
+                }
+                // Same eventId, other facts: a producer bug that must not pass as a duplicate.
+                let reason = DeadLetterReason::EventIdReused;
+                let _dead_letter = spans::dead_letter(reason).entered();
+                plan.dead_letters.push(PlannedDeadLetter {
+                    message: m,
+                    reason,
+                    detail: format!(
+                        "{}: eventId already used by an event with another card, kind, outcome, consumer or time",
+                        reason.code()
+                    ),
+                    card_id: Some(card_id.to_owned()),
+                    event_id: Some(event_id),
+                });
+                return MessageOutcome::DeadLetter;
+            }
+            let decide_span = spans::decide();
+            let _decide = decide_span.enter();
+            let (record, call) = state.entry(card_id.to_owned()).or_insert((None, None));
+            let decision = decide(record.as_ref(), *call, event, now);
+            let mut outcome = MessageOutcome::Applied;
+            for action in &decision.actions {
+                match action {
+                    Action::EnqueueRegistration(request) => {
+                        // Dispatch continues the trace from this decision, also after a restart.
+                        let trace = current_trace_headers().or_else(|| {
+                            m.traceparent.clone().map(|traceparent| TraceHeaders {
+                                traceparent,
+                                tracestate: m.tracestate.clone(),
+                            })
+                        });
+                        plan.enqueues.push(Enqueue { request: request.clone(), trace });
+                        *call = Some(CallStatus::Queued);
+                    }
+                    Action::CancelQueuedRegistration => {
+                        plan.cancels.push(card_id);
+                        if matches!(call, Some(CallStatus::Queued | CallStatus::Parked)) {
+                            *call = Some(CallStatus::Cancelled);
+                        }
+                    }
+                    Action::History(effect) => {
+                        decide_span.record("effect", effect.as_str());
+                        in_batch.insert(event_id, facts(event));
+                        plan.applied.effects.push(*effect);
+                        plan.history.push(HistoryRow {
+                            event_id,
+                            card_id,
+                            kind: event.event().kind().as_str(),
+                            outcome: event.event().outcome_str(),
+                            consumer_id: meta.consumer_id.as_str(),
+                            occurred_at: meta.occurred_at,
+                            effect: effect.as_str(),
+                            topic,
+                            partition,
+                            offset: m.offset,
+                        });
+                    }
+                    Action::DeadLetter(reason) => {
+                        let _dead_letter = spans::dead_letter(*reason).entered();
+                        outcome = MessageOutcome::DeadLetter;
+                        plan.dead_letters.push(PlannedDeadLetter {
+                            message: m,
+                            reason: *reason,
+                            detail: format!("{} for card {card_id}", reason.code()),
+                            card_id: Some(card_id.to_owned()),
+                            event_id: Some(event_id),
+                        });
+                    }
+                }
+            }
+            if let Some(next) = decision.record {
+                *record = Some(next);
+                dirty.push(card_id.to_owned());
+            }
+            outcome
+        });
+        spans::record_outcome(&span, outcome);
+    }
+
+    dirty.sort_unstable();
+    dirty.dedup();
+    plan.records = dirty.iter().filter_map(|c| state.remove(c).and_then(|(r, _)| r)).collect();
+    plan.applied.dead_letters = plan.dead_letters.iter().map(|d| d.reason).collect();
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::core::decide::Effect;
+    use crate::core::event::{CardEvent, CardTokenized, EventMeta, TokenizationOutcome};
+    use crate::core::ids::{CardId, ConsumerId, EventId};
+    use crate::core::record::CardState;
+    use crate::ingest::message::{RawMessage, Rejection};
+
+    fn tokenized(card: &str, event_id: u128) -> CardEvent {
+        CardEvent::Tokenized(CardTokenized {
+            meta: EventMeta {
+                event_id: EventId::from_uuid(Uuid::from_u128(event_id)),
+                occurred_at: Utc.timestamp_millis_opt(1_790_000_000_000).unwrap(),
+                card_id: CardId::parse(card).unwrap(),
+                consumer_id: ConsumerId::parse("consumer-1").unwrap(),
+            },
+            outcome: TokenizationOutcome::Approved,
+            digital_card_id: None,
+            token_requestor_id: None,
+        })
+    }
+
+    fn prepared(offset: i64, outcome: Result<ValidEvent, Rejection>) -> Prepared {
+        Prepared { offset, raw: RawMessage::default(), traceparent: None, tracestate: None, outcome }
+    }
+
+    fn valid(offset: i64, event: CardEvent) -> Prepared {
+        prepared(offset, Ok(ValidEvent::assume_valid(event)))
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_790_000_100_000).unwrap()
+    }
+
+    #[test]
+    fn a_repeated_event_is_a_duplicate_but_a_reused_event_id_is_a_dead_letter() {
+        let messages = [
+            valid(0, tokenized("card-1", 1)),
+            valid(1, tokenized("card-1", 1)),
+            valid(2, tokenized("card-2", 1)),
+        ];
+        let plan = plan_batch(Loaded::default(), "t", 0, &messages, now());
+        assert_eq!(plan.applied.effects, vec![Effect::RegisteredImplicitly]);
+        assert_eq!(plan.applied.duplicates, 1);
+        assert_eq!(plan.applied.dead_letters, vec![DeadLetterReason::EventIdReused]);
+        assert_eq!(plan.dead_letters[0].message.offset, 2);
+        assert_eq!(plan.records.len(), 1);
+        assert_eq!(plan.records[0].card_id.as_str(), "card-1");
+        assert_eq!(plan.records[0].state, CardState::Registered);
+        assert_eq!(plan.history.len(), 1);
+    }
+
+    #[test]
+    fn an_event_id_already_in_the_history_is_compared_by_its_facts() {
+        let event = tokenized("card-1", 7);
+        let mut loaded = Loaded::default();
+        loaded.seen.insert(Uuid::from_u128(7), facts(&ValidEvent::assume_valid(event.clone())));
+        let messages = [valid(0, event), valid(1, tokenized("card-2", 7))];
+        let plan = plan_batch(loaded, "t", 0, &messages, now());
+        assert_eq!(plan.applied.duplicates, 1);
+        assert_eq!(plan.applied.dead_letters, vec![DeadLetterReason::EventIdReused]);
+        assert!(plan.records.is_empty() && plan.history.is_empty());
+    }
+
+    #[test]
+    fn a_rejection_becomes_a_dead_letter_without_touching_state() {
+        let rejection = Rejection {
+            reason: DeadLetterReason::UnknownFraming,
+            detail: "d".into(),
+            card_id: None,
+            event_id: None,
+        };
+        let messages = [prepared(5, Err(rejection))];
+        let plan = plan_batch(Loaded::default(), "t", 0, &messages, now());
+        assert_eq!(plan.applied.dead_letters, vec![DeadLetterReason::UnknownFraming]);
+        assert!(plan.records.is_empty() && plan.enqueues.is_empty() && plan.history.is_empty());
+    }
+}
