@@ -53,7 +53,8 @@ fn dockerfile_runtime_runs_as_a_numeric_non_root_user_the_binary_built_by_the_bu
     let args = build_args();
     let base = |stage: &[(String, String)]| -> String {
         let from = get(stage, "FROM")[0].split_whitespace().next().expect("an image").to_owned();
-        let arg = from.strip_prefix("${").and_then(|a| a.strip_suffix('}')).expect("FROM takes a build argument");
+        let arg =
+            from.strip_prefix("${").and_then(|a| a.strip_suffix('}')).expect("FROM takes a build argument");
         args.get(arg).cloned().unwrap_or_else(|| panic!("ARG {arg} has a default"))
     };
     assert!(base(runtime).starts_with("debian:bookworm-slim"), "runtime base");
@@ -72,7 +73,8 @@ fn dockerfile_runtime_runs_as_a_numeric_non_root_user_the_binary_built_by_the_bu
     let (_, builder) = stages.iter().find(|(n, _)| n == builder_name).expect("the builder stage exists");
     assert!(base(builder).contains("bookworm"), "builder and runtime share a Debian release");
     let toolchain = read("rust-toolchain.toml");
-    let channel = toolchain.lines().find_map(|l| l.strip_prefix("channel = ")).expect("a channel").trim_matches('"');
+    let channel =
+        toolchain.lines().find_map(|l| l.strip_prefix("channel = ")).expect("a channel").trim_matches('"');
     assert!(base(builder).contains(channel), "the builder's Rust is rust-toolchain.toml's {channel}");
     let build = get(builder, "RUN").into_iter().find(|r| r.contains("cargo build")).expect("cargo build");
     assert!(build.contains("--release") && build.contains("--locked") && build.contains("--workspace"));

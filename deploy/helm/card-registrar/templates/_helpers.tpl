@@ -162,12 +162,12 @@ spec:
       secret:
         secretName: {{ $v.secrets.keys.name }}
         # Readable by the group fsGroup sets (10001), by no one else.
-        defaultMode: 0440
+        defaultMode: 288 # 0440 in octal; decimal, as YAML 1.1 and 1.2 readers disagree on 0440
     {{- range $v.secrets.extraFiles }}
     - name: {{ .name }}
       secret:
         secretName: {{ .secretName }}
-        defaultMode: 0440
+        defaultMode: 288 # 0440 in octal; decimal, as YAML 1.1 and 1.2 readers disagree on 0440
     {{- end }}
     - name: tmp
       emptyDir:
