@@ -48,7 +48,16 @@ fn dockerfile_runtime_runs_as_a_numeric_non_root_user_the_binary_built_by_the_bu
     let user = get(runtime, "USER").pop().expect("the runtime stage sets USER");
     let uid = user.split(':').next().expect("uid");
     assert!(uid.parse::<u32>().is_ok_and(|u| u != 0), "USER must be a numeric non-root uid, got {user}");
-    assert!(get(runtime, "FROM")[0].starts_with("debian:bookworm-slim"), "runtime base");
+    // Base images are build arguments (scripts/image-demo passes local ones); the defaults are the
+    // public images, and both stages share a Debian release.
+    let args = build_args();
+    let base = |stage: &[(String, String)]| -> String {
+        let from = get(stage, "FROM")[0].split_whitespace().next().expect("an image").to_owned();
+        let arg =
+            from.strip_prefix("${").and_then(|a| a.strip_suffix('}')).expect("FROM takes a build argument");
+        args.get(arg).cloned().unwrap_or_else(|| panic!("ARG {arg} has a default"))
+    };
+    assert!(base(runtime).starts_with("debian:bookworm-slim"), "runtime base");
 
     let entrypoint: Vec<String> =
         serde_json::from_str(&get(runtime, "ENTRYPOINT").pop().expect("ENTRYPOINT")).expect("exec form");
@@ -62,7 +71,11 @@ fn dockerfile_runtime_runs_as_a_numeric_non_root_user_the_binary_built_by_the_bu
         from_builder.split("--from=").nth(1).and_then(|s| s.split_whitespace().next()).expect("stage");
     assert_ne!(builder_name, runtime_name);
     let (_, builder) = stages.iter().find(|(n, _)| n == builder_name).expect("the builder stage exists");
-    assert!(get(builder, "FROM")[0].contains("bookworm"), "builder and runtime share a Debian release");
+    assert!(base(builder).contains("bookworm"), "builder and runtime share a Debian release");
+    let toolchain = read("rust-toolchain.toml");
+    let channel =
+        toolchain.lines().find_map(|l| l.strip_prefix("channel = ")).expect("a channel").trim_matches('"');
+    assert!(base(builder).contains(channel), "the builder's Rust is rust-toolchain.toml's {channel}");
     let build = get(builder, "RUN").into_iter().find(|r| r.contains("cargo build")).expect("cargo build");
     assert!(build.contains("--release") && build.contains("--locked") && build.contains("--workspace"));
     for binary in ["card-registrar", "d1-simulator"] {
@@ -78,6 +91,17 @@ fn dockerfile_runtime_runs_as_a_numeric_non_root_user_the_binary_built_by_the_bu
         get(runtime, "HEALTHCHECK").is_empty(),
         "probes are per orchestrator (see the Dockerfile header)"
     );
+}
+
+/// The Dockerfile's global `ARG NAME=default` lines.
+fn build_args() -> std::collections::BTreeMap<String, String> {
+    read("Dockerfile")
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with("FROM"))
+        .filter_map(|l| l.trim().strip_prefix("ARG "))
+        .filter_map(|a| a.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 #[test]

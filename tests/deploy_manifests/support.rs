@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -12,8 +13,14 @@ use serde_yaml_ng::Value;
 pub const PARTITIONS_PER_TOPIC: u64 = 6;
 /// The binary under test, built by cargo for this test target.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_card-registrar");
-/// The Kubernetes manifests folder.
-pub const KUBERNETES: &str = "deploy/kubernetes";
+/// The Helm chart: the Kubernetes manifests.
+pub const CHART: &str = "deploy/helm/card-registrar";
+/// The Secrets the chart refers to, as an example (placeholders).
+pub const SECRETS_EXAMPLE: &str = "deploy/helm/secrets.example.yaml";
+/// The OpenTelemetry Collector example.
+pub const OTEL_COLLECTOR: &str = "deploy/otel-collector/collector.yaml";
+/// The JSON schemas kubeconform validates against (scripts/vendor-k8s-schemas).
+pub const SCHEMAS: &str = "tests/deploy_manifests/schemas";
 /// The compose file.
 pub const COMPOSE: &str = "docker-compose.yml";
 /// The operator's guide.
@@ -139,4 +146,95 @@ pub fn shutdown_default() -> u64 {
 /// The port of a `host:port` listen address.
 pub fn port_of(listen: &str) -> u64 {
     listen.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {listen}"))
+}
+
+/// A tool scripts/bootstrap installs with `go install`: `$<ENV>`, else on PATH, else `$(go env GOPATH)/bin`.
+pub fn go_tool(name: &str, env: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if let Some(path) = on_path {
+        return path;
+    }
+    let gopath = Command::new("go")
+        .args(["env", "GOPATH"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("{}/go", std::env::var("HOME").unwrap_or_default()));
+    let path = PathBuf::from(gopath).join("bin").join(name);
+    assert!(path.is_file(), "{name} not found (run scripts/bootstrap, or set {env})");
+    path
+}
+
+/// The Kubernetes version the chart is rendered for: the one the vendored schemas describe.
+pub const KUBE_VERSION: &str = "1.34.0";
+
+/// The chart variants the tests render: `--set` arguments of each.
+pub const VARIANTS: &[&[&str]] = &[
+    // The defaults: one Deployment, KEDA, the migrate hook, monitoring objects, NetworkPolicy.
+    &[],
+    // Ingest and dispatch apart.
+    &["split.enabled=true"],
+    // No KEDA (a fixed replica count), migrations at start-up, no Prometheus Operator.
+    &[
+        "keda.enabled=false",
+        "migrations.job.enabled=false",
+        "serviceMonitor.enabled=false",
+        "prometheusRule.enabled=false",
+        "networkPolicy.enabled=false",
+    ],
+    // A secured Kafka: KEDA authenticates, the worker mounts Kafka's files from a second Secret.
+    &[
+        "keda.authentication.enabled=true",
+        "secrets.extraFiles[0].name=kafka",
+        "secrets.extraFiles[0].secretName=card-registrar-kafka",
+        "secrets.extraFiles[0].mountPath=/etc/card-registrar/kafka",
+    ],
+];
+
+/// `helm template card-registrar <chart> --set ...`, as YAML text.
+pub fn helm_template(sets: &[&str]) -> String {
+    let mut command = Command::new(go_tool("helm", "HELM"));
+    command.args(["template", "card-registrar", "--kube-version", KUBE_VERSION]).arg(root().join(CHART));
+    for set in sets {
+        command.args(["--set", set]);
+    }
+    let output = command.stderr(Stdio::piped()).output().expect("run helm");
+    assert!(
+        output.status.success(),
+        "helm template {sets:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("helm prints UTF-8")
+}
+
+/// Every object of a YAML text, empty documents dropped.
+pub fn yaml_objects(text: &str, origin: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|document| {
+            Value::deserialize(document).unwrap_or_else(|e| panic!("{origin} is not valid YAML: {e}"))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The rendered objects of every variant, rendered once per test binary: (variant, objects).
+pub fn rendered() -> &'static [(Vec<String>, Vec<Value>)] {
+    static RENDERED: OnceLock<Vec<(Vec<String>, Vec<Value>)>> = OnceLock::new();
+    RENDERED.get_or_init(|| {
+        VARIANTS
+            .iter()
+            .map(|sets| {
+                let objects = yaml_objects(&helm_template(sets), &format!("helm template {sets:?}"));
+                (sets.iter().map(|s| (*s).to_owned()).collect(), objects)
+            })
+            .collect()
+    })
 }
