@@ -27,3 +27,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".outbox TO :"runtime_role";
 GRANT SELECT, INSERT, UPDATE ON :"schema".dead_letters TO :"runtime_role";
 GRANT USAGE ON SEQUENCE :"schema".dead_letters_id_seq TO :"runtime_role";
 GRANT SELECT, INSERT, UPDATE ON :"schema".consumer_offsets TO :"runtime_role";
+-- Offsets never read (retention, a recreated topic) and operators' resets: recorded, never changed.
+GRANT SELECT, INSERT ON :"schema".offset_gaps TO :"runtime_role";
+GRANT USAGE ON SEQUENCE :"schema".offset_gaps_id_seq TO :"runtime_role";
+GRANT SELECT, INSERT ON :"schema".offset_resets TO :"runtime_role";
+GRANT USAGE ON SEQUENCE :"schema".offset_resets_id_seq TO :"runtime_role";

@@ -23,7 +23,7 @@ use card_registrar::core::event::{CardEvent, EventKind, InitialState, OrderOutco
 use card_registrar::crypto::{CardDataKeys, EnvelopeSealer};
 use card_registrar::ingest::consumer::{self, IngestOptions};
 use card_registrar::ingest::prepare::Pipeline;
-use card_registrar::workload::{Generator, Outgoing};
+use card_registrar::workload::{Outgoing, Plan};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, TopicPartitionList};
 use sqlx::PgPool;
@@ -280,6 +280,20 @@ async fn outcome(pool: &PgPool) -> Vec<Vec<serde_json::Value>> {
     all
 }
 
+/// Plans whose outcome does not depend on how the three topics interleave (two producers, two
+/// partitioners: the interleaving differs between the runs).
+fn order_independent_plan(i: usize) -> Plan {
+    match i % 8 {
+        0 | 1 => Plan::CreatedOnly,
+        2 => Plan::DeclinedThenCreated,
+        3 => Plan::TokenizedOnly,
+        4 => Plan::OrderedOnly,
+        5 => Plan::TokenizedThenCreated,
+        6 => Plan::PanAsCardId,
+        _ => Plan::BadLuhn,
+    }
+}
+
 /// One phase of the stream through the Java producer: each event in Avro JSON with its writer.
 fn java_produce(topics: &TestTopics, schemas: &SchemaSet, events: &[(usize, CardEvent)]) -> usize {
     let topic = |k: EventKind| topics.kinds().into_iter().find(|(_, kind)| *kind == k).unwrap().0;
@@ -311,7 +325,7 @@ fn java_produce(topics: &TestTopics, schemas: &SchemaSet, events: &[(usize, Card
 async fn a_stream_from_the_java_reference_producer_ends_as_our_own_producers_stream_does() {
     let keys = TestKeys::new();
     let schemas = SchemaSet::embedded().unwrap();
-    let cards = scripts(&keys, "jv", 120, Generator::realistic_plan);
+    let cards = scripts(&keys, "jv", 120, order_independent_plan);
     let local = Decoder::new(Arc::new(SchemaSet::embedded().unwrap()), None);
     // Number every message, then turn it back into its event: both producers write the same events.
     let mut numbered = 0usize;
@@ -368,7 +382,7 @@ async fn a_stream_from_the_java_reference_producer_ends_as_our_own_producers_str
     theirs.stop().await;
 
     let (expected, got) = (outcome(&ours_db.pool).await, outcome(&java_db.pool).await);
-    assert!(expected[0].len() >= 100, "cards stored: {}", expected[0].len());
+    assert_eq!(expected[0].len(), cards.iter().filter(|c| c.plan.ends_registered()).count(), "cards stored");
     for (table, (e, g)) in
         ["cards", "history", "outbox", "dead_letters", "consumers"].iter().zip(expected.iter().zip(&got))
     {
