@@ -7,17 +7,17 @@
 use std::sync::{Arc, LazyLock};
 
 use card_registrar::avro::decode::{Decoder, decode_datum, split_frame};
-use card_registrar::avro::registry::{RegistryError, SchemaRegistry};
-use card_registrar::avro::schemas::{ParsedSchema, SchemaSet};
+use card_registrar::avro::registry::{RegisteredSchema, RegistryError, SchemaRegistry};
+use card_registrar::avro::schemas::SchemaSet;
 use card_registrar::core::event::EventKind;
 use futures::future::BoxFuture;
 use libfuzzer_sys::fuzz_target;
 
 /// Answers schema id N with the Nth kept schema (all topics, all versions), unknown otherwise.
-struct StubRegistry(Vec<Arc<ParsedSchema>>);
+struct StubRegistry(Vec<Arc<RegisteredSchema>>);
 
 impl SchemaRegistry for StubRegistry {
-    fn writer_schema(&self, id: u32) -> BoxFuture<'_, Result<Arc<ParsedSchema>, RegistryError>> {
+    fn writer_schema(&self, id: u32) -> BoxFuture<'_, Result<Arc<RegisteredSchema>, RegistryError>> {
         let found = self.0.get(id as usize).cloned();
         Box::pin(async move { found.ok_or(RegistryError::NotFound { id }) })
     }
@@ -28,7 +28,9 @@ static SCHEMAS: LazyLock<Arc<SchemaSet>> =
 static WITH_REGISTRY: LazyLock<Decoder> = LazyLock::new(|| {
     let kept = [EventKind::Created, EventKind::Tokenized, EventKind::Ordered]
         .iter()
-        .flat_map(|k| SCHEMAS.versions(*k).iter().map(|v| v.schema.clone()))
+        .flat_map(|k| SCHEMAS.versions(*k).iter().map(|v| (*v.schema).clone()))
+        .enumerate()
+        .map(|(id, schema)| Arc::new(RegisteredSchema::new(id as u32, schema)))
         .collect();
     Decoder::new(SCHEMAS.clone(), Some(Arc::new(StubRegistry(kept))))
 });
