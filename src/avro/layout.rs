@@ -214,10 +214,15 @@ impl Walk<'_> {
     }
 
     fn value(&mut self, node: usize, depth: usize) -> Result<(), DatumError> {
+        self.spend(1)?;
+        self.charged_value(node, depth)
+    }
+
+    /// A value already paid for (an array item or map value, charged with its block's count).
+    fn charged_value(&mut self, node: usize, depth: usize) -> Result<(), DatumError> {
         if depth >= MAX_DEPTH {
             return Err(DatumError::TooComplex);
         }
-        self.spend(1)?;
         match &self.layout.nodes[node] {
             Node::Null => Ok(()),
             Node::Boolean => match self.input.split_first() {
@@ -250,11 +255,11 @@ impl Walk<'_> {
                 self.value(branch, depth + 1)
             }
             Node::Record(fields) => fields.iter().try_for_each(|f| self.value(*f, depth + 1)),
-            Node::Array(items) => self.blocks(|walk| walk.value(*items, depth + 1)),
+            Node::Array(items) => self.blocks(|walk| walk.charged_value(*items, depth + 1)),
             Node::Map(values) => self.blocks(|walk| {
                 let n = walk.length()?;
                 walk.take(n)?;
-                walk.value(*values, depth + 1)
+                walk.charged_value(*values, depth + 1)
             }),
             Node::Pending => Err(DatumError::Malformed),
         }

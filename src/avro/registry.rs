@@ -26,6 +26,7 @@ use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
 use super::schemas::ParsedSchema;
+use crate::core::pan::mask_pan_like;
 
 /// Largest registry answer read, in bytes; the rest is never buffered.
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
@@ -119,9 +120,10 @@ impl RegisteredSchema {
 
 impl fmt::Display for RegisteredSchema {
     /// `schema id 7 (card-created-value v3)`: what a dead letter records about its writer schema.
+    /// The subject is the registry's text: anything shaped like a PAN in it is masked.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.subject {
-            Some(s) => write!(f, "schema id {} ({} v{})", self.id, s.subject, s.version),
+            Some(s) => write!(f, "schema id {} ({} v{})", self.id, mask_pan_like(&s.subject), s.version),
             None => write!(f, "schema id {}", self.id),
         }
     }
@@ -506,6 +508,11 @@ mod tests {
         assert!(!format!("{registry:?}").contains("s3cret"));
         let found = registry.writer_schema(15).await.unwrap();
         assert_eq!(found.to_string(), "schema id 15 (card-created-value v3)");
+        let hostile = RegisteredSchema {
+            subject: Some(SubjectVersion { subject: "s-4111111111111111".into(), version: 1 }),
+            ..RegisteredSchema::new(16, found.schema.clone())
+        };
+        assert!(!hostile.to_string().contains("4111111111111111"), "{hostile}");
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use card_registrar::avro::registry::{HttpSchemaRegistry, SchemaRegistry};
 use card_registrar::avro::schemas::{ParsedSchema, SchemaSet, topic_folder};
 use card_registrar::core::event::{CardEvent, EventKind, InitialState, OrderOutcome, TokenizationOutcome};
 use card_registrar::crypto::{CardDataKeys, EnvelopeSealer};
-use card_registrar::ingest::consumer::{self, IngestOptions};
+use card_registrar::ingest::consumer;
 use card_registrar::ingest::prepare::Pipeline;
 use card_registrar::workload::{Outgoing, Plan};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -224,18 +224,7 @@ impl Run {
             Arc::new(EnvelopeSealer::from_file(&keys.files.card_data_private_jwks).unwrap()),
         );
         let group = format!("g-{}", uuid::Uuid::new_v4().simple());
-        let options = IngestOptions {
-            brokers: brokers(),
-            group_id: group.clone(),
-            topics: topics.kinds(),
-            batch_max: 500,
-            batch_max_bytes: 4 << 20,
-            batch_wait: Duration::from_millis(20),
-            queue_capacity: 1000,
-            queue_max_bytes: 16 << 20,
-            revoke_wait: Duration::from_secs(10),
-            security: Default::default(),
-        };
+        let options = test_ingest_options(&group, topics);
         let (pool, stop) = (db.pool.clone(), CancellationToken::new());
         let s = stop.clone();
         let task = tokio::spawn(async move {

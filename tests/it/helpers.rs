@@ -354,3 +354,22 @@ impl Snapshot {
         "equal".into()
     }
 }
+
+/// The ingest options the in-process ingest tests use over `topics`, for consumer group `group`.
+pub fn test_ingest_options(
+    group: &str,
+    topics: &TestTopics,
+) -> card_registrar::ingest::consumer::IngestOptions {
+    card_registrar::ingest::consumer::IngestOptions {
+        brokers: brokers(),
+        group_id: group.to_owned(),
+        topics: topics.kinds(),
+        batch_max: 500,
+        batch_max_bytes: 4 << 20,
+        batch_wait: std::time::Duration::from_millis(20),
+        queue_capacity: 1000,
+        queue_max_bytes: 16 << 20,
+        revoke_wait: std::time::Duration::from_secs(10),
+        security: Default::default(),
+    }
+}

@@ -211,7 +211,7 @@ async fn a_partition_task_that_panics_fails_readiness_and_stops_ingest_with_an_e
     use card_registrar::avro::decode::Decoder;
     use card_registrar::avro::schemas::SchemaSet;
     use card_registrar::crypto::CardDataKeys;
-    use card_registrar::ingest::consumer::{self, Health, IngestOptions};
+    use card_registrar::ingest::consumer::{self, Health};
     use std::sync::{Arc, Mutex};
 
     let (db, topics, keys) = (TestDb::new().await, TestTopics::new(1).await, TestKeys::new());
@@ -230,18 +230,7 @@ async fn a_partition_task_that_panics_fails_readiness_and_stops_ingest_with_an_e
     let reports: Arc<Mutex<Vec<Health>>> = Arc::default();
     let sink = reports.clone();
     let group = format!("g-{}", uuid::Uuid::new_v4().simple());
-    let options = IngestOptions {
-        brokers: brokers(),
-        group_id: group.clone(),
-        topics: topics.kinds(),
-        batch_max: 500,
-        batch_max_bytes: 4 << 20,
-        batch_wait: Duration::from_millis(20),
-        queue_capacity: 1000,
-        queue_max_bytes: 16 << 20,
-        revoke_wait: Duration::from_secs(10),
-        security: Default::default(),
-    };
+    let options = test_ingest_options(&group, &topics);
     let result = tokio::time::timeout(
         Duration::from_secs(60),
         consumer::run(

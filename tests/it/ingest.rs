@@ -9,7 +9,7 @@ use card_registrar::avro::encode::Framing;
 use card_registrar::avro::schemas::SchemaSet;
 use card_registrar::core::event::EventKind;
 use card_registrar::core::record::{CallStatus, CardState, RegistrationSource};
-use card_registrar::ingest::consumer::{self, IngestOptions};
+use card_registrar::ingest::consumer;
 use card_registrar::store::{cards, dead_letters, history, offsets};
 use card_registrar::workload::{CardScript, Generator, Outgoing, Plan};
 use tokio_util::sync::CancellationToken;
@@ -26,18 +26,7 @@ pub struct Ingest {
 impl Ingest {
     pub fn start(db: &TestDb, topics: &TestTopics, keys: &TestKeys) -> Self {
         let group = format!("g-{}", uuid::Uuid::new_v4().simple());
-        let options = IngestOptions {
-            brokers: brokers(),
-            group_id: group.clone(),
-            topics: topics.kinds(),
-            batch_max: 500,
-            batch_max_bytes: 4 << 20,
-            batch_wait: Duration::from_millis(20),
-            queue_capacity: 1000,
-            queue_max_bytes: 16 << 20,
-            revoke_wait: Duration::from_secs(10),
-            security: Default::default(),
-        };
+        let options = test_ingest_options(&group, topics);
         let stop = CancellationToken::new();
         let (pool, pipeline, s) = (db.pool.clone(), Arc::new(keys.pipeline()), stop.clone());
         let task = tokio::spawn(async move {
