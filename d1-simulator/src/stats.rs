@@ -18,6 +18,9 @@ pub struct Stats {
     pub puts_by_card: BTreeMap<String, u64>,
     /// Cards stored by a PUT.
     pub effective_registrations: u64,
+    /// Late commits accepted but not yet landed: a checker waits for 0 before counting cards.
+    #[serde(default)]
+    pub late_commits_pending: u64,
     /// PUTs that arrived for a cardId already stored (by a PUT or by seeding), whatever the answer.
     pub duplicate_puts: u64,
     /// The part of `duplicate_puts` whose card had been seeded (implicitly registered).
@@ -81,6 +84,7 @@ pub(crate) struct Recorder {
     puts_total: u64,
     puts_by_card: HashMap<String, u64>,
     effective_registrations: u64,
+    late_commits_pending: u64,
     duplicate_puts: u64,
     duplicate_puts_on_seeded_cards: u64,
     gets_total: u64,
@@ -115,6 +119,15 @@ impl Recorder {
         self.effective_registrations += 1;
     }
 
+    pub(crate) fn late_commit_scheduled(&mut self) {
+        self.faults.late_commit += 1;
+        self.late_commits_pending += 1;
+    }
+
+    pub(crate) fn late_commit_landed(&mut self) {
+        self.late_commits_pending = self.late_commits_pending.saturating_sub(1);
+    }
+
     pub(crate) fn get_received(&mut self) {
         self.gets_total += 1;
     }
@@ -140,6 +153,7 @@ impl Recorder {
             puts_total: self.puts_total,
             puts_by_card: self.puts_by_card.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             effective_registrations: self.effective_registrations,
+            late_commits_pending: self.late_commits_pending,
             duplicate_puts: self.duplicate_puts,
             duplicate_puts_on_seeded_cards: self.duplicate_puts_on_seeded_cards,
             gets_total: self.gets_total,

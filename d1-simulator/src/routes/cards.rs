@@ -87,13 +87,15 @@ async fn register_checked(
 
     let card = registered_card(card_id, request.consumer_id, request.card_product_id, request.state, facts);
     if let Some(delay) = state.inject(Injector::late_commit) {
-        state.record(|recorder| recorder.faults().late_commit += 1);
+        state.record(Recorder::late_commit_scheduled);
         tracing::debug!(card_id, delay_ms = delay.as_millis() as u64, "accepted; committing late");
         let (shared, card_id, card_state) = (state.clone(), card_id.to_owned(), request.state);
         // Its own task: dropping this handler (the client gave up) does not stop the commit.
         let commit = tokio::spawn(async move {
             shared.pause(delay).await;
-            commit_and_answer(&shared, &card_id, card, card_state, stored_before)
+            let answer = commit_and_answer(&shared, &card_id, card, card_state, stored_before);
+            shared.record(Recorder::late_commit_landed);
+            answer
         });
         return commit.await.unwrap_or_else(|_| {
             let error = ApiError::new(
