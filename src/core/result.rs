@@ -7,7 +7,33 @@
 //! (a queued call, an enrichment, a repeated event) produces one, so a replayed event never
 //! produces a second result.
 
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
 use super::record::{CardRecord, CardState, RegistrationSource};
+
+/// One registration result as it is published (the `CardRegistrationResult` record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationResult {
+    /// Unique per result; a re-publication keeps it.
+    pub result_id: Uuid,
+    /// The card (and message key); `None` for a refused message without a trustworthy cardId.
+    pub card_id: Option<String>,
+    /// The consumer, when known and trusted.
+    pub consumer_id: Option<String>,
+    /// What happened.
+    pub outcome: ResultOutcome,
+    /// D1's errorCode (FAILED) or the dead-letter reason code (REJECTED).
+    pub error_code: Option<String>,
+    /// Operator-facing text, never values.
+    pub reason: Option<String>,
+    /// The input event that caused it.
+    pub event_id: Option<Uuid>,
+    /// When the change was made.
+    pub occurred_at: DateTime<Utc>,
+    /// The `x-correlation-id` of the card's D1 call.
+    pub correlation_id: Option<String>,
+}
 
 /// The `outcome` of a registration result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
