@@ -286,7 +286,9 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             lease: Duration::from_secs(args.results.results_lease_secs),
             poll_interval: Duration::from_millis(500),
             retry_delay: Duration::from_secs(1),
-            drain_timeout: Duration::from_secs(args.shutdown_timeout_secs.saturating_sub(5).max(1)),
+            // Acknowledgements take milliseconds when the brokers are healthy; rows left leased
+            // are published again after their lease, with the same resultId.
+            drain_timeout: Duration::from_secs(args.shutdown_timeout_secs.saturating_sub(5).clamp(1, 5)),
         };
         let relay = Relay::new(pool.clone(), options).map_err(|e| CliError::context("results relay", error_chain(&e)))?;
         tasks.push(tokio::spawn(relay.run(work.clone())));

@@ -148,7 +148,11 @@ async fn conclude(deps: &Deps, row: &ClaimedRow, deadline: &Deadline) -> (Conclu
             // D1's answer to a second PUT is unknown: a 4xx may mean "already there".
             Verdict::ConfirmFirst => match ask(deps, &request, &correlation, deadline).await {
                 Asked::Registered => (Conclusion::Registered, Signal::Answered),
-                Asked::Conflict(why) => (Conclusion::gave_up(why), Signal::Answered),
+                // D1 refused the PUT (its errorCode is kept) and Get Card says why.
+                Asked::Conflict(why) => (
+                    Conclusion::GaveUp { reason: why, error_code: e.error_code().map(str::to_owned) },
+                    Signal::Answered,
+                ),
                 Asked::Absent => (Conclusion::refused(&e), Signal::Answered),
                 // No time left to ask: D1 saw this PUT, so the next attempt must ask first.
                 Asked::Failed(Conclusion::Release(why), s) => (failed_locally(&why, true), s),

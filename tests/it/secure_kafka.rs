@@ -75,7 +75,7 @@ async fn create_topics(internal: &str, topics: &TestTopics) {
     let admin: AdminClient<_> =
         rdkafka::ClientConfig::new().set("bootstrap.servers", internal).create().unwrap();
     let new: Vec<NewTopic<'_>> =
-        topics.names().iter().map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1))).collect();
+        topics.names().iter().chain([&topics.results.as_str()]).map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1))).collect();
     for r in admin.create_topics(&new, &AdminOptions::new()).await.unwrap() {
         r.unwrap();
     }
@@ -131,6 +131,7 @@ async fn the_worker_registers_through_sasl_ssl_and_bad_credentials_stop_start_up
         created: format!("s-created-{id}"),
         tokenized: format!("s-tokenized-{id}"),
         ordered: format!("s-ordered-{id}"),
+        results: format!("s-results-{id}"),
     };
     create_topics(&kafka.var("SECURE_KAFKA_INTERNAL_BROKERS"), &topics).await;
     let d1 = TestD1::start(&keys).await;

@@ -1,0 +1,314 @@
+//! The registration-results topic end to end, read back by a consumer this project did not write:
+//! the Kafka Java client with the Avro reference implementation decoding
+//! (`interop/AvroReference.java consume-results`).
+//!
+//! - a mixed stream (explicit, implicit by tokenization and by order, a terminal D1 refusal, bad
+//!   input, an operator's cancellation, poison) gives exactly the expected results, keyed by cardId;
+//! - the worker `kill -9`ed again and again while it ingests, dispatches and relays: no result
+//!   missing, copies only with the same resultId (and the same content), each card's results in
+//!   the order they were committed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use card_registrar::dispatch::operator;
+use card_registrar::store::outbox::{self, OutboxStatus};
+use card_registrar::workload::{CardScript, Generator, Outgoing, Plan};
+use d1_simulator::SeedCard;
+use rand::Rng;
+use uuid::Uuid;
+
+use crate::avro_interop::{java, repo};
+use crate::dispatch::TestD1;
+use crate::helpers::*;
+use crate::ingest::scripts;
+use crate::worker::{Worker, WorkerEnv, tail};
+
+/// One message as the Java client read it.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ReadBack {
+    partition: i32,
+    offset: i64,
+    key: Option<String>,
+    record: serde_json::Value,
+}
+
+impl ReadBack {
+    fn text(&self, field: &str) -> Option<String> {
+        self.record[field].as_str().map(str::to_owned)
+    }
+
+    fn result_id(&self) -> String {
+        self.text("resultId").expect("resultId")
+    }
+}
+
+/// (cardId, outcome, errorCode): what a result says, without its ids and times.
+type Said = (Option<String>, String, Option<String>);
+
+/// Reads the results topic from the beginning with the Java client until `distinct` results
+/// were seen and the end of the log is reached; returns every message, copies included.
+fn read_back(topic: &str, distinct: usize) -> (Vec<ReadBack>, String) {
+    let schemas = repo().join("schemas");
+    let out = java(
+        &["consume-results", &brokers(), topic, &distinct.to_string(), &schemas.display().to_string()],
+        "",
+    );
+    let lines = out.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    (lines, out)
+}
+
+/// Each card's result ids in commit order, and the number of rows, from PostgreSQL.
+async fn committed(db: &TestDb) -> (HashMap<Option<String>, Vec<String>>, i64, i64) {
+    let rows: Vec<(Option<String>, Uuid)> =
+        sqlx::query_as("SELECT card_id, result_id FROM registration_results ORDER BY seq")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM registration_results WHERE published_at IS NULL")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let total = rows.len() as i64;
+    let mut by_card: HashMap<Option<String>, Vec<String>> = HashMap::new();
+    for (card, id) in rows {
+        by_card.entry(card).or_default().push(id.to_string());
+    }
+    (by_card, total, unpublished)
+}
+
+/// Checks what every reader may rely on, and returns the distinct results and the copies count:
+/// copies of a resultId are identical and keyed alike, the key is the cardId, and each card's
+/// results appear (first copies) in the order PostgreSQL committed them.
+async fn check_stream(db: &TestDb, messages: &[ReadBack]) -> (Vec<Said>, usize) {
+    let mut first: HashMap<String, &ReadBack> = HashMap::new();
+    let mut order: HashMap<Option<String>, Vec<String>> = HashMap::new();
+    let mut copies = 0;
+    let mut sorted: Vec<&ReadBack> = messages.iter().collect();
+    sorted.sort_by_key(|m| (m.partition, m.offset));
+    for m in sorted {
+        assert_eq!(m.key, m.text("cardId"), "the message key is the cardId: {m:?}");
+        match first.get(&m.result_id()) {
+            Some(earlier) => {
+                copies += 1;
+                assert_eq!(earlier.record, m.record, "a re-published result is the same result");
+                assert_eq!(earlier.key, m.key);
+            }
+            None => {
+                first.insert(m.result_id(), m);
+                if m.key.is_some() {
+                    order.entry(m.key.clone()).or_default().push(m.result_id());
+                }
+            }
+        }
+    }
+    let (by_card, total, unpublished) = committed(db).await;
+    assert_eq!(unpublished, 0, "every result is marked published");
+    assert_eq!(first.len() as i64, total, "every committed result is on the topic, and nothing else");
+    for (card, ids) in &order {
+        assert_eq!(Some(ids), by_card.get(card), "card {card:?}: results out of commit order");
+    }
+    let said = first
+        .values()
+        .map(|m| (m.text("cardId"), m.text("outcome").expect("outcome"), m.text("errorCode")))
+        .collect();
+    (said, copies)
+}
+
+fn count(said: impl IntoIterator<Item = Said>) -> BTreeMap<Said, usize> {
+    let mut out = BTreeMap::new();
+    for s in said {
+        *out.entry(s).or_default() += 1;
+    }
+    out
+}
+
+fn said(card: Option<&str>, outcome: &str, code: Option<&str>) -> Said {
+    (card.map(str::to_owned), outcome.to_owned(), code.map(str::to_owned))
+}
+
+/// The results a card following `plan` produces when its events are applied phase by phase and
+/// its registration (if any) succeeds.
+fn expected(c: &CardScript) -> Vec<Said> {
+    let id = Some(c.card_id.as_str());
+    match c.plan {
+        Plan::CreatedOnly | Plan::DeclinedThenCreated => vec![said(id, "REGISTERED_EXPLICIT", None)],
+        Plan::TokenizedOnly | Plan::TokenizedThenCreated | Plan::CreatedThenTokenized => {
+            vec![said(id, "REGISTERED_IMPLICIT_TOKENIZATION", None)]
+        }
+        Plan::OrderedOnly => vec![said(id, "REGISTERED_IMPLICIT_ORDER", None)],
+        // The cardId is the PAN: reported without one.
+        Plan::PanAsCardId => vec![said(None, "REJECTED", Some("CARD_ID_DERIVED_FROM_PAN"))],
+        Plan::BadLuhn => vec![said(id, "REJECTED", Some("INVALID_PAN"))],
+        Plan::ConsumerMismatch => {
+            vec![said(id, "REGISTERED_EXPLICIT", None), said(id, "REJECTED", Some("CONSUMER_MISMATCH"))]
+        }
+    }
+}
+
+fn mixed_plan(i: usize) -> Plan {
+    match i % 10 {
+        0 | 1 => Plan::CreatedOnly,
+        2 => Plan::DeclinedThenCreated,
+        3 => Plan::TokenizedOnly,
+        4 => Plan::OrderedOnly,
+        5 => Plan::TokenizedThenCreated,
+        6 => Plan::CreatedThenTokenized,
+        7 => Plan::PanAsCardId,
+        8 => Plan::BadLuhn,
+        _ => Plan::ConsumerMismatch,
+    }
+}
+
+fn poison(keys: &TestKeys, n: usize) -> Vec<Outgoing> {
+    use card_registrar::core::event::EventKind;
+    let mut g = Generator::new(
+        card_registrar::avro::schemas::SchemaSet::embedded().unwrap(),
+        keys.card_public(),
+        card_registrar::avro::encode::Framing::SingleObject,
+        5,
+        "poison",
+    );
+    [EventKind::Created, EventKind::Tokenized, EventKind::Ordered].into_iter().cycle().take(n).map(|k| g.poison(k)).collect()
+}
+
+/// Waits until every published message is applied, no registration is left to make, and every
+/// result is published.
+async fn wait_settled(db: &TestDb, group: &str, published: i64) {
+    wait_until("applied, dispatched and relayed", Duration::from_secs(240), || async {
+        let open: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status IN ('PENDING', 'IN_FLIGHT')")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        let (_, total, unpublished) = committed(db).await;
+        applied(&db.pool, group).await == published && open == 0 && total > 0 && unpublished == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mixed_stream_yields_exactly_the_expected_results_read_back_by_the_java_client() {
+    let (db, topics, keys) = (TestDb::new().await, TestTopics::new(3).await, TestKeys::new());
+    let d1 =
+        TestD1::start_with(&keys, |c| c.duplicate_answer = "409:CARD_ALREADY_REGISTERED".parse().unwrap())
+            .await;
+    let cards = scripts(&keys, "res", 40, mixed_plan);
+    let (refused, cancelled) = (&cards[0], &cards[1]);
+    // D1 has card 0 for somebody else: our PUT is refused, Get Card says why: FAILED for good.
+    d1.sim.seed_card(&refused.card_id, SeedCard::new("somebody-else", "prod-x")).unwrap();
+    let group = format!("res-{}", Uuid::new_v4().simple());
+
+    // Phase 1: ingest (and the relay) only, so an operator can cancel a queued registration.
+    let ingest_env = WorkerEnv::new(&db, &topics, &keys, &group, None);
+    let ingest = Worker::spawn(&ingest_env, "ingest");
+    let mut phase1: Vec<Outgoing> = cards.iter().flat_map(|c| c.phase1.clone()).collect();
+    let dups: Vec<Outgoing> = phase1.iter().step_by(7).cloned().collect();
+    phase1.extend(dups.iter().cloned());
+    phase1.extend(poison(&keys, 3));
+    publish(&topics, &phase1).await;
+    wait_until("phase 1 applied", Duration::from_secs(120), || async {
+        applied(&db.pool, &group).await == topics.published()
+    })
+    .await;
+    let row = outbox::list(&db.pool, Some(OutboxStatus::Pending), Some(&cancelled.card_id), 1).await.unwrap();
+    operator::cancel(&db.pool, row[0].id).await.unwrap();
+    publish(&topics, &cards.iter().flat_map(|c| c.phase2.clone()).collect::<Vec<_>>()).await;
+    wait_until("phase 2 applied", Duration::from_secs(120), || async {
+        applied(&db.pool, &group).await == topics.published()
+    })
+    .await;
+    assert!(ingest.terminate(Duration::from_secs(30)).success(), "{}", tail(&ingest.log));
+
+    // Phase 2: dispatch registers the rest; the relay publishes what it concludes.
+    let env = WorkerEnv::new(&db, &topics, &keys, &group, Some(d1.sim.base_url()));
+    let worker = Worker::spawn(&env, "worker");
+    wait_settled(&db, &group, topics.published()).await;
+    assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", tail(&worker.log));
+
+    let mut want: Vec<Said> = cards[2..].iter().flat_map(expected).collect();
+    want.push(said(Some(&refused.card_id), "FAILED", Some("CARD_ALREADY_REGISTERED")));
+    want.push(said(Some(&cancelled.card_id), "CANCELLED", None));
+    want.extend((0..3).map(|_| said(None, "REJECTED", Some("UNKNOWN_FRAMING"))));
+    // A refused message published twice is refused twice; an applied one is recognised.
+    for d in &dups {
+        let refused_copy = cards
+            .iter()
+            .find(|c| c.card_id.as_bytes() == d.key.as_slice() && matches!(c.plan, Plan::PanAsCardId | Plan::BadLuhn));
+        want.extend(refused_copy.map(expected).unwrap_or_default());
+    }
+    let (messages, raw) = read_back(&topics.results, want.len());
+    let (got, _) = check_stream(&db, &messages).await;
+    assert_eq!(count(got), count(want));
+    for c in &cards {
+        assert!(!raw.contains(&c.pan), "a PAN reached the results topic");
+    }
+    // Causes and correlation: an implicit result names its event; a D1 call's result its x-correlation-id.
+    for m in &messages {
+        let outcome = m.text("outcome").unwrap();
+        if outcome.starts_with("REGISTERED_IMPLICIT") || outcome == "REGISTERED_EXPLICIT" {
+            assert!(m.text("eventId").is_some(), "{m:?}");
+        }
+        if matches!(outcome.as_str(), "REGISTERED_EXPLICIT" | "FAILED" | "CANCELLED") {
+            assert!(m.text("correlationId").is_some(), "{m:?}");
+        }
+        assert!(m.record["occurredAt"].as_i64().is_some_and(|t| t > 1_700_000_000_000), "{m:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_worker_loses_no_result_and_keeps_each_cards_results_in_order() {
+    let (db, topics, keys) = (TestDb::new().await, TestTopics::new(3).await, TestKeys::new());
+    let d1 = TestD1::start(&keys).await;
+    let plan = |i: usize| match i % 5 {
+        0 => Plan::CreatedOnly,
+        1 => Plan::TokenizedOnly,
+        2 => Plan::OrderedOnly,
+        3 => Plan::BadLuhn,
+        _ => Plan::ConsumerMismatch,
+    };
+    let cards = scripts(&keys, "kill", 300, plan);
+    let group = format!("reskill-{}", Uuid::new_v4().simple());
+    let mut env = WorkerEnv::new(&db, &topics, &keys, &group, Some(d1.sim.base_url()));
+    // Short leases: a killed relay's rows are published again soon.
+    env.set("RESULTS_LEASE_SECS", "4");
+    env.set("RESULTS_BATCH_MAX", "20");
+
+    publish(&topics, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    let mut phase2_sent = false;
+    for n in 0..8 {
+        let worker = Worker::spawn(&env, &format!("w{n}"));
+        let pause = rand::thread_rng().gen_range(800..2500);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        worker.kill9();
+        if !phase2_sent && applied(&db.pool, &group).await == topics.published() {
+            // The mismatching tokenizations only once their cards exist: a deterministic expectation.
+            publish(&topics, &cards.iter().flat_map(|c| c.phase2.clone()).collect::<Vec<_>>()).await;
+            phase2_sent = true;
+        }
+    }
+    let worker = Worker::spawn(&env, "last");
+    if !phase2_sent {
+        wait_until("phase 1 applied", Duration::from_secs(120), || async {
+            applied(&db.pool, &group).await == topics.published()
+        })
+        .await;
+        publish(&topics, &cards.iter().flat_map(|c| c.phase2.clone()).collect::<Vec<_>>()).await;
+    }
+    wait_settled(&db, &group, topics.published()).await;
+    assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", tail(&worker.log));
+
+    let want: Vec<Said> = cards.iter().flat_map(expected).collect();
+    let (messages, _) = read_back(&topics.results, want.len());
+    let (got, copies) = check_stream(&db, &messages).await;
+    assert_eq!(count(got), count(want));
+    let cards_with_two: HashSet<&str> =
+        cards.iter().filter(|c| c.plan == Plan::ConsumerMismatch).map(|c| c.card_id.as_str()).collect();
+    eprintln!(
+        "{} messages, {} distinct results, {copies} re-published copies; {} cards with two results",
+        messages.len(),
+        messages.len() - copies,
+        cards_with_two.len()
+    );
+}
