@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use card_registrar::dispatch::operator;
 use card_registrar::store::outbox::{self, OutboxStatus};
+use card_registrar::store::results;
 use card_registrar::workload::{CardScript, Generator, Outgoing, Plan};
 use d1_simulator::SeedCard;
 use rand::Rng;
@@ -116,9 +117,9 @@ async fn check_stream(db: &TestDb, messages: &[ReadBack]) -> (Vec<Said>, usize) 
     (said, copies)
 }
 
-fn count(said: impl IntoIterator<Item = Said>) -> BTreeMap<Said, usize> {
+fn count(items: impl IntoIterator<Item = Said>) -> BTreeMap<Said, usize> {
     let mut out = BTreeMap::new();
-    for s in said {
+    for s in items {
         *out.entry(s).or_default() += 1;
     }
     out
@@ -212,7 +213,7 @@ async fn a_mixed_stream_yields_exactly_the_expected_results_read_back_by_the_jav
         applied(&db.pool, &group).await == topics.published()
     })
     .await;
-    let row = outbox::list(&db.pool, Some(OutboxStatus::Pending), Some(&cancelled.card_id), 1).await.unwrap();
+    let row = outbox::list(&db.pool, Some(OutboxStatus::Pending), Some(cancelled.card_id.as_str()), 1).await.unwrap();
     operator::cancel(&db.pool, row[0].id).await.unwrap();
     publish(&topics, &cards.iter().flat_map(|c| c.phase2.clone()).collect::<Vec<_>>()).await;
     wait_until("phase 2 applied", Duration::from_secs(120), || async {
@@ -311,4 +312,76 @@ async fn kill_9_of_the_worker_loses_no_result_and_keeps_each_cards_results_in_or
         messages.len() - copies,
         cards_with_two.len()
     );
+}
+
+fn new_result(card: Option<&str>, outcome: card_registrar::core::result::ResultOutcome) -> results::NewResult {
+    results::NewResult {
+        card_id: card.map(str::to_owned),
+        consumer_id: card.map(|_| "consumer-1".to_owned()),
+        outcome,
+        error_code: None,
+        reason: None,
+        event_id: None,
+        correlation_id: None,
+    }
+}
+
+#[tokio::test]
+async fn a_cards_next_result_is_claimable_only_once_the_previous_one_is_published_by_any_relay() {
+    use card_registrar::core::result::ResultOutcome::{Rejected, RegisteredExplicit, RegisteredImplicitOrder};
+    let db = TestDb::new().await;
+    let lease = Duration::from_secs(30);
+    let mut tx = db.pool.begin().await.unwrap();
+    let rows = [
+        new_result(Some("card-a"), Rejected),
+        new_result(Some("card-a"), RegisteredExplicit),
+        new_result(Some("card-b"), RegisteredImplicitOrder),
+        new_result(None, Rejected),
+        new_result(None, Rejected),
+    ];
+    results::record(&mut tx, &rows).await.unwrap();
+    tx.commit().await.unwrap();
+    let outcome_of = |claimed: &[results::PendingResult]| -> Vec<(Option<String>, String)> {
+        claimed.iter().map(|r| (r.card_id.clone(), r.outcome.clone())).collect()
+    };
+
+    // Heads only: card-a's second result waits for its first; cardless results have no order.
+    let r1 = results::claim(&db.pool, "relay-1", 10, lease).await.unwrap();
+    assert_eq!(
+        outcome_of(&r1),
+        vec![
+            (Some("card-a".into()), "REJECTED".into()),
+            (Some("card-b".into()), "REGISTERED_IMPLICIT_ORDER".into()),
+            (None, "REJECTED".into()),
+            (None, "REJECTED".into()),
+        ]
+    );
+    // Another relay gets nothing: every head is leased, and card-a's second is not a head.
+    assert!(results::claim(&db.pool, "relay-2", 10, lease).await.unwrap().is_empty());
+
+    // Relay 1 gives card-a's first back unpublished: relay 2 may take it, still not the second.
+    results::release(&db.pool, "relay-1", &[r1[0].seq], Duration::ZERO).await.unwrap();
+    let r2 = results::claim(&db.pool, "relay-2", 10, lease).await.unwrap();
+    assert_eq!(outcome_of(&r2), vec![(Some("card-a".into()), "REJECTED".into())]);
+
+    // Acknowledged and marked (by whichever relay heard the ack): now the second is the head.
+    assert_eq!(results::mark_published(&db.pool, &[r2[0].seq]).await.unwrap(), 1);
+    assert_eq!(results::mark_published(&db.pool, &[r2[0].seq]).await.unwrap(), 0, "marked once");
+    let next = results::claim(&db.pool, "relay-1", 10, lease).await.unwrap();
+    assert_eq!(outcome_of(&next), vec![(Some("card-a".into()), "REGISTERED_EXPLICIT".into())]);
+    assert_eq!(next[0].result_id, sqlx::query_scalar::<_, Uuid>(
+        "SELECT result_id FROM registration_results WHERE seq = $1").bind(next[0].seq).fetch_one(&db.pool).await.unwrap());
+
+    // A lease that ran out (a relay that died) makes the row claimable again, same resultId.
+    let short = results::claim(&db.pool, "relay-3", 10, Duration::ZERO).await.unwrap();
+    assert!(short.is_empty(), "everything is leased for 30 s");
+    results::release(&db.pool, "relay-1", &[next[0].seq], Duration::ZERO).await.unwrap();
+    let again = results::claim(&db.pool, "relay-3", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].result_id, next[0].result_id);
+    let after_expiry = results::claim(&db.pool, "relay-4", 10, lease).await.unwrap();
+    assert_eq!(after_expiry.iter().map(|r| r.result_id).collect::<Vec<_>>(), vec![next[0].result_id]);
+
+    let backlog = results::backlog(&db.pool).await.unwrap();
+    assert_eq!(backlog.pending, 4);
 }
