@@ -329,16 +329,19 @@ impl ResultsSettings {
                 "not a valid Kafka topic name ([A-Za-z0-9._-], 1..249)",
             ));
         }
-        if [&kafka.topic_card_created, &kafka.topic_card_tokenized, &kafka.topic_card_ordered].contains(&topic) {
+        if [&kafka.topic_card_created, &kafka.topic_card_tokenized, &kafka.topic_card_ordered]
+            .contains(&topic)
+        {
             return Err(ConfigError::new("TOPIC_REGISTRATION_RESULTS", "must differ from the input topics"));
         }
         match (self.results_framing, self.results_schema_id) {
             (ResultsFraming::SingleObject, None) => Ok(crate::avro::encode::Framing::SingleObject),
-            (ResultsFraming::SingleObject, Some(_)) => Err(ConfigError::new(
-                "RESULTS_SCHEMA_ID",
-                "applies only with RESULTS_FRAMING=confluent",
-            )),
-            (ResultsFraming::Confluent, Some(schema_id)) => Ok(crate::avro::encode::Framing::Confluent { schema_id }),
+            (ResultsFraming::SingleObject, Some(_)) => {
+                Err(ConfigError::new("RESULTS_SCHEMA_ID", "applies only with RESULTS_FRAMING=confluent"))
+            }
+            (ResultsFraming::Confluent, Some(schema_id)) => {
+                Ok(crate::avro::encode::Framing::Confluent { schema_id })
+            }
             (ResultsFraming::Confluent, None) => Err(ConfigError::new(
                 "RESULTS_SCHEMA_ID",
                 "missing: RESULTS_FRAMING=confluent needs the registry's id of the results schema",

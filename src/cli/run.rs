@@ -290,7 +290,8 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             // are published again after their lease, with the same resultId.
             drain_timeout: Duration::from_secs(args.shutdown_timeout_secs.saturating_sub(5).clamp(1, 5)),
         };
-        let relay = Relay::new(pool.clone(), options).map_err(|e| CliError::context("results relay", error_chain(&e)))?;
+        let relay = Relay::new(pool.clone(), options)
+            .map_err(|e| CliError::context("results relay", error_chain(&e)))?;
         tasks.push(tokio::spawn(relay.run(work.clone())));
         let retention = ResultsRetention {
             keep: Duration::from_secs(args.results.results_retention_days * 86_400),

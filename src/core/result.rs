@@ -114,7 +114,8 @@ mod tests {
     use crate::core::ids::{CardId, ConsumerId};
 
     fn record(state: CardState, source: Option<RegistrationSource>) -> CardRecord {
-        let mut r = CardRecord::new(CardId::parse("card-1").unwrap(), ConsumerId::parse("c-1").unwrap(), state);
+        let mut r =
+            CardRecord::new(CardId::parse("card-1").unwrap(), ConsumerId::parse("c-1").unwrap(), state);
         r.source = source;
         r
     }

@@ -20,10 +20,10 @@ use super::policy::{RetryPolicy, Verdict, classify};
 use crate::core::decide::RegistrationRequest;
 use crate::core::ids::CorrelationId;
 use crate::core::record::CardState;
+use crate::core::result::ResultOutcome;
 use crate::crypto::CardDataKeys;
 use crate::d1::{Clock, D1Card, D1Client, D1Error, Deadline, Operation, RegisterCard};
 use crate::store::outbox::ClaimedRow;
-use crate::core::result::ResultOutcome;
 use crate::store::results::{self, NewResult};
 use crate::store::{StoreError, cards, locks, outbox};
 use crate::telemetry::metrics::{DISPATCH_OUTCOMES, DISPATCH_RETRIES};
@@ -197,9 +197,7 @@ async fn ask(
                 Signal::Failed,
             ),
             Verdict::Release => Asked::Failed(Conclusion::Release(e.to_string()), Signal::Silent),
-            Verdict::ConfirmFirst | Verdict::GiveUp => {
-                Asked::Failed(Conclusion::refused(&e), signal_of(&e))
-            }
+            Verdict::ConfirmFirst | Verdict::GiveUp => Asked::Failed(Conclusion::refused(&e), signal_of(&e)),
         },
     }
 }

@@ -96,7 +96,13 @@ pub fn trusted_card_id(rejection: &Rejection) -> Option<&str> {
 }
 
 /// The REJECTED result of a dead letter.
-fn rejected(reason: DeadLetterReason, detail: &str, card_id: Option<&str>, consumer_id: Option<&str>, event_id: Option<Uuid>) -> NewResult {
+fn rejected(
+    reason: DeadLetterReason,
+    detail: &str,
+    card_id: Option<&str>,
+    consumer_id: Option<&str>,
+    event_id: Option<Uuid>,
+) -> NewResult {
     NewResult {
         card_id: card_id.map(str::to_owned),
         consumer_id: consumer_id.filter(|_| card_id.is_some()).map(str::to_owned),

@@ -111,13 +111,9 @@ impl Relay {
     /// Claims one batch, publishes it, waits for every acknowledgement (bounded by the delivery
     /// timeout), then marks the acknowledged rows and gives the others back.
     pub async fn step(&self) -> Result<StepReport, StoreError> {
-        let rows = results::claim(
-            &self.pool,
-            &self.options.owner,
-            self.options.batch as i64,
-            self.options.lease,
-        )
-        .await?;
+        let rows =
+            results::claim(&self.pool, &self.options.owner, self.options.batch as i64, self.options.lease)
+                .await?;
         let mut report = StepReport { claimed: rows.len(), ..StepReport::default() };
         if rows.is_empty() {
             return Ok(report);

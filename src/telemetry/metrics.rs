@@ -102,6 +102,10 @@ pub fn describe() {
     describe_counter!(OFFSETS_LOST, "Messages deleted by the broker before ingest read them, per partition");
     describe_gauge!(PARTITIONS_HELD, "Partitions held back: stored offset above the high watermark");
     describe_gauge!(RESULTS_PENDING, Unit::Count, "Registration results not yet published");
-    describe_gauge!(RESULTS_OLDEST_PENDING_AGE, Unit::Seconds, "Age of the oldest unpublished registration result");
+    describe_gauge!(
+        RESULTS_OLDEST_PENDING_AGE,
+        Unit::Seconds,
+        "Age of the oldest unpublished registration result"
+    );
     describe_counter!(RESULTS_PUBLISHED, "Registration results acknowledged by the broker, by outcome");
 }

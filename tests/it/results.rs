@@ -171,7 +171,12 @@ fn poison(keys: &TestKeys, n: usize) -> Vec<Outgoing> {
         5,
         "poison",
     );
-    [EventKind::Created, EventKind::Tokenized, EventKind::Ordered].into_iter().cycle().take(n).map(|k| g.poison(k)).collect()
+    [EventKind::Created, EventKind::Tokenized, EventKind::Ordered]
+        .into_iter()
+        .cycle()
+        .take(n)
+        .map(|k| g.poison(k))
+        .collect()
 }
 
 /// Waits until every published message is applied, no registration is left to make, and every
@@ -213,20 +218,24 @@ async fn a_mixed_stream_yields_exactly_the_expected_results_read_back_by_the_jav
         applied(&db.pool, &group).await == topics.published()
     })
     .await;
-    let row = outbox::list(&db.pool, Some(OutboxStatus::Pending), Some(cancelled.card_id.as_str()), 1).await.unwrap();
+    let row = outbox::list(&db.pool, Some(OutboxStatus::Pending), Some(cancelled.card_id.as_str()), 1)
+        .await
+        .unwrap();
     operator::cancel(&db.pool, row[0].id).await.unwrap();
     publish(&topics, &cards.iter().flat_map(|c| c.phase2.clone()).collect::<Vec<_>>()).await;
     wait_until("phase 2 applied", Duration::from_secs(120), || async {
         applied(&db.pool, &group).await == topics.published()
     })
     .await;
-    assert!(ingest.terminate(Duration::from_secs(30)).success(), "{}", tail(&ingest.log));
+    let log = ingest.log.clone();
+    assert!(ingest.terminate(Duration::from_secs(30)).success(), "{}", tail(&log));
 
     // Phase 2: dispatch registers the rest; the relay publishes what it concludes.
     let env = WorkerEnv::new(&db, &topics, &keys, &group, Some(d1.sim.base_url()));
     let worker = Worker::spawn(&env, "worker");
     wait_settled(&db, &group, topics.published()).await;
-    assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", tail(&worker.log));
+    let log = worker.log.clone();
+    assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", tail(&log));
 
     let mut want: Vec<Said> = cards[2..].iter().flat_map(expected).collect();
     want.push(said(Some(&refused.card_id), "FAILED", Some("CARD_ALREADY_REGISTERED")));
@@ -234,9 +243,9 @@ async fn a_mixed_stream_yields_exactly_the_expected_results_read_back_by_the_jav
     want.extend((0..3).map(|_| said(None, "REJECTED", Some("UNKNOWN_FRAMING"))));
     // A refused message published twice is refused twice; an applied one is recognised.
     for d in &dups {
-        let refused_copy = cards
-            .iter()
-            .find(|c| c.card_id.as_bytes() == d.key.as_slice() && matches!(c.plan, Plan::PanAsCardId | Plan::BadLuhn));
+        let refused_copy = cards.iter().find(|c| {
+            c.card_id.as_bytes() == d.key.as_slice() && matches!(c.plan, Plan::PanAsCardId | Plan::BadLuhn)
+        });
         want.extend(refused_copy.map(expected).unwrap_or_default());
     }
     let (messages, raw) = read_back(&topics.results, want.len());
@@ -298,7 +307,8 @@ async fn kill_9_of_the_worker_loses_no_result_and_keeps_each_cards_results_in_or
         publish(&topics, &cards.iter().flat_map(|c| c.phase2.clone()).collect::<Vec<_>>()).await;
     }
     wait_settled(&db, &group, topics.published()).await;
-    assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", tail(&worker.log));
+    let log = worker.log.clone();
+    assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", tail(&log));
 
     let want: Vec<Said> = cards.iter().flat_map(expected).collect();
     let (messages, _) = read_back(&topics.results, want.len());
@@ -314,7 +324,10 @@ async fn kill_9_of_the_worker_loses_no_result_and_keeps_each_cards_results_in_or
     );
 }
 
-fn new_result(card: Option<&str>, outcome: card_registrar::core::result::ResultOutcome) -> results::NewResult {
+fn new_result(
+    card: Option<&str>,
+    outcome: card_registrar::core::result::ResultOutcome,
+) -> results::NewResult {
     results::NewResult {
         card_id: card.map(str::to_owned),
         consumer_id: card.map(|_| "consumer-1".to_owned()),
@@ -328,7 +341,9 @@ fn new_result(card: Option<&str>, outcome: card_registrar::core::result::ResultO
 
 #[tokio::test]
 async fn a_cards_next_result_is_claimable_only_once_the_previous_one_is_published_by_any_relay() {
-    use card_registrar::core::result::ResultOutcome::{Rejected, RegisteredExplicit, RegisteredImplicitOrder};
+    use card_registrar::core::result::ResultOutcome::{
+        RegisteredExplicit, RegisteredImplicitOrder, Rejected,
+    };
     let db = TestDb::new().await;
     let lease = Duration::from_secs(30);
     let mut tx = db.pool.begin().await.unwrap();
@@ -369,8 +384,14 @@ async fn a_cards_next_result_is_claimable_only_once_the_previous_one_is_publishe
     assert_eq!(results::mark_published(&db.pool, &[r2[0].seq]).await.unwrap(), 0, "marked once");
     let next = results::claim(&db.pool, "relay-1", 10, lease).await.unwrap();
     assert_eq!(outcome_of(&next), vec![(Some("card-a".into()), "REGISTERED_EXPLICIT".into())]);
-    assert_eq!(next[0].result_id, sqlx::query_scalar::<_, Uuid>(
-        "SELECT result_id FROM registration_results WHERE seq = $1").bind(next[0].seq).fetch_one(&db.pool).await.unwrap());
+    assert_eq!(
+        next[0].result_id,
+        sqlx::query_scalar::<_, Uuid>("SELECT result_id FROM registration_results WHERE seq = $1")
+            .bind(next[0].seq)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    );
 
     // A lease that ran out (a relay that died) makes the row claimable again, same resultId.
     let short = results::claim(&db.pool, "relay-3", 10, Duration::ZERO).await.unwrap();

@@ -74,8 +74,12 @@ async fn create_topics(internal: &str, topics: &TestTopics) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<_> =
         rdkafka::ClientConfig::new().set("bootstrap.servers", internal).create().unwrap();
-    let new: Vec<NewTopic<'_>> =
-        topics.names().iter().chain([&topics.results.as_str()]).map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic<'_>> = topics
+        .names()
+        .iter()
+        .chain([&topics.results.as_str()])
+        .map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1)))
+        .collect();
     for r in admin.create_topics(&new, &AdminOptions::new()).await.unwrap() {
         r.unwrap();
     }
