@@ -141,7 +141,8 @@ fn expected(c: &CardScript) -> Vec<Said> {
         Plan::OrderedOnly => vec![said(id, "REGISTERED_IMPLICIT_ORDER", None)],
         // The cardId is the PAN: reported without one.
         Plan::PanAsCardId => vec![said(None, "REJECTED", Some("CARD_ID_DERIVED_FROM_PAN"))],
-        Plan::BadLuhn => vec![said(id, "REJECTED", Some("INVALID_PAN"))],
+        // Without a valid PAN the cardId cannot be checked against it: reported without one too.
+        Plan::BadLuhn => vec![said(None, "REJECTED", Some("INVALID_PAN"))],
         Plan::ConsumerMismatch => {
             vec![said(id, "REGISTERED_EXPLICIT", None), said(id, "REJECTED", Some("CONSUMER_MISMATCH"))]
         }
