@@ -4,14 +4,18 @@
 //!
 //! - a mixed stream (explicit, implicit by tokenization and by order, a terminal D1 refusal, bad
 //!   input, an operator's cancellation, poison) gives exactly the expected results, keyed by cardId;
-//! - the worker `kill -9`ed again and again while it ingests, dispatches and relays: no result
-//!   missing, copies only with the same resultId (and the same content), each card's results in
-//!   the order they were committed.
+//! - the worker `kill -9`ed 10 times while it ingests, dispatches and relays: no result missing,
+//!   copies only with the same resultId (and the same content), each card's results in the order
+//!   they were committed;
+//! - a publication whose mark was lost is published again with the same resultId, and the card's
+//!   next result waits behind it; both framings read by the reference decoder, field for field;
+//! - the claim itself: only a card's oldest unpublished result, whichever relay asks.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use card_registrar::dispatch::operator;
+use card_registrar::results::relay::{Relay, RelayOptions};
 use card_registrar::store::outbox::{self, OutboxStatus};
 use card_registrar::store::results;
 use card_registrar::workload::{CardScript, Generator, Outgoing, Plan};
@@ -125,7 +129,7 @@ fn count(items: impl IntoIterator<Item = Said>) -> BTreeMap<Said, usize> {
     out
 }
 
-fn said(card: Option<&str>, outcome: &str, code: Option<&str>) -> Said {
+fn said_(card: Option<&str>, outcome: &str, code: Option<&str>) -> Said {
     (card.map(str::to_owned), outcome.to_owned(), code.map(str::to_owned))
 }
 
@@ -134,17 +138,17 @@ fn said(card: Option<&str>, outcome: &str, code: Option<&str>) -> Said {
 fn expected(c: &CardScript) -> Vec<Said> {
     let id = Some(c.card_id.as_str());
     match c.plan {
-        Plan::CreatedOnly | Plan::DeclinedThenCreated => vec![said(id, "REGISTERED_EXPLICIT", None)],
+        Plan::CreatedOnly | Plan::DeclinedThenCreated => vec![said_(id, "REGISTERED_EXPLICIT", None)],
         Plan::TokenizedOnly | Plan::TokenizedThenCreated | Plan::CreatedThenTokenized => {
-            vec![said(id, "REGISTERED_IMPLICIT_TOKENIZATION", None)]
+            vec![said_(id, "REGISTERED_IMPLICIT_TOKENIZATION", None)]
         }
-        Plan::OrderedOnly => vec![said(id, "REGISTERED_IMPLICIT_ORDER", None)],
+        Plan::OrderedOnly => vec![said_(id, "REGISTERED_IMPLICIT_ORDER", None)],
         // The cardId is the PAN: reported without one.
-        Plan::PanAsCardId => vec![said(None, "REJECTED", Some("CARD_ID_DERIVED_FROM_PAN"))],
+        Plan::PanAsCardId => vec![said_(None, "REJECTED", Some("CARD_ID_DERIVED_FROM_PAN"))],
         // Without a valid PAN the cardId cannot be checked against it: reported without one too.
-        Plan::BadLuhn => vec![said(None, "REJECTED", Some("INVALID_PAN"))],
+        Plan::BadLuhn => vec![said_(None, "REJECTED", Some("INVALID_PAN"))],
         Plan::ConsumerMismatch => {
-            vec![said(id, "REGISTERED_EXPLICIT", None), said(id, "REJECTED", Some("CONSUMER_MISMATCH"))]
+            vec![said_(id, "REGISTERED_EXPLICIT", None), said_(id, "REJECTED", Some("CONSUMER_MISMATCH"))]
         }
     }
 }
@@ -239,9 +243,9 @@ async fn a_mixed_stream_yields_exactly_the_expected_results_read_back_by_the_jav
     assert!(worker.terminate(Duration::from_secs(30)).success(), "{}", tail(&log));
 
     let mut want: Vec<Said> = cards[2..].iter().flat_map(expected).collect();
-    want.push(said(Some(&refused.card_id), "FAILED", Some("CARD_ALREADY_REGISTERED")));
-    want.push(said(Some(&cancelled.card_id), "CANCELLED", None));
-    want.extend((0..3).map(|_| said(None, "REJECTED", Some("UNKNOWN_FRAMING"))));
+    want.push(said_(Some(&refused.card_id), "FAILED", Some("CARD_ALREADY_REGISTERED")));
+    want.push(said_(Some(&cancelled.card_id), "CANCELLED", None));
+    want.extend((0..3).map(|_| said_(None, "REJECTED", Some("UNKNOWN_FRAMING"))));
     // A refused message published twice is refused twice; an applied one is recognised.
     for d in &dups {
         let refused_copy = cards.iter().find(|c| {
@@ -279,23 +283,31 @@ async fn kill_9_of_the_worker_loses_no_result_and_keeps_each_cards_results_in_or
         3 => Plan::BadLuhn,
         _ => Plan::ConsumerMismatch,
     };
-    let cards = scripts(&keys, "kill", 300, plan);
+    let cards = scripts(&keys, "kill", 600, plan);
     let group = format!("reskill-{}", Uuid::new_v4().simple());
     let mut env = WorkerEnv::new(&db, &topics, &keys, &group, Some(d1.sim.base_url()));
-    // Short leases: a killed relay's rows are published again soon.
+    // Short leases, so a killed relay's rows are published again soon; small batches, so the relay
+    // is busy (claim, publish, mark) for most of the run and kills land in its steps.
     env.set("RESULTS_LEASE_SECS", "4");
-    env.set("RESULTS_BATCH_MAX", "20");
+    env.set("RESULTS_BATCH_MAX", "5");
 
-    publish(&topics, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    // The stream arrives in chunks while the worker is killed again and again.
+    let phase1: Vec<Outgoing> = cards.iter().flat_map(|c| c.phase1.clone()).collect();
+    let chunks: Vec<&[Outgoing]> = phase1.chunks(phase1.len() / 5 + 1).collect();
+    let phase2: Vec<Outgoing> = cards.iter().flat_map(|c| c.phase2.clone()).collect();
     let mut phase2_sent = false;
-    for n in 0..8 {
+    for n in 0..10 {
+        if let Some(chunk) = chunks.get(n) {
+            publish(&topics, chunk).await;
+        }
         let worker = Worker::spawn(&env, &format!("w{n}"));
-        let pause = rand::thread_rng().gen_range(800..2500);
+        let pause = rand::thread_rng().gen_range(1000..3500);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         worker.kill9();
-        if !phase2_sent && applied(&db.pool, &group).await == topics.published() {
+        let all_phase1 = n + 1 >= chunks.len();
+        if all_phase1 && !phase2_sent && applied(&db.pool, &group).await == topics.published() {
             // The mismatching tokenizations only once their cards exist: a deterministic expectation.
-            publish(&topics, &cards.iter().flat_map(|c| c.phase2.clone()).collect::<Vec<_>>()).await;
+            publish(&topics, &phase2).await;
             phase2_sent = true;
         }
     }
@@ -305,7 +317,7 @@ async fn kill_9_of_the_worker_loses_no_result_and_keeps_each_cards_results_in_or
             applied(&db.pool, &group).await == topics.published()
         })
         .await;
-        publish(&topics, &cards.iter().flat_map(|c| c.phase2.clone()).collect::<Vec<_>>()).await;
+        publish(&topics, &phase2).await;
     }
     wait_settled(&db, &group, topics.published()).await;
     let log = worker.log.clone();
@@ -406,4 +418,91 @@ async fn a_cards_next_result_is_claimable_only_once_the_previous_one_is_publishe
 
     let backlog = results::backlog(&db.pool).await.unwrap();
     assert_eq!(backlog.pending, 4);
+}
+
+fn relay(db: &TestDb, topic: &str, framing: card_registrar::avro::encode::Framing) -> Relay {
+    Relay::new(
+        db.pool.clone(),
+        RelayOptions {
+            brokers: brokers(),
+            topic: topic.to_owned(),
+            security: card_registrar::kafka::KafkaSecurity::default(),
+            framing,
+            owner: format!("relay-{}", Uuid::new_v4().simple()),
+            batch: 10,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(100),
+            retry_delay: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(5),
+        },
+    )
+    .unwrap()
+}
+
+async fn record_one(db: &TestDb, result: results::NewResult) {
+    let mut tx = db.pool.begin().await.unwrap();
+    results::record(&mut tx, &[result]).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_whose_mark_was_lost_is_published_again_with_its_result_id_in_either_framing() {
+    use card_registrar::avro::encode::Framing;
+    use card_registrar::core::result::ResultOutcome::{Failed, RegisteredExplicit, RegisteredImplicitOrder};
+    let (db, topics) = (TestDb::new().await, TestTopics::new(3).await);
+    let single = relay(&db, &topics.results, Framing::SingleObject);
+    let confluent = relay(&db, &topics.results, Framing::Confluent { schema_id: 7 });
+    let event = Uuid::new_v4();
+    let failed = results::NewResult {
+        error_code: Some("CARD_ALREADY_REGISTERED".into()),
+        reason: Some("D1 has this cardId registered to another consumer".into()),
+        event_id: Some(event),
+        correlation_id: Some("corr-1".into()),
+        ..new_result(Some("card-a"), Failed)
+    };
+    record_one(&db, failed).await;
+    assert_eq!(single.step().await.unwrap().published, 1);
+    // The relay crashed after the broker's ack and before its mark committed: the row is still
+    // unpublished (its lease ended), and the card's next result waits behind it.
+    sqlx::query("UPDATE registration_results SET published_at = NULL, lease_expires_at = NULL")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    record_one(&db, new_result(Some("card-a"), RegisteredExplicit)).await;
+    record_one(&db, new_result(Some("card-b"), RegisteredImplicitOrder)).await;
+    let report = confluent.step().await.unwrap();
+    assert_eq!((report.claimed, report.published), (2, 2), "card-a's first again, and card-b");
+    assert_eq!(single.step().await.unwrap().published, 1, "then card-a's second");
+    assert_eq!(single.step().await.unwrap().claimed, 0);
+
+    let schemas = repo().join("schemas");
+    let out = java(
+        &[
+            "consume-results",
+            &brokers(),
+            &topics.results,
+            "3",
+            &schemas.display().to_string(),
+            "7=card-registration-result/v1.avsc",
+        ],
+        "",
+    );
+    let messages: Vec<ReadBack> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(messages.len(), 4, "{out}");
+    let (said, copies) = check_stream(&db, &messages).await;
+    assert_eq!(copies, 1);
+    assert_eq!(
+        count(said),
+        count([
+            said_(Some("card-a"), "FAILED", Some("CARD_ALREADY_REGISTERED")),
+            said_(Some("card-a"), "REGISTERED_EXPLICIT", None),
+            said_(Some("card-b"), "REGISTERED_IMPLICIT_ORDER", None),
+        ])
+    );
+    // Field for field, as the reference decoder reads what we wrote.
+    let first = &messages.iter().find(|m| m.text("outcome").as_deref() == Some("FAILED")).unwrap().record;
+    assert_eq!(first["consumerId"], "consumer-1");
+    assert_eq!(first["reason"], "D1 has this cardId registered to another consumer");
+    assert_eq!(first["eventId"], event.to_string());
+    assert_eq!(first["correlationId"], "corr-1");
 }
