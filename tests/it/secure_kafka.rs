@@ -213,6 +213,18 @@ async fn the_worker_registers_through_sasl_ssl_and_bad_credentials_stop_start_up
             == 20
     })
     .await;
+    // The results relay's producer goes through the same listener with the same settings: each
+    // registration's result is acknowledged by the secured broker.
+    wait_until("20 registration results published through SASL_SSL", Duration::from_secs(60), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM registration_results WHERE outcome = 'REGISTERED_EXPLICIT' AND published_at IS NOT NULL",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+            == 20
+    })
+    .await;
     let log = worker.log.clone();
     assert!(worker.terminate(Duration::from_secs(30)).success(), "log:\n{}", tail(&log));
     let text = std::fs::read_to_string(&log).unwrap();
