@@ -362,6 +362,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn readyz_shows_the_results_relay_lag_as_detail_without_failing_on_it() {
+        let readiness = Readiness::new(&[Check::Database]);
+        readiness.set_database(true);
+        let admin = TestAdmin::spawn(readiness.clone(), handle()).await;
+        assert!(admin.readyz().await.1.get("results_relay").is_none(), "no relay reported yet");
+
+        readiness.set_results_backlog(3, 900);
+        let (status, body) = admin.readyz().await;
+
+        assert_eq!(status, 200, "a lagging relay is an alert, not unreadiness");
+        assert_eq!(body["results_relay"], serde_json::json!({"pending": 3, "oldest_pending_age_secs": 900}));
+    }
+
+    #[tokio::test]
     async fn readyz_of_a_dispatch_only_process_has_no_kafka_check() {
         let readiness = Readiness::new(&[Check::Database]);
         readiness.set_database(true);

@@ -730,10 +730,31 @@ mod tests {
         db: DatabaseSettings,
         #[command(flatten)]
         dispatch: DispatchSettings,
+        #[command(flatten)]
+        results: ResultsSettings,
     }
 
     fn parse(args: &[&str]) -> T {
         T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn results_framing_and_topic_are_checked_naming_the_variable() {
+        let t = parse(&[]);
+        assert_eq!(t.results.validate(&t.kafka).unwrap(), crate::avro::encode::Framing::SingleObject);
+        let t = parse(&["--results-framing", "confluent"]);
+        assert_eq!(t.results.validate(&t.kafka).unwrap_err().variable, "RESULTS_SCHEMA_ID");
+        let t = parse(&["--results-framing", "confluent", "--results-schema-id", "42"]);
+        assert_eq!(
+            t.results.validate(&t.kafka).unwrap(),
+            crate::avro::encode::Framing::Confluent { schema_id: 42 }
+        );
+        let t = parse(&["--results-schema-id", "42"]);
+        assert_eq!(t.results.validate(&t.kafka).unwrap_err().variable, "RESULTS_SCHEMA_ID");
+        let t = parse(&["--topic-registration-results", "card-created"]);
+        assert_eq!(t.results.validate(&t.kafka).unwrap_err().variable, "TOPIC_REGISTRATION_RESULTS");
+        let t = parse(&["--topic-registration-results", "no spaces"]);
+        assert_eq!(t.results.validate(&t.kafka).unwrap_err().variable, "TOPIC_REGISTRATION_RESULTS");
     }
 
     #[test]

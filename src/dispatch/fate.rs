@@ -196,6 +196,60 @@ mod tests {
         assert_eq!(p.again, None);
     }
 
+    fn pending() -> CardRecord {
+        use crate::core::ids::{CardId, ConsumerId};
+        use crate::core::record::CardState;
+        CardRecord::new(
+            CardId::parse("card-1").unwrap(),
+            ConsumerId::parse("c-1").unwrap(),
+            CardState::Pending,
+        )
+    }
+
+    #[test]
+    fn a_d1_refusal_fails_the_card_with_d1s_error_code_and_a_success_registers_it_explicitly() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let refused =
+            Conclusion::GaveUp { reason: "D1 answered 400".into(), error_code: Some("INVALID_X".into()) };
+        let f = fate(&pending(), plan(refused, &policy(), 1, Duration::ZERO, &mut rng), Utc::now());
+        assert_eq!(
+            (f.label, f.result, f.error_code.as_deref()),
+            ("parked", Some(ResultOutcome::Failed), Some("INVALID_X"))
+        );
+
+        let f = fate(
+            &pending(),
+            plan(Conclusion::Registered, &policy(), 1, Duration::ZERO, &mut rng),
+            Utc::now(),
+        );
+        assert_eq!(
+            (f.label, f.result, f.error_code),
+            ("done", Some(ResultOutcome::RegisteredExplicit), None)
+        );
+        // Already registered (implicitly, meanwhile): the row ends, the card's result was ingest's.
+        let f =
+            fate(&f.record, plan(Conclusion::Registered, &policy(), 1, Duration::ZERO, &mut rng), Utc::now());
+        assert_eq!(f.result, None);
+    }
+
+    #[test]
+    fn a_failed_call_after_an_implicit_registration_in_flight_reports_that_registration() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut r = pending();
+        r.implicit_while_in_flight = Some(crate::core::record::RegistrationSource::ImplicitOrder);
+        let f = fate(
+            &r,
+            plan(Conclusion::gave_up("conflict"), &policy(), 1, Duration::ZERO, &mut rng),
+            Utc::now(),
+        );
+        assert_eq!(
+            (f.label, f.result, f.error_code),
+            ("cancelled", Some(ResultOutcome::RegisteredImplicitOrder), None)
+        );
+        let f = fate(&pending(), plan(failed(false), &policy(), 1, Duration::ZERO, &mut rng), Utc::now());
+        assert_eq!((f.label, f.result), ("retry", None), "a retry settles nothing");
+    }
+
     #[test]
     fn the_age_limit_parks_a_failing_row() {
         let mut rng = StdRng::seed_from_u64(1);

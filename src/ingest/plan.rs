@@ -329,6 +329,36 @@ mod tests {
         assert_eq!(plan.records[0].card_id.as_str(), "card-1");
         assert_eq!(plan.records[0].state, CardState::Registered);
         assert_eq!(plan.history.len(), 1);
+        let results: Vec<(Option<&str>, ResultOutcome, Option<&str>)> =
+            plan.results.iter().map(|r| (r.card_id.as_deref(), r.outcome, r.error_code.as_deref())).collect();
+        assert_eq!(
+            results,
+            vec![
+                (Some("card-1"), ResultOutcome::RegisteredImplicitTokenization, None),
+                (Some("card-2"), ResultOutcome::Rejected, Some("EVENT_ID_REUSED")),
+            ],
+            "one result per entered state and per refused message; none for the duplicate"
+        );
+    }
+
+    #[test]
+    fn a_refused_message_is_reported_with_its_card_id_only_when_that_id_is_trustworthy() {
+        let rejection = |card_id: Option<&str>| Rejection {
+            reason: DeadLetterReason::CardIdDerivedFromPan,
+            detail: "d".into(),
+            card_id: card_id.map(str::to_owned),
+            event_id: Some(Uuid::from_u128(9)),
+        };
+        let messages = [
+            prepared(0, Err(rejection(Some("c-[masked]")))),
+            prepared(1, Err(rejection(None))),
+            prepared(2, Err(rejection(Some("card-7")))),
+        ];
+        let plan = plan_batch(Loaded::default(), "t", 0, &messages, now());
+        let cards: Vec<Option<&str>> = plan.results.iter().map(|r| r.card_id.as_deref()).collect();
+        assert_eq!(cards, vec![None, None, Some("card-7")]);
+        assert!(plan.results.iter().all(|r| r.outcome == ResultOutcome::Rejected));
+        assert!(plan.results[..2].iter().all(|r| r.consumer_id.is_none()));
     }
 
     #[test]
