@@ -153,6 +153,17 @@ fn expected(c: &CardScript) -> Vec<Said> {
     }
 }
 
+/// Whether some relay holds claimed, not yet marked results.
+async fn relay_holds_rows(db: &TestDb) -> bool {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM registration_results
+                        WHERE published_at IS NULL AND lease_owner IS NOT NULL AND lease_expires_at > now())",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
 fn mixed_plan(i: usize) -> Plan {
     match i % 10 {
         0 | 1 => Plan::CreatedOnly,
@@ -301,8 +312,18 @@ async fn kill_9_of_the_worker_loses_no_result_and_keeps_each_cards_results_in_or
             publish(&topics, chunk).await;
         }
         let worker = Worker::spawn(&env, &format!("w{n}"));
-        let pause = rand::thread_rng().gen_range(1000..3500);
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+        // Kill at a random moment after start-up, preferably while the relay holds claimed rows
+        // (between its claim and its mark: the window where a crash re-publishes).
+        let pause = Duration::from_millis(rand::thread_rng().gen_range(1000..3500));
+        let deadline = tokio::time::Instant::now() + pause;
+        let earliest = tokio::time::Instant::now() + pause / 3;
+        while tokio::time::Instant::now() < deadline {
+            let now = tokio::time::Instant::now();
+            if now >= earliest && relay_holds_rows(&db).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         worker.kill9();
         let all_phase1 = n + 1 >= chunks.len();
         if all_phase1 && !phase2_sent && applied(&db.pool, &group).await == topics.published() {
