@@ -103,6 +103,7 @@ fn every_schema_file_has_the_canonical_form_and_fingerprint_the_reference_gives_
     let out = java(&args, "");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), files.len(), "{out}");
+    let mut relay_writer_checked = false;
     for (file, line) in paths.iter().zip(lines) {
         let mut parts = line.splitn(3, ' ');
         let (name, fingerprint, canonical) =
@@ -112,10 +113,8 @@ fn every_schema_file_has_the_canonical_form_and_fingerprint_the_reference_gives_
         assert_eq!(ours.canonical_form(), canonical, "{file}");
         assert_eq!(ours.fingerprint().to_string(), fingerprint, "{file}");
         if name.contains(&format!("schemas/{RESULTS_FOLDER}/")) {
-            // What the relay writes with is the newest result schema, byte for byte this file's form.
-            if ours.fingerprint() == results.fingerprint() {
-                assert_eq!(results.canonical_form(), canonical);
-            }
+            // Not an input schema: the relay writes with the newest of these files.
+            relay_writer_checked |= results.fingerprint().to_string() == fingerprint;
             continue;
         }
         let kept = embedded.by_fingerprint(&ours.fingerprint()).unwrap_or_else(|| panic!("{file} embedded"));
@@ -124,6 +123,7 @@ fn every_schema_file_has_the_canonical_form_and_fingerprint_the_reference_gives_
             *name.rsplit("schemas/").next().unwrap()
         );
     }
+    assert!(relay_writer_checked, "the results relay writes with a schema file the reference fingerprinted");
 }
 
 /// The event's fields as plain JSON: strings, enum symbols, nulls, `occurredAt` in milliseconds.
