@@ -7,6 +7,11 @@
 //   consume BROKERS TOPIC N SCHEMA_DIR  reads N messages from the beginning of TOPIC, decodes each
 //                                       (single-object: by fingerprint; Confluent: by --id ID=topic/vN.avsc)
 //                                       into the topic's newest schema; prints JSON lines
+//   consume-results BROKERS TOPIC DISTINCT SCHEMA_DIR [ID=card-registration-result/vN.avsc...]
+//                                       reads TOPIC from the beginning until DISTINCT distinct resultIds
+//                                       were seen and the end offsets (taken then) are reached, decodes
+//                                       with schemas/card-registration-result; prints every message
+//                                       (duplicates included) as a JSON line
 
 import java.io.*;
 import java.nio.ByteBuffer;
@@ -40,6 +45,8 @@ public class AvroReference {
       case "fingerprint" -> fingerprint(Arrays.copyOfRange(args, 1, args.length));
       case "produce" -> produce(args[1], Paths.get(args[2]));
       case "consume" -> consume(args[1], args[2], Integer.parseInt(args[3]), Paths.get(args[4]),
+          Arrays.copyOfRange(args, 5, args.length));
+      case "consume-results" -> consumeResults(args[1], args[2], Integer.parseInt(args[3]), Paths.get(args[4]),
           Arrays.copyOfRange(args, 5, args.length));
       default -> throw new IllegalArgumentException("unknown command " + args[0]);
     }
@@ -156,6 +163,60 @@ public class AvroReference {
         }
       }
       if (seen < count) throw new IllegalStateException("read " + seen + " of " + count + " messages");
+    }
+  }
+
+  static void consumeResults(String brokers, String topic, int distinct, Path schemaDir, String[] ids) throws Exception {
+    List<Path> files;
+    try (Stream<Path> s = Files.list(schemaDir.resolve("card-registration-result"))) {
+      files = s.filter(p -> p.toString().endsWith(".avsc"))
+          .sorted(Comparator.comparingInt(p -> Integer.parseInt(p.getFileName().toString().replaceAll("\\D", ""))))
+          .collect(Collectors.toList());
+    }
+    Schema newest = parse(files.get(files.size() - 1));
+    BinaryMessageDecoder<GenericRecord> singleObject = new BinaryMessageDecoder<>(GenericData.get(), newest);
+    for (Path f : files) singleObject.addSchema(parse(f));
+    Map<Integer, Schema> confluent = new HashMap<>();
+    for (String id : ids) {
+      String[] kv = id.split("=", 2);
+      confluent.put(Integer.parseInt(kv[0]), parse(schemaDir.resolve(kv[1])));
+    }
+    Properties props = new Properties();
+    props.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, brokers);
+    props.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
+    // Only what the idempotent producer committed; no transactions are used, but be strict.
+    props.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, "read_committed");
+    try (Consumer<String, byte[]> consumer = new KafkaConsumer<>(props, new StringDeserializer(), new ByteArrayDeserializer())) {
+      List<TopicPartition> partitions = consumer.partitionsFor(topic).stream()
+          .map(p -> new TopicPartition(topic, p.partition())).collect(Collectors.toList());
+      consumer.assign(partitions);
+      consumer.seekToBeginning(partitions);
+      Set<String> seen = new HashSet<>();
+      Map<TopicPartition, Long> end = null;
+      long deadline = System.currentTimeMillis() + 180_000;
+      while (System.currentTimeMillis() < deadline) {
+        for (ConsumerRecord<String, byte[]> r : consumer.poll(Duration.ofMillis(500))) {
+          byte[] v = r.value();
+          GenericRecord record;
+          if (v.length > 0 && v[0] == 0) {
+            Schema writer = confluent.get(ByteBuffer.wrap(v, 1, 4).getInt());
+            BinaryDecoder dec = DecoderFactory.get().binaryDecoder(v, 5, v.length - 5, null);
+            record = new GenericDatumReader<GenericRecord>(writer, newest).read(null, dec);
+          } else {
+            record = singleObject.decode(v);
+          }
+          seen.add(record.get("resultId").toString());
+          ObjectNode line = JSON.createObjectNode();
+          line.put("partition", r.partition());
+          line.put("offset", r.offset());
+          line.put("key", r.key());
+          line.set("record", JSON.readTree(GenericData.get().toString(record)));
+          System.out.println(JSON.writeValueAsString(line));
+        }
+        if (end == null && seen.size() >= distinct) end = consumer.endOffsets(partitions);
+        if (end != null && end.entrySet().stream().allMatch(e -> consumer.position(e.getKey()) >= e.getValue())) return;
+      }
+      throw new IllegalStateException("read " + seen.size() + " of " + distinct + " distinct results");
     }
   }
 }

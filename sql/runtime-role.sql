@@ -32,3 +32,7 @@ GRANT SELECT, INSERT ON :"schema".offset_gaps TO :"runtime_role";
 GRANT USAGE ON SEQUENCE :"schema".offset_gaps_id_seq TO :"runtime_role";
 GRANT SELECT, INSERT ON :"schema".offset_resets TO :"runtime_role";
 GRANT USAGE ON SEQUENCE :"schema".offset_resets_id_seq TO :"runtime_role";
+-- Registration results (issue 16): written with the state change, leased and marked by the relay,
+-- deleted past retention.
+GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".registration_results TO :"runtime_role";
+GRANT USAGE ON SEQUENCE :"schema".registration_results_seq_seq TO :"runtime_role";

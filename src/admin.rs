@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -50,6 +50,20 @@ struct Inner {
     /// False once a partition task died unexpectedly.
     partition_tasks: AtomicBool,
     shutting_down: AtomicBool,
+    /// Registration results not yet published, and the oldest one's age in seconds (relay lag);
+    /// `u64::MAX` pending until the relay's upkeep first reports.
+    results_pending: AtomicU64,
+    results_oldest_age_secs: AtomicU64,
+}
+
+/// The results relay's lag, shown in `/readyz` (detail only: a lagging relay does not make the
+/// process unready, the alert `CardRegistrarResultsRelayLagging` does the telling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ResultsBacklog {
+    /// Results written but not yet acknowledged by the broker.
+    pub pending: u64,
+    /// Age of the oldest of them, seconds.
+    pub oldest_pending_age_secs: u64,
 }
 
 /// What `/readyz` answers, as JSON: `{"ready": bool, "checks": {"database": bool, ...}}`.
@@ -59,6 +73,9 @@ pub struct ReadinessReport {
     pub ready: bool,
     /// Each declared check, plus `not_shutting_down`.
     pub checks: BTreeMap<&'static str, bool>,
+    /// The results relay's lag, once a relay runs in this process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results_relay: Option<ResultsBacklog>,
 }
 
 impl Readiness {
@@ -74,6 +91,8 @@ impl Readiness {
                 held_partitions: AtomicUsize::new(0),
                 partition_tasks: AtomicBool::new(true),
                 shutting_down: AtomicBool::new(false),
+                results_pending: AtomicU64::new(u64::MAX),
+                results_oldest_age_secs: AtomicU64::new(0),
             }),
         };
         readiness.publish();
@@ -106,6 +125,12 @@ impl Readiness {
         self.publish();
     }
 
+    /// Records the results relay's backlog (shown in the report, not a check).
+    pub fn set_results_backlog(&self, pending: u64, oldest_pending_age_secs: u64) {
+        self.inner.results_oldest_age_secs.store(oldest_pending_age_secs, Ordering::Release);
+        self.inner.results_pending.store(pending.min(u64::MAX - 1), Ordering::Release);
+    }
+
     /// Marks the process as stopping: not ready from now on, for good.
     pub fn set_shutting_down(&self) {
         self.inner.shutting_down.store(true, Ordering::Release);
@@ -129,7 +154,12 @@ impl Readiness {
             checks.insert("partition_tasks", self.inner.partition_tasks.load(Ordering::Acquire));
         }
         checks.insert("not_shutting_down", !self.inner.shutting_down.load(Ordering::Acquire));
-        ReadinessReport { ready: checks.values().all(|ok| *ok), checks }
+        let pending = self.inner.results_pending.load(Ordering::Acquire);
+        let results_relay = (pending != u64::MAX).then(|| ResultsBacklog {
+            pending,
+            oldest_pending_age_secs: self.inner.results_oldest_age_secs.load(Ordering::Acquire),
+        });
+        ReadinessReport { ready: checks.values().all(|ok| *ok), checks, results_relay }
     }
 
     fn publish(&self) {
@@ -329,6 +359,20 @@ mod tests {
         assert_eq!(status, 503);
         assert_eq!(body["checks"]["not_shutting_down"], false);
         assert_eq!(body["checks"]["database"], true);
+    }
+
+    #[tokio::test]
+    async fn readyz_shows_the_results_relay_lag_as_detail_without_failing_on_it() {
+        let readiness = Readiness::new(&[Check::Database]);
+        readiness.set_database(true);
+        let admin = TestAdmin::spawn(readiness.clone(), handle()).await;
+        assert!(admin.readyz().await.1.get("results_relay").is_none(), "no relay reported yet");
+
+        readiness.set_results_backlog(3, 900);
+        let (status, body) = admin.readyz().await;
+
+        assert_eq!(status, 200, "a lagging relay is an alert, not unreadiness");
+        assert_eq!(body["results_relay"], serde_json::json!({"pending": 3, "oldest_pending_age_secs": 900}));
     }
 
     #[tokio::test]

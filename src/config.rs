@@ -280,6 +280,76 @@ pub struct DispatchSettings {
     pub outbox_retention_days: u64,
 }
 
+/// How registration results are framed on the results topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResultsFraming {
+    /// Avro single-object encoding (`C3 01` + the schema's CRC-64-AVRO fingerprint).
+    #[value(name = "single-object")]
+    SingleObject,
+    /// Confluent wire format (`00` + `RESULTS_SCHEMA_ID`, the registry's id of the schema).
+    Confluent,
+}
+
+/// The registration-results topic and its relay (results outbox -> Kafka).
+#[derive(Debug, Clone, Args)]
+pub struct ResultsSettings {
+    /// Topic the registration results are published to.
+    #[arg(long, env = "TOPIC_REGISTRATION_RESULTS", default_value = "card-registration-results")]
+    pub topic_registration_results: String,
+    /// Run the results relay in this process (any number of replicas may).
+    #[arg(long, env = "RESULTS_RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub results_relay_enabled: bool,
+    /// Value framing of the results: single-object or confluent.
+    #[arg(long, env = "RESULTS_FRAMING", value_enum, default_value_t = ResultsFraming::SingleObject)]
+    pub results_framing: ResultsFraming,
+    /// The schema registry's id of `schemas/card-registration-result`'s newest version (confluent framing).
+    #[arg(long, env = "RESULTS_SCHEMA_ID")]
+    pub results_schema_id: Option<u32>,
+    /// Most results claimed and published at once.
+    #[arg(long, env = "RESULTS_BATCH_MAX", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub results_batch_max: u32,
+    /// Lease on claimed results, seconds; the producer gives up on a message after 3/4 of it.
+    #[arg(long, env = "RESULTS_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(4..=3600))]
+    pub results_lease_secs: u64,
+    /// Days published results are kept in PostgreSQL.
+    #[arg(long, env = "RESULTS_RETENTION_DAYS", default_value_t = 7)]
+    pub results_retention_days: u64,
+}
+
+impl ResultsSettings {
+    /// Checks the topic name (and that it is not an input topic) and the framing's schema id.
+    pub fn validate(&self, kafka: &KafkaSettings) -> Result<crate::avro::encode::Framing, ConfigError> {
+        let topic = &self.topic_registration_results;
+        let ok = !topic.is_empty()
+            && topic.len() <= 249
+            && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return Err(ConfigError::new(
+                "TOPIC_REGISTRATION_RESULTS",
+                "not a valid Kafka topic name ([A-Za-z0-9._-], 1..249)",
+            ));
+        }
+        if [&kafka.topic_card_created, &kafka.topic_card_tokenized, &kafka.topic_card_ordered]
+            .contains(&topic)
+        {
+            return Err(ConfigError::new("TOPIC_REGISTRATION_RESULTS", "must differ from the input topics"));
+        }
+        match (self.results_framing, self.results_schema_id) {
+            (ResultsFraming::SingleObject, None) => Ok(crate::avro::encode::Framing::SingleObject),
+            (ResultsFraming::SingleObject, Some(_)) => {
+                Err(ConfigError::new("RESULTS_SCHEMA_ID", "applies only with RESULTS_FRAMING=confluent"))
+            }
+            (ResultsFraming::Confluent, Some(schema_id)) => {
+                Ok(crate::avro::encode::Framing::Confluent { schema_id })
+            }
+            (ResultsFraming::Confluent, None) => Err(ConfigError::new(
+                "RESULTS_SCHEMA_ID",
+                "missing: RESULTS_FRAMING=confluent needs the registry's id of the results schema",
+            )),
+        }
+    }
+}
+
 /// Admin HTTP endpoints.
 #[derive(Debug, Clone, Args)]
 pub struct AdminSettings {
@@ -660,10 +730,31 @@ mod tests {
         db: DatabaseSettings,
         #[command(flatten)]
         dispatch: DispatchSettings,
+        #[command(flatten)]
+        results: ResultsSettings,
     }
 
     fn parse(args: &[&str]) -> T {
         T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn results_framing_and_topic_are_checked_naming_the_variable() {
+        let t = parse(&[]);
+        assert_eq!(t.results.validate(&t.kafka).unwrap(), crate::avro::encode::Framing::SingleObject);
+        let t = parse(&["--results-framing", "confluent"]);
+        assert_eq!(t.results.validate(&t.kafka).unwrap_err().variable, "RESULTS_SCHEMA_ID");
+        let t = parse(&["--results-framing", "confluent", "--results-schema-id", "42"]);
+        assert_eq!(
+            t.results.validate(&t.kafka).unwrap(),
+            crate::avro::encode::Framing::Confluent { schema_id: 42 }
+        );
+        let t = parse(&["--results-schema-id", "42"]);
+        assert_eq!(t.results.validate(&t.kafka).unwrap_err().variable, "RESULTS_SCHEMA_ID");
+        let t = parse(&["--topic-registration-results", "card-created"]);
+        assert_eq!(t.results.validate(&t.kafka).unwrap_err().variable, "TOPIC_REGISTRATION_RESULTS");
+        let t = parse(&["--topic-registration-results", "no spaces"]);
+        assert_eq!(t.results.validate(&t.kafka).unwrap_err().variable, "TOPIC_REGISTRATION_RESULTS");
     }
 
     #[test]

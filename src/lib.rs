@@ -10,6 +10,7 @@
 //! - [`dispatch`]: outbox -> D1: claim under a lease, rate limit, retry, reconcile, breaker.
 //! - [`ingest`]: Kafka -> decode (via [`avro`]) -> validate -> decide -> one PostgreSQL transaction per batch.
 //! - [`kafka`]: Kafka client security (TLS, SASL, properties file) and the start-up broker check.
+//! - [`results`]: registration results -> Kafka: the relay of the results outbox, its upkeep.
 //! - [`shutdown`]: signals -> cancellation, soft stop then hard stop.
 //! - [`store`]: PostgreSQL (sqlx): records, history, outbox, dead letters, consumed offsets.
 //! - [`telemetry`]: logs (JSON or text), traces (OpenTelemetry, W3C propagation), metric names and the
@@ -29,6 +30,7 @@ pub mod d1;
 pub mod dispatch;
 pub mod ingest;
 pub mod kafka;
+pub mod results;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -1,6 +1,6 @@
 //! Avro encoding of card events, the inverse of `decode`: for the `publish` command, the demo,
 //! tests and benchmarks. Writes the newest kept schema version by default, or any older one, in
-//! either framing.
+//! either framing. Also the registration results the relay publishes ([`encode_result`]).
 //!
 //! Encoding never sees a clear PAN: `CardCreated` carries only the JWE.
 
@@ -11,6 +11,7 @@ use apache_avro::writer::datum::GenericDatumWriter;
 
 use super::schemas::{ParsedSchema, SchemaSet, topic_folder};
 use crate::core::event::CardEvent;
+use crate::core::result::RegistrationResult;
 
 /// How the Avro datum is framed in the Kafka message value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +75,38 @@ pub fn encode_with(
     event: &CardEvent,
     framing: Framing,
 ) -> Result<Vec<u8>, EncodeError> {
+    write_record(writer, &fields(event), framing)
+}
+
+/// Encodes a registration result (topic `card-registration-results`) with its writer schema.
+pub fn encode_result(
+    writer: &ParsedSchema,
+    result: &RegistrationResult,
+    framing: Framing,
+) -> Result<Vec<u8>, EncodeError> {
+    let available = [
+        ("resultId", Field::Owned(result.result_id.to_string())),
+        ("cardId", Field::Opt(result.card_id.as_deref())),
+        ("consumerId", Field::Opt(result.consumer_id.as_deref())),
+        ("outcome", Field::Symbol(result.outcome.as_str())),
+        ("errorCode", Field::Opt(result.error_code.as_deref())),
+        ("reason", Field::Opt(result.reason.as_deref())),
+        ("eventId", Field::OptOwned(result.event_id.map(|e| e.to_string()))),
+        ("occurredAt", Field::Millis(result.occurred_at.timestamp_millis())),
+        ("correlationId", Field::Opt(result.correlation_id.as_deref())),
+    ];
+    write_record(writer, &available, framing)
+}
+
+/// Frames and writes a record from the fields available, in the writer schema's field order.
+fn write_record(
+    writer: &ParsedSchema,
+    available: &[(&str, Field<'_>)],
+    framing: Framing,
+) -> Result<Vec<u8>, EncodeError> {
     let Schema::Record(record) = writer.schema() else {
         return Err(EncodeError::NotARecord);
     };
-    let available = fields(event);
     let values = record
         .fields
         .iter()
@@ -111,6 +140,7 @@ enum Field<'a> {
     Millis(i64),
     Symbol(&'static str),
     Opt(Option<&'a str>),
+    OptOwned(Option<String>),
 }
 
 fn fields(event: &CardEvent) -> Vec<(&'static str, Field<'_>)> {
@@ -152,6 +182,7 @@ fn fit(field: Option<&Field<'_>>, schema_field: &RecordField) -> Result<Value, E
             let index = e.symbols.iter().position(|x| x == s).ok_or_else(misfit)?;
             Value::Enum(u32::try_from(index).map_err(|_| misfit())?, (*s).to_owned())
         }
+        (Field::OptOwned(o), Schema::Union(_)) => return fit(Some(&Field::Opt(o.as_deref())), schema_field),
         (Field::Opt(o), Schema::Union(u)) => {
             let (index, value) = match o {
                 None => (u.variants().iter().position(|v| *v == Schema::Null), Value::Null),

@@ -128,6 +128,37 @@ pub fn record_name(kind: EventKind) -> &'static str {
 
 const KINDS: [EventKind; 3] = [EventKind::Created, EventKind::Tokenized, EventKind::Ordered];
 
+/// The `schemas/` folder of the registration results card-registrar publishes (not an input topic).
+pub const RESULTS_FOLDER: &str = "card-registration-result";
+/// The record full name of a registration result.
+pub const RESULTS_RECORD: &str = "cards.registration.v1.CardRegistrationResult";
+
+/// Folders of the streams card-registrar writes: kept in `schemas/` (and checked against the Avro
+/// reference), but not part of the input schema set.
+const OUTPUT_FOLDERS: &[&str] = &[RESULTS_FOLDER];
+
+/// The newest kept schema of the registration results: the one the relay writes with.
+pub fn results_schema() -> Result<ParsedSchema, SchemaError> {
+    let file = EMBEDDED
+        .iter()
+        .filter(|f| f.topic == RESULTS_FOLDER)
+        .max_by_key(|f| f.version)
+        .ok_or(SchemaError::NoVersion { topic: RESULTS_FOLDER })?;
+    let parsed = ParsedSchema::parse(file.json).map_err(|source| SchemaError::Parse {
+        topic: file.topic.to_owned(),
+        version: file.version,
+        source,
+    })?;
+    if parsed.full_name() != Some(RESULTS_RECORD) {
+        return Err(SchemaError::WrongRecord {
+            topic: file.topic.to_owned(),
+            version: file.version,
+            expected: RESULTS_RECORD,
+        });
+    }
+    Ok(parsed)
+}
+
 /// One kept version of a topic's schema.
 #[derive(Debug, Clone)]
 pub struct SchemaVersion {
@@ -221,7 +252,7 @@ impl SchemaSet {
     pub fn from_files(files: &[EmbeddedSchema]) -> Result<Self, SchemaError> {
         let mut versions: [Vec<SchemaVersion>; 3] = Default::default();
         let mut by_fingerprint = HashMap::new();
-        for file in files {
+        for file in files.iter().filter(|f| !OUTPUT_FOLDERS.contains(&f.topic)) {
             let kind = KINDS
                 .into_iter()
                 .find(|k| topic_folder(*k) == file.topic)
@@ -295,10 +326,24 @@ mod tests {
     #[test]
     fn every_embedded_schema_file_parses_into_the_set() {
         let set = SchemaSet::embedded().unwrap();
-        assert_eq!(EMBEDDED.len(), 5);
-        for file in EMBEDDED {
+        let inputs: Vec<_> = EMBEDDED.iter().filter(|f| !OUTPUT_FOLDERS.contains(&f.topic)).collect();
+        assert_eq!(inputs.len(), 5);
+        for file in inputs {
             let kind = KINDS.into_iter().find(|k| topic_folder(*k) == file.topic).unwrap();
             assert!(set.version(kind, file.version).is_some(), "{}/v{}", file.topic, file.version);
+        }
+    }
+
+    #[test]
+    fn the_results_schema_is_the_newest_result_version_and_its_enum_tolerates_new_outcomes() {
+        let schema = results_schema().unwrap();
+        assert_eq!(schema.full_name(), Some(RESULTS_RECORD));
+        let Schema::Record(record) = schema.schema() else { panic!("not a record") };
+        let outcome = record.fields.iter().find(|f| f.name == "outcome").unwrap();
+        let Schema::Enum(e) = &outcome.schema else { panic!("outcome is not an enum") };
+        assert_eq!(e.default.as_deref(), Some("UNKNOWN"));
+        for o in crate::core::result::ResultOutcome::ALL {
+            assert!(e.symbols.iter().any(|s| s == o.as_str()), "{}", o.as_str());
         }
     }
 

@@ -1,5 +1,5 @@
 //! `card-registrar run`: ingest and dispatch (each can be turned off to scale them apart), the
-//! admin endpoints, and a graceful shutdown on SIGTERM/SIGINT.
+//! registration results relay, the admin endpoints, and a graceful shutdown on SIGTERM/SIGINT.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use crate::avro::registry::{HttpSchemaRegistry, RegistryOptions, RegistrySetupEr
 use crate::avro::schemas::SchemaSet;
 use crate::config::{
     AdminSettings, CardDataSettings, ConfigError, D1Settings, DatabaseSettings, DispatchSettings,
-    IngestSettings, KafkaSettings, ValidD1Settings,
+    IngestSettings, KafkaSettings, ResultsSettings, ValidD1Settings,
 };
 use crate::core::event::EventKind;
 use crate::core::validate::CardIdPolicy;
@@ -30,6 +30,8 @@ use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::ingest::consumer::{self, IngestOptions};
 use crate::ingest::prepare::Pipeline;
 use crate::kafka::{self, BrokerCheck, KafkaSecurity};
+use crate::results::relay::{Relay, RelayOptions};
+use crate::results::upkeep::{self, ResultsRetention};
 use crate::{shutdown, store, telemetry};
 
 /// Settings of `run`.
@@ -53,6 +55,9 @@ pub struct RunArgs {
     /// Dispatch tuning.
     #[command(flatten)]
     pub dispatch: DispatchSettings,
+    /// Registration results topic and relay.
+    #[command(flatten)]
+    pub results: ResultsSettings,
     /// Run ingest (Kafka -> PostgreSQL).
     #[arg(long, env = "INGEST_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub ingest_enabled: bool,
@@ -216,8 +221,19 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
         None
     };
 
+    let results_framing = if args.results.results_relay_enabled {
+        args.kafka.validate()?;
+        Some(args.results.validate(&args.kafka)?)
+    } else {
+        None
+    };
+
     // Last of the checks: it may wait for the brokers, so every local mistake is reported first.
-    let kafka_security = if args.ingest_enabled { Some(kafka_security(&args.kafka).await?) } else { None };
+    let kafka_security = if args.ingest_enabled || results_framing.is_some() {
+        Some(kafka_security(&args.kafka).await?)
+    } else {
+        None
+    };
 
     let metrics =
         telemetry::prometheus::install_metrics().map_err(|e| CliError::context("install metrics", e))?;
@@ -259,6 +275,37 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
     let fatal: Arc<std::sync::OnceLock<String>> = Arc::default();
     tasks.push(tokio::spawn(watch_database(pool.clone(), readiness.clone(), work.clone())));
 
+    if let (Some(framing), Some(security)) = (results_framing, kafka_security.clone()) {
+        let options = RelayOptions {
+            brokers: args.kafka.kafka_brokers.clone(),
+            topic: args.results.topic_registration_results.clone(),
+            security,
+            framing,
+            owner: owner_id(),
+            batch: args.results.results_batch_max as usize,
+            lease: Duration::from_secs(args.results.results_lease_secs),
+            poll_interval: Duration::from_millis(500),
+            retry_delay: Duration::from_secs(1),
+            // Acknowledgements take milliseconds when the brokers are healthy; rows left leased
+            // are published again after their lease, with the same resultId.
+            drain_timeout: Duration::from_secs(args.shutdown_timeout_secs.saturating_sub(5).clamp(1, 5)),
+        };
+        let relay = Relay::new(pool.clone(), options)
+            .map_err(|e| CliError::context("results relay", error_chain(&e)))?;
+        tasks.push(tokio::spawn(relay.run(work.clone())));
+        let retention = ResultsRetention {
+            keep: Duration::from_secs(args.results.results_retention_days * 86_400),
+            batch: 1000,
+            every: Duration::from_secs(600),
+        };
+        tasks.push(tokio::spawn(upkeep::run(
+            pool.clone(),
+            readiness.clone(),
+            retention,
+            Duration::from_secs(10),
+            work.clone(),
+        )));
+    }
     if let (Some(pipeline), Some(security)) = (pipeline, kafka_security) {
         let options = IngestOptions {
             brokers: args.kafka.kafka_brokers.clone(),

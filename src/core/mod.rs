@@ -9,6 +9,7 @@ pub mod event;
 pub mod ids;
 pub mod pan;
 pub mod record;
+pub mod result;
 pub mod validate;
 
 #[cfg(test)]

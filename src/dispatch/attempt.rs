@@ -20,9 +20,11 @@ use super::policy::{RetryPolicy, Verdict, classify};
 use crate::core::decide::RegistrationRequest;
 use crate::core::ids::CorrelationId;
 use crate::core::record::CardState;
+use crate::core::result::ResultOutcome;
 use crate::crypto::CardDataKeys;
 use crate::d1::{Clock, D1Card, D1Client, D1Error, Deadline, Operation, RegisterCard};
 use crate::store::outbox::ClaimedRow;
+use crate::store::results::{self, NewResult};
 use crate::store::{StoreError, cards, locks, outbox};
 use crate::telemetry::metrics::{DISPATCH_OUTCOMES, DISPATCH_RETRIES};
 use crate::telemetry::propagation::parent_from_trace_headers;
@@ -94,7 +96,7 @@ pub async fn run(deps: &Deps, row: ClaimedRow, deadline: Deadline) -> Signal {
 async fn conclude(deps: &Deps, row: &ClaimedRow, deadline: &Deadline) -> (Conclusion, Signal) {
     let request: RegistrationRequest = match serde_json::from_value(row.payload.clone()) {
         Ok(r) => r,
-        Err(e) => return (Conclusion::GaveUp(format!("outbox payload unreadable: {e}")), Signal::Silent),
+        Err(e) => return (Conclusion::gave_up(format!("outbox payload unreadable: {e}")), Signal::Silent),
     };
     // An implicit registration may have arrived since the row was claimed: no PUT needed.
     match cards::get(&deps.pool, &row.card_id).await {
@@ -113,7 +115,7 @@ async fn conclude(deps: &Deps, row: &ClaimedRow, deadline: &Deadline) -> (Conclu
     if row.needs_reconcile {
         match ask(deps, &request, &correlation, deadline).await {
             Asked::Registered => return (Conclusion::Registered, Signal::Answered),
-            Asked::Conflict(why) => return (Conclusion::GaveUp(why), Signal::Answered),
+            Asked::Conflict(why) => return (Conclusion::gave_up(why), Signal::Answered),
             Asked::Absent => {}
             Asked::Failed(c, s) => return (c, s),
         }
@@ -123,7 +125,7 @@ async fn conclude(deps: &Deps, row: &ClaimedRow, deadline: &Deadline) -> (Conclu
         Err(e) => {
             let why =
                 format!("stored card data cannot be opened ({}); check CARD_DATA_KEYS", e.reason().code());
-            return (Conclusion::GaveUp(why), Signal::Silent);
+            return (Conclusion::gave_up(why), Signal::Silent);
         }
     };
     deps.limiter.pace().await;
@@ -146,15 +148,19 @@ async fn conclude(deps: &Deps, row: &ClaimedRow, deadline: &Deadline) -> (Conclu
             // D1's answer to a second PUT is unknown: a 4xx may mean "already there".
             Verdict::ConfirmFirst => match ask(deps, &request, &correlation, deadline).await {
                 Asked::Registered => (Conclusion::Registered, Signal::Answered),
-                Asked::Conflict(why) => (Conclusion::GaveUp(why), Signal::Answered),
-                Asked::Absent => (Conclusion::GaveUp(e.to_string()), Signal::Answered),
+                // D1 refused the PUT (its errorCode is kept) and Get Card says why.
+                Asked::Conflict(why) => (
+                    Conclusion::GaveUp { reason: why, error_code: e.error_code().map(str::to_owned) },
+                    Signal::Answered,
+                ),
+                Asked::Absent => (Conclusion::refused(&e), Signal::Answered),
                 // No time left to ask: D1 saw this PUT, so the next attempt must ask first.
                 Asked::Failed(Conclusion::Release(why), s) => (failed_locally(&why, true), s),
                 Asked::Failed(c, s) => (c, s),
             },
             // Nothing was sent (a 401 answer, if any, was a refusal before processing).
             Verdict::Release => (Conclusion::Release(e.to_string()), Signal::Silent),
-            Verdict::GiveUp => (Conclusion::GaveUp(e.to_string()), signal_of(&e)),
+            Verdict::GiveUp => (Conclusion::refused(&e), signal_of(&e)),
         },
     }
 }
@@ -191,9 +197,7 @@ async fn ask(
                 Signal::Failed,
             ),
             Verdict::Release => Asked::Failed(Conclusion::Release(e.to_string()), Signal::Silent),
-            Verdict::ConfirmFirst | Verdict::GiveUp => {
-                Asked::Failed(Conclusion::GaveUp(e.to_string()), signal_of(&e))
-            }
+            Verdict::ConfirmFirst | Verdict::GiveUp => Asked::Failed(Conclusion::refused(&e), signal_of(&e)),
         },
     }
 }
@@ -226,11 +230,31 @@ async fn settle(deps: &Deps, row: &ClaimedRow, plan: Plan) -> Result<&'static st
         });
     };
     let now = outbox::db_now(&mut tx).await?;
-    let (next, finish, label) = fate::fate(&record, plan, now);
-    if next != record {
-        cards::upsert(&mut tx, &[&next]).await?;
+    let fate = fate::fate(&record, plan, now);
+    let (next, finish, label) = (&fate.record, &fate.finish, fate.label);
+    if *next != record {
+        cards::upsert(&mut tx, &[next]).await?;
     }
-    outbox::finish(&mut tx, row.id, &finish, deps.policy.reconcile_delay).await?;
+    outbox::finish(&mut tx, row.id, finish, deps.policy.reconcile_delay).await?;
+    if let Some(outcome) = fate.result {
+        let result = NewResult {
+            card_id: Some(row.card_id.clone()),
+            consumer_id: Some(next.consumer_id.as_str().to_owned()),
+            outcome,
+            error_code: fate.error_code.clone(),
+            reason: next.failure.clone().filter(|_| outcome == ResultOutcome::Failed),
+            // Our call's cause is the event that enqueued it; an implicit registration that settled
+            // the card meanwhile was reported by ingest only if the call had not been in flight.
+            event_id: match outcome {
+                ResultOutcome::RegisteredExplicit | ResultOutcome::Failed => {
+                    results::enqueuing_event(&mut tx, &row.card_id).await?
+                }
+                _ => None,
+            },
+            correlation_id: Some(row.correlation_id.clone()),
+        };
+        results::record(&mut tx, &[result]).await?;
+    }
     tx.commit().await.map_err(|e| StoreError::db("commit settle", e))?;
     if label == "parked" {
         warn!(card_id = %row.card_id, "registration parked; an operator can retry it");

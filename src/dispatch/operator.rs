@@ -5,7 +5,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::core::decide::{on_operator_cancel, on_operator_retry};
+use crate::core::result::ResultOutcome;
 use crate::store::outbox::OutboxStatus;
+use crate::store::results::{self, NewResult};
 use crate::store::{StoreError, cards, locks, outbox};
 
 /// Why an operator action was refused.
@@ -65,16 +67,29 @@ async fn change(
         return Err(OperatorError::WrongStatus { id, status: row.status, action, applies_to });
     }
     let mut views = cards::load_for_update(&mut tx, &[row.card_id.as_str()]).await?;
+    let mut consumer_id = None;
     if let Some((record, _)) = views.remove(row.card_id.as_str()) {
         let next = if retry { on_operator_retry(&record) } else { on_operator_cancel(&record) };
         if let Some(next) = next {
             cards::upsert(&mut tx, &[&next]).await?;
         }
+        consumer_id = Some(record.consumer_id.as_str().to_owned());
     }
     if retry {
+        // No result now: the retried call's own outcome (REGISTERED_EXPLICIT or FAILED) follows.
         outbox::requeue(&mut tx, id).await?;
     } else {
         outbox::cancel_unclaimed(&mut tx, &[row.card_id.as_str()], "cancelled by an operator").await?;
+        let cancelled = NewResult {
+            card_id: Some(row.card_id.clone()),
+            consumer_id,
+            outcome: ResultOutcome::Cancelled,
+            error_code: None,
+            reason: Some("cancelled by an operator".into()),
+            event_id: None,
+            correlation_id: Some(row.correlation_id.clone()),
+        };
+        results::record(&mut tx, &[cancelled]).await?;
     }
     tx.commit().await.map_err(|e| StoreError::db("commit operator action", e))?;
     Ok(())

@@ -1,6 +1,6 @@
 //! Applies one partition's batch in one PostgreSQL transaction: lock and load the cards, plan
 //! (`plan::plan_batch`, pure: decide folded over the loaded state), write records, history,
-//! outbox rows, dead letters and the partition's next offset, then commit.
+//! outbox rows, dead letters, registration results and the partition's next offset, then commit.
 //!
 //! Exactly-once into PostgreSQL: the offset moves in the same transaction as the state, and only
 //! from the offset the batch started at (a fence against a zombie consumer). A replay after a
@@ -16,12 +16,12 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::message::{Applied, Batch, Prepared};
-use super::plan::{BatchPlan, Loaded, plan_batch};
+use super::plan::{BatchPlan, Loaded, plan_batch, trusted_card_id};
 use crate::core::record::CardRecord;
 use crate::core::validate::ValidEvent;
 use crate::crypto::{SealError, Sealer};
 use crate::store::outbox::NewRegistration;
-use crate::store::{StoreError, cards, dead_letters, history, locks, offsets, outbox};
+use crate::store::{StoreError, cards, dead_letters, history, locks, offsets, outbox, results};
 
 /// Applying a batch failed; nothing of it was committed.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +92,11 @@ pub async fn apply_messages(
 /// the batch's event ids.
 async fn load(tx: &mut PgConnection, messages: &[Prepared]) -> Result<Loaded, StoreError> {
     let events: Vec<&ValidEvent> = messages.iter().filter_map(|m| m.outcome.as_ref().ok()).collect();
-    let mut card_ids: Vec<&str> = events.iter().map(|e| e.event().meta().card_id.as_str()).collect();
+    // Refused messages with a trusted cardId get a result keyed on that card: its results must be
+    // written under its lock too, so that the card's results keep their commit order.
+    let refused = messages.iter().filter_map(|m| m.outcome.as_ref().err()).filter_map(trusted_card_id);
+    let mut card_ids: Vec<&str> =
+        events.iter().map(|e| e.event().meta().card_id.as_str()).chain(refused).collect();
     card_ids.sort_unstable();
     card_ids.dedup();
     let event_ids: Vec<Uuid> = events.iter().map(|e| e.event().meta().event_id.as_uuid()).collect();
@@ -147,5 +151,6 @@ async fn write(
         })
         .collect();
     dead_letters::insert(tx, &dead_rows).await?;
+    results::record(tx, &plan.results).await?;
     Ok(plan.applied)
 }

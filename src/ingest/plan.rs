@@ -10,13 +10,16 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::message::{Applied, Prepared};
+use super::message::{Applied, Prepared, Rejection};
 use super::spans::{self, MessageOutcome};
 use crate::core::dead_letter::DeadLetterReason;
 use crate::core::decide::{Action, RegistrationRequest, decide};
+use crate::core::ids::CardId;
 use crate::core::record::{CallStatus, CardRecord};
+use crate::core::result::{ResultOutcome, of_change};
 use crate::core::validate::ValidEvent;
 use crate::store::history::{HistoryRow, SeenEvent};
+use crate::store::results::NewResult;
 use crate::telemetry::propagation::{TraceHeaders, current_trace_headers};
 
 /// What the transaction read before planning.
@@ -65,6 +68,9 @@ pub struct BatchPlan<'m> {
     pub cancels: Vec<&'m str>,
     /// Dead letters to store.
     pub dead_letters: Vec<PlannedDeadLetter<'m>>,
+    /// Registration results to record, in decision order (one per card entering a terminal state,
+    /// one per refused message).
+    pub results: Vec<NewResult>,
     /// What the batch did, for metrics (its `next_offset` is the caller's).
     pub applied: Applied,
 }
@@ -79,6 +85,32 @@ pub fn facts(event: &ValidEvent) -> SeenEvent {
         outcome: e.outcome_str().map(str::to_owned),
         consumer_id: meta.consumer_id.as_str().to_owned(),
         occurred_at: meta.occurred_at,
+    }
+}
+
+/// The cardId of a refused message when it can be trusted as the card's id: the message decoded
+/// and the id is shown unmasked. A masked id (`[masked]`) is not a valid cardId, and an id that
+/// may be derived from the PAN is not shown at all.
+pub fn trusted_card_id(rejection: &Rejection) -> Option<&str> {
+    rejection.card_id.as_deref().filter(|id| CardId::parse(*id).is_ok())
+}
+
+/// The REJECTED result of a dead letter.
+fn rejected(
+    reason: DeadLetterReason,
+    detail: &str,
+    card_id: Option<&str>,
+    consumer_id: Option<&str>,
+    event_id: Option<Uuid>,
+) -> NewResult {
+    NewResult {
+        card_id: card_id.map(str::to_owned),
+        consumer_id: consumer_id.filter(|_| card_id.is_some()).map(str::to_owned),
+        outcome: ResultOutcome::Rejected,
+        error_code: Some(reason.code().to_owned()),
+        reason: Some(detail.to_owned()),
+        event_id,
+        correlation_id: None,
     }
 }
 
@@ -101,6 +133,7 @@ pub fn plan_batch<'m>(
         enqueues: Vec::new(),
         cancels: Vec::new(),
         dead_letters: Vec::new(),
+        results: Vec::new(),
         applied: Applied::default(),
     };
 
@@ -111,6 +144,7 @@ pub fn plan_batch<'m>(
             let event = match &m.outcome {
                 Err(r) => {
                     let _dead_letter = spans::dead_letter(r.reason).entered();
+                    plan.results.push(rejected(r.reason, &r.detail, trusted_card_id(r), None, r.event_id));
                     plan.dead_letters.push(PlannedDeadLetter {
                         message: m,
                         reason: r.reason,
@@ -133,13 +167,21 @@ pub fn plan_batch<'m>(
                 // Same eventId, other facts: a producer bug that must not pass as a duplicate.
                 let reason = DeadLetterReason::EventIdReused;
                 let _dead_letter = spans::dead_letter(reason).entered();
+                let detail = format!(
+                    "{}: eventId already used by an event with another card, kind, outcome, consumer or time",
+                    reason.code()
+                );
+                plan.results.push(rejected(
+                    reason,
+                    &detail,
+                    Some(card_id),
+                    Some(meta.consumer_id.as_str()),
+                    Some(event_id),
+                ));
                 plan.dead_letters.push(PlannedDeadLetter {
                     message: m,
                     reason,
-                    detail: format!(
-                        "{}: eventId already used by an event with another card, kind, outcome, consumer or time",
-                        reason.code()
-                    ),
+                    detail,
                     card_id: Some(card_id.to_owned()),
                     event_id: Some(event_id),
                 });
@@ -189,10 +231,18 @@ pub fn plan_batch<'m>(
                     Action::DeadLetter(reason) => {
                         let _dead_letter = spans::dead_letter(*reason).entered();
                         outcome = MessageOutcome::DeadLetter;
+                        let detail = format!("{} for card {card_id}", reason.code());
+                        plan.results.push(rejected(
+                            *reason,
+                            &detail,
+                            Some(card_id),
+                            Some(meta.consumer_id.as_str()),
+                            Some(event_id),
+                        ));
                         plan.dead_letters.push(PlannedDeadLetter {
                             message: m,
                             reason: *reason,
-                            detail: format!("{} for card {card_id}", reason.code()),
+                            detail,
                             card_id: Some(card_id.to_owned()),
                             event_id: Some(event_id),
                         });
@@ -200,6 +250,17 @@ pub fn plan_batch<'m>(
                 }
             }
             if let Some(next) = decision.record {
+                if let Some(result) = of_change(record.as_ref(), &next) {
+                    plan.results.push(NewResult {
+                        card_id: Some(card_id.to_owned()),
+                        consumer_id: Some(next.consumer_id.as_str().to_owned()),
+                        outcome: result,
+                        error_code: None,
+                        reason: None,
+                        event_id: Some(event_id),
+                        correlation_id: None,
+                    });
+                }
                 *record = Some(next);
                 dirty.push(card_id.to_owned());
             }
@@ -268,6 +329,36 @@ mod tests {
         assert_eq!(plan.records[0].card_id.as_str(), "card-1");
         assert_eq!(plan.records[0].state, CardState::Registered);
         assert_eq!(plan.history.len(), 1);
+        let results: Vec<(Option<&str>, ResultOutcome, Option<&str>)> =
+            plan.results.iter().map(|r| (r.card_id.as_deref(), r.outcome, r.error_code.as_deref())).collect();
+        assert_eq!(
+            results,
+            vec![
+                (Some("card-1"), ResultOutcome::RegisteredImplicitTokenization, None),
+                (Some("card-2"), ResultOutcome::Rejected, Some("EVENT_ID_REUSED")),
+            ],
+            "one result per entered state and per refused message; none for the duplicate"
+        );
+    }
+
+    #[test]
+    fn a_refused_message_is_reported_with_its_card_id_only_when_that_id_is_trustworthy() {
+        let rejection = |card_id: Option<&str>| Rejection {
+            reason: DeadLetterReason::CardIdDerivedFromPan,
+            detail: "d".into(),
+            card_id: card_id.map(str::to_owned),
+            event_id: Some(Uuid::from_u128(9)),
+        };
+        let messages = [
+            prepared(0, Err(rejection(Some("c-[masked]")))),
+            prepared(1, Err(rejection(None))),
+            prepared(2, Err(rejection(Some("card-7")))),
+        ];
+        let plan = plan_batch(Loaded::default(), "t", 0, &messages, now());
+        let cards: Vec<Option<&str>> = plan.results.iter().map(|r| r.card_id.as_deref()).collect();
+        assert_eq!(cards, vec![None, None, Some("card-7")]);
+        assert!(plan.results.iter().all(|r| r.outcome == ResultOutcome::Rejected));
+        assert!(plan.results[..2].iter().all(|r| r.consumer_id.is_none()));
     }
 
     #[test]

@@ -110,6 +110,7 @@ fn every_alert_says_what_it_means_and_what_to_do() {
         "CardRegistrarNotReady",
         "CardRegistrarOffsetsLost",
         "CardRegistrarPartitionHeld",
+        "CardRegistrarResultsRelayLagging",
     ];
     assert_eq!(names, expected.into_iter().collect());
 }

@@ -45,9 +45,16 @@ pub const OFFSETS_LOST: &str = "card_registrar_offsets_lost_total";
 /// Gauge: partitions held back because their stored offset is above the high watermark (topic
 /// recreated?); they wait for `card-registrar offsets reset`.
 pub const PARTITIONS_HELD: &str = "card_registrar_partitions_held";
+/// Gauge: registration results written but not yet acknowledged by the broker, every 10 s.
+pub const RESULTS_PENDING: &str = "card_registrar_results_pending";
+/// Gauge: age in seconds of the oldest unpublished registration result (the relay's lag).
+pub const RESULTS_OLDEST_PENDING_AGE: &str = "card_registrar_results_oldest_pending_age_seconds";
+/// Counter, label `outcome` (`REGISTERED_EXPLICIT`, ..., `CANCELLED`): registration results the
+/// broker acknowledged (a re-publication after a relay crash counts again).
+pub const RESULTS_PUBLISHED: &str = "card_registrar_results_published_total";
 
 /// Every metric name above (dashboards and alerts may use only these; a test checks both).
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 21] = [
     EVENTS_CONSUMED,
     DECISIONS,
     DEAD_LETTERS,
@@ -66,6 +73,9 @@ pub const ALL: [&str; 18] = [
     READY,
     OFFSETS_LOST,
     PARTITIONS_HELD,
+    RESULTS_PENDING,
+    RESULTS_OLDEST_PENDING_AGE,
+    RESULTS_PUBLISHED,
 ];
 
 /// The histograms among [`ALL`]: Prometheus exposes them as `_bucket`, `_sum` and `_count` series.
@@ -91,4 +101,11 @@ pub fn describe() {
     describe_gauge!(READY, "1 while the process is ready (database, Kafka, not shutting down), else 0");
     describe_counter!(OFFSETS_LOST, "Messages deleted by the broker before ingest read them, per partition");
     describe_gauge!(PARTITIONS_HELD, "Partitions held back: stored offset above the high watermark");
+    describe_gauge!(RESULTS_PENDING, Unit::Count, "Registration results not yet published");
+    describe_gauge!(
+        RESULTS_OLDEST_PENDING_AGE,
+        Unit::Seconds,
+        "Age of the oldest unpublished registration result"
+    );
+    describe_counter!(RESULTS_PUBLISHED, "Registration results acknowledged by the broker, by outcome");
 }

@@ -122,7 +122,8 @@ pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-/// Three input topics of their own (6 partitions each), deleted on drop.
+/// Three input topics of their own (6 partitions each), and the registration-results topic a
+/// worker on them publishes to, deleted on drop.
 pub struct TestTopics {
     /// `card-created` stand-in.
     pub created: String,
@@ -130,6 +131,8 @@ pub struct TestTopics {
     pub tokenized: String,
     /// `card-ordered` stand-in.
     pub ordered: String,
+    /// `card-registration-results` stand-in.
+    pub results: String,
 }
 
 impl TestTopics {
@@ -145,12 +148,14 @@ impl TestTopics {
             created: format!("t-created-{id}"),
             tokenized: format!("t-tokenized-{id}"),
             ordered: format!("t-ordered-{id}"),
+            results: format!("t-results-{id}"),
         };
         let admin: AdminClient<_> =
             rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
         let topics: Vec<NewTopic<'_>> = t
             .names()
             .iter()
+            .chain([&t.results.as_str()])
             .map(|n| {
                 config
                     .iter()
@@ -200,7 +205,8 @@ impl TestTopics {
 impl Drop for TestTopics {
     fn drop(&mut self) {
         use rdkafka::admin::{AdminClient, AdminOptions};
-        let names: Vec<String> = self.names().iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> =
+            self.names().iter().chain([&self.results.as_str()]).map(|s| s.to_string()).collect();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {

@@ -16,6 +16,7 @@ mod jwe_interop;
 mod least_privilege;
 mod offsets;
 mod registry_tls;
+mod results;
 mod secure_kafka;
 mod smoke;
 mod store_apply;

@@ -74,8 +74,12 @@ async fn create_topics(internal: &str, topics: &TestTopics) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<_> =
         rdkafka::ClientConfig::new().set("bootstrap.servers", internal).create().unwrap();
-    let new: Vec<NewTopic<'_>> =
-        topics.names().iter().map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic<'_>> = topics
+        .names()
+        .iter()
+        .chain([&topics.results.as_str()])
+        .map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1)))
+        .collect();
     for r in admin.create_topics(&new, &AdminOptions::new()).await.unwrap() {
         r.unwrap();
     }
@@ -131,6 +135,7 @@ async fn the_worker_registers_through_sasl_ssl_and_bad_credentials_stop_start_up
         created: format!("s-created-{id}"),
         tokenized: format!("s-tokenized-{id}"),
         ordered: format!("s-ordered-{id}"),
+        results: format!("s-results-{id}"),
     };
     create_topics(&kafka.var("SECURE_KAFKA_INTERNAL_BROKERS"), &topics).await;
     let d1 = TestD1::start(&keys).await;
@@ -205,6 +210,18 @@ async fn the_worker_registers_through_sasl_ssl_and_bad_credentials_stop_start_up
             .fetch_one(&db.pool)
             .await
             .unwrap()
+            == 20
+    })
+    .await;
+    // The results relay's producer goes through the same listener with the same settings: each
+    // registration's result is acknowledged by the secured broker.
+    wait_until("20 registration results published through SASL_SSL", Duration::from_secs(60), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM registration_results WHERE outcome = 'REGISTERED_EXPLICIT' AND published_at IS NOT NULL",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
             == 20
     })
     .await;

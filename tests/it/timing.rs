@@ -39,6 +39,9 @@ async fn dispatch_env(db: &TestDb, keys: &TestKeys, d1: &TestD1) -> WorkerEnv {
     let group = format!("timing-{}", uuid::Uuid::new_v4().simple());
     let mut env = WorkerEnv::new(db, &topics, keys, &group, Some(d1.sim.base_url()));
     env.set("INGEST_ENABLED", "false");
+    // Dispatch alone is under test: no Kafka client (the relay's producer and its start-up check
+    // would run under libfaketime too). The relay reads no worker clock: its leases are PostgreSQL's.
+    env.set("RESULTS_RELAY_ENABLED", "false");
     env
 }
 

@@ -40,6 +40,7 @@ impl WorkerEnv {
             ("TOPIC_CARD_CREATED".into(), topics.created.clone()),
             ("TOPIC_CARD_TOKENIZED".into(), topics.tokenized.clone()),
             ("TOPIC_CARD_ORDERED".into(), topics.ordered.clone()),
+            ("TOPIC_REGISTRATION_RESULTS".into(), topics.results.clone()),
             ("CARD_DATA_KEYS".into(), f.card_data_private_jwks.display().to_string()),
             ("LOG_FORMAT".into(), "json".into()),
             ("RUST_LOG".into(), "info".into()),

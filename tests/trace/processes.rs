@@ -174,6 +174,7 @@ impl Worker {
             ("TOPIC_CARD_CREATED", topics.created.clone()),
             ("TOPIC_CARD_TOKENIZED", topics.tokenized.clone()),
             ("TOPIC_CARD_ORDERED", topics.ordered.clone()),
+            ("TOPIC_REGISTRATION_RESULTS", topics.results.clone()),
             ("CARD_DATA_KEYS", path(&f.card_data_private_jwks)),
             ("D1_API_URL", d1_url.to_owned()),
             ("D1_ISSUER_ID", f.issuer_id.clone()),
