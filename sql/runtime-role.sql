@@ -32,3 +32,7 @@ GRANT SELECT, INSERT ON :"schema".offset_gaps TO :"runtime_role";
 GRANT USAGE ON SEQUENCE :"schema".offset_gaps_id_seq TO :"runtime_role";
 GRANT SELECT, INSERT ON :"schema".offset_resets TO :"runtime_role";
 GRANT USAGE ON SEQUENCE :"schema".offset_resets_id_seq TO :"runtime_role";
+-- Consumer profiles (sealed): upserted by ingest, erased in place by a tombstone (no DELETE).
+GRANT SELECT, INSERT, UPDATE ON :"schema".consumer_profiles TO :"runtime_role";
+-- D1's card-operation notifications: stored once per operationId, never changed.
+GRANT SELECT, INSERT ON :"schema".card_notifications TO :"runtime_role";
