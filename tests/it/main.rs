@@ -12,6 +12,7 @@ mod exactly_once;
 mod helpers;
 mod hostile;
 mod ingest;
+mod issuer_api;
 mod jwe_interop;
 mod least_privilege;
 mod offsets;
