@@ -375,6 +375,68 @@ async fn profiles_from_kafka_are_served_to_d1_over_mutual_tls_and_a_tombstone_er
     assert_eq!(status("consumer-unknown").await, 404);
     assert_eq!(status("consumer-bad").await, 404);
 
+    // The simulator plays D1: a registration for a consumer it does not know creates the end
+    // user, fetches its information over mTLS, and notifies REGISTER (plus two deliberate duplicates).
+    let mut config = d1_simulator::SimConfig::from_key_files(&keys.files).unwrap();
+    config.issuer_api = Some(d1_simulator::IssuerApiClient {
+        url: api.base.clone(),
+        client_id: CLIENT_ID.into(),
+        client_secret: zeroize::Zeroizing::new(CLIENT_SECRET.into()),
+        client_cert: api.pki.path("d1.pem"),
+        client_key: api.pki.path("d1.key"),
+        ca_cert: Some(api.pki.path("ca.pem")),
+        notification_duplicates: 2,
+        notification_attempts: 5,
+        retry_delay: Duration::from_millis(100),
+    });
+    let sim = d1_simulator::Simulator::start(config, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    sqlx::query(
+        "INSERT INTO cards (card_id, consumer_id, state) VALUES ('card-a1', 'consumer-a', 'PENDING')",
+    )
+    .execute(&api.db.pool)
+    .await
+    .unwrap();
+    for (card, consumer) in
+        [("card-a1", "consumer-a"), ("card-a2", "consumer-a"), ("card-u1", "consumer-unknown")]
+    {
+        assert!(sim.seed_card(card, d1_simulator::SeedCard::new(consumer, "product-1")).unwrap());
+    }
+    wait_until("the simulator's callbacks", Duration::from_secs(30), || async {
+        let calls = sim.stats().issuer_calls;
+        calls.notification_answers.values().sum::<u64>() == 9
+            && calls.consumer_info_answers.values().sum::<u64>() == 2
+    })
+    .await;
+    let calls = sim.stats().issuer_calls;
+    assert_eq!((calls.end_users_created, calls.notification_duplicates), (2, 6));
+    assert_eq!(calls.tokens_fetched, 1, "the token is cached: {calls:?}");
+    assert_eq!(calls.consumer_info_answers, [(200, 1), (404, 1)].into_iter().collect());
+    assert_eq!(calls.notification_answers, [(204, 9)].into_iter().collect());
+    let user = sim.end_user("consumer-a").unwrap();
+    assert_eq!(user.status, 200);
+    assert_eq!(user.consumer_info, Some(serde_json::to_value(&camille).unwrap()));
+    assert_eq!(sim.end_user("consumer-unknown").unwrap().status, 404);
+    let notified: Vec<(String, String)> =
+        sqlx::query_as("SELECT operation_id, card_id FROM card_notifications ORDER BY operation_id")
+            .fetch_all(&api.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        notified,
+        vec![
+            ("reg-card-a1".into(), "card-a1".into()),
+            ("reg-card-a2".into(), "card-a2".into()),
+            ("reg-card-u1".into(), "card-u1".into())
+        ]
+    );
+    let confirmed: Option<String> =
+        sqlx::query_scalar("SELECT d1_confirmed_by FROM cards WHERE card_id = 'card-a1'")
+            .fetch_one(&api.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(confirmed.as_deref(), Some("REGISTER"));
+    sim.shutdown().await;
+
     // Erasure: a tombstone; later calls answer 404 and no personal data is kept.
     publish_tombstone(&profile_topic, "consumer-b").await;
     wait_until("profile erased", Duration::from_secs(60), || async { profile_rows(&api.db).await == (1, 1) })
