@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod ingest;
 mod issuer_api;
+mod issuer_pki;
 mod jwe_interop;
 mod least_privilege;
 mod offsets;
