@@ -148,14 +148,18 @@ impl SimState {
 
     /// Stores the card unless its cardId is already stored (never overwrites).
     pub(crate) fn commit(&self, card: StoredCard) -> Commit {
-        let mut cards = lock(&self.cards);
-        if let Some(existing) = cards.get(&card.card_id) {
-            return Commit::AlreadyThere(existing.registration);
+        let (card_id, consumer_id) = (card.card_id.clone(), card.consumer_id.clone());
+        {
+            let mut cards = lock(&self.cards);
+            if let Some(existing) = cards.get(&card.card_id) {
+                return Commit::AlreadyThere(existing.registration);
+            }
+            cards.insert(card.card_id.clone(), card);
         }
+        // After the cards lock is released: never two locks at once.
         if let Some(callbacks) = &self.callbacks {
-            callbacks.registered(&card.card_id, &card.consumer_id);
+            callbacks.registered(&card_id, &consumer_id);
         }
-        cards.insert(card.card_id.clone(), card);
         Commit::Stored
     }
 

@@ -569,14 +569,14 @@ impl Decoder {
         datum: impl Fn(EventKind, &ParsedSchema, &ParsedSchema, &[u8]) -> Result<T, DecodeError>,
     ) -> Result<T, DecodeFailure> {
         let unknown_schema = |detail: String| DecodeError::new(DeadLetterReason::UnknownSchema, detail);
-        let reader = &self.schemas.reader(kind).schema;
+        let reader: &ParsedSchema = &self.schemas.reader(kind).schema;
         Ok(match split_frame(payload)? {
             Frame::SingleObject { fingerprint, body } => {
                 let writer = self
                     .schemas
                     .by_fingerprint(&fingerprint)
                     .ok_or_else(|| unknown_schema(format!("no kept schema has fingerprint {fingerprint}")))?;
-                datum(kind, &writer.schema, reader, body)?
+                datum(kind, &*writer.schema, reader, body)?
             }
             Frame::Confluent { schema_id, body } => {
                 let registry = self.registry.as_ref().ok_or_else(|| {

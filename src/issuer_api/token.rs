@@ -282,7 +282,7 @@ mod tests {
         assert_eq!(a.check(Some("Bearer x.y.z"), SCOPE_CONSUMERS, now), Err(TokenRefusal::Invalid));
         let mine = a.issue(None, now).unwrap().unwrap().access_token;
         let (head, rest) = mine.split_once('.').unwrap();
-        let tampered = format!("Bearer {head}.{}", rest.replacen(|_| true, "e", 1));
+        let tampered = format!("Bearer {head}.{}", rest.replacen(|_| true, "X", 1));
         assert_eq!(a.check(Some(&tampered), SCOPE_CONSUMERS, now), Err(TokenRefusal::Invalid));
         // Same key, other issuer id: signed by us but not for this issuer.
         let jwk = josekit::jwk::Jwk::generate_ec_key(josekit::jwk::alg::ec::EcCurve::P256).unwrap();

@@ -364,13 +364,13 @@ async fn bad_credentials_bad_expired_or_narrow_tokens_and_another_issuer_are_ref
     let expired = josekit::jwt::encode_with_signer(&claims, &josekit::jws::JwsHeader::new(), &key).unwrap();
     assert_eq!(get(expired, ISSUER).await, (401, "INVALID_TOKEN".into()));
     // The same claims, fresh, signed by another key.
-    let other = josekit::jws::ES256.generate_key_pair(josekit::jwk::alg::ec::EcCurve::P256).unwrap();
+    let other = josekit::jwk::Jwk::generate_ec_key(josekit::jwk::alg::ec::EcCurve::P256).unwrap();
     let mut fresh = claims.clone();
     fresh.set_claim("exp", Some((Utc::now().timestamp() as u64 + 600).into())).unwrap();
     let forged = josekit::jwt::encode_with_signer(
         &fresh,
         &josekit::jws::JwsHeader::new(),
-        &josekit::jws::ES256.signer_from_der(other.to_der_private_key()).unwrap(),
+        &josekit::jws::ES256.signer_from_jwk(&other).unwrap(),
     )
     .unwrap();
     assert_eq!(get(forged, ISSUER).await, (401, "INVALID_TOKEN".into()));
