@@ -558,7 +558,7 @@ impl Decoder {
             )
             .into());
         }
-        Ok(ProfileChange::Upsert(profile))
+        Ok(ProfileChange::Upsert(Box::new(profile)))
     }
 
     /// Framing, writer schema (kept or registry), then `datum` with the topic's reader schema.
@@ -576,7 +576,7 @@ impl Decoder {
                     .schemas
                     .by_fingerprint(&fingerprint)
                     .ok_or_else(|| unknown_schema(format!("no kept schema has fingerprint {fingerprint}")))?;
-                datum(kind, &*writer.schema, reader, body)?
+                datum(kind, &writer.schema, reader, body)?
             }
             Frame::Confluent { schema_id, body } => {
                 let registry = self.registry.as_ref().ok_or_else(|| {

@@ -78,6 +78,7 @@ fn sample(kind: EventKind) -> CardEvent {
         EventKind::Created => created(InitialState::Inactive),
         EventKind::Tokenized => tokenized(Some("wallet-1")),
         EventKind::Ordered => ordered(),
+        EventKind::Profile => panic!("the consumer-profile topic carries no card event"),
     }
 }
 
@@ -648,7 +649,7 @@ mod profiles {
         for framing in [Framing::SingleObject, Framing::Confluent { schema_id: 41 }] {
             let payload = encode_profile(&schemas(), &p, framing).unwrap();
             let change = decoder.decode_profile(Some(b"consumer-1"), Some(&payload)).await.unwrap();
-            assert_eq!(change, ProfileChange::Upsert(p.clone()));
+            assert_eq!(change, ProfileChange::Upsert(Box::new(p.clone())));
         }
         let erase = decoder.decode_profile(Some(b"consumer-1"), None).await.unwrap();
         assert_eq!(erase, ProfileChange::Erase(ConsumerId::parse("consumer-1").unwrap()));

@@ -161,8 +161,8 @@ impl ConsumerInfo {
 /// One message of the consumer-profile topic, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProfileChange {
-    /// The profile as of `occurred_at`.
-    Upsert(ConsumerProfile),
+    /// The profile as of `occurred_at` (boxed: far larger than an erasure).
+    Upsert(Box<ConsumerProfile>),
     /// A tombstone: erase everything kept about the consumer's personal data.
     Erase(ConsumerId),
 }
