@@ -38,9 +38,8 @@ impl TokenKey {
             .position(|b| !b.is_ascii_whitespace())
             .is_some_and(|i| bytes[i..].starts_with(b"-----BEGIN"));
         let jwk = if is_pem {
-            let pair =
-                EcKeyPair::from_pem(bytes, Some(EcCurve::P256)).map_err(|_| KeyProblem::NotPemOrJwk)?;
-            let mut jwk = pair.to_jwk_private_key();
+            let pair = EcKeyPair::from_pem(bytes, Some(EcCurve::P256)).map_err(|_| KeyProblem::NotPemOrJwk)?;
+            let mut jwk = pair.to_jwk_key_pair();
             jwk.set_key_id(PEM_TOKEN_KID);
             jwk
         } else {
@@ -78,5 +77,33 @@ impl TokenKey {
 impl fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenKey").field("kid", &self.kid).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(key: &TokenKey) {
+        let mut claims = JwtPayload::new();
+        claims.set_issuer("x");
+        let token = key.sign(&claims).unwrap();
+        assert_eq!(key.verify(&token).unwrap().issuer(), Some("x"));
+        assert!(key.verify(&token.replace('.', ".x")).is_none());
+    }
+
+    #[test]
+    fn pem_and_jwk_keys_sign_tokens_they_verify_and_debug_shows_the_kid_only() {
+        let keys = crate::crypto::test_keys::TestKey::generate("token-1");
+        for bytes in [keys.pkcs8_pem(), keys.sec1_pem()] {
+            let key = TokenKey::from_bytes(&bytes).unwrap();
+            assert_eq!(key.kid(), PEM_TOKEN_KID);
+            round_trip(&key);
+        }
+        let key = TokenKey::from_bytes(keys.private_jwk().to_string().as_bytes()).unwrap();
+        assert_eq!(key.kid(), "token-1");
+        round_trip(&key);
+        assert_eq!(format!("{key:?}"), r#"TokenKey { kid: "token-1" }"#);
+        assert!(TokenKey::from_bytes(keys.public_jwk().to_string().as_bytes()).is_err());
     }
 }
