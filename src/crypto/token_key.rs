@@ -38,7 +38,8 @@ impl TokenKey {
             .position(|b| !b.is_ascii_whitespace())
             .is_some_and(|i| bytes[i..].starts_with(b"-----BEGIN"));
         let jwk = if is_pem {
-            let pair = EcKeyPair::from_pem(bytes, Some(EcCurve::P256)).map_err(|_| KeyProblem::NotPemOrJwk)?;
+            let pair =
+                EcKeyPair::from_pem(bytes, Some(EcCurve::P256)).map_err(|_| KeyProblem::NotPemOrJwk)?;
             let mut jwk = pair.to_jwk_key_pair();
             jwk.set_key_id(PEM_TOKEN_KID);
             jwk

@@ -461,6 +461,93 @@ async fn duplicate_notifications_are_stored_once_and_confirm_the_card() {
     let count: i64 =
         sqlx::query_scalar("SELECT count(*) FROM card_notifications").fetch_one(pool).await.unwrap();
     assert_eq!(count, 3);
+
+    // `card show` tells who and when D1 confirmed, and lists the notifications.
+    let out = Command::new(env!("CARGO_BIN_EXE_card-registrar"))
+        .args(["card", "show", "card-1"])
+        .env_clear()
+        .env("DATABASE_URL", &api.db.url)
+        .env("LOG_FORMAT", "text")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["record"]["d1_confirmation"]["confirmed_by"], "REGISTER");
+    assert_eq!(shown["record"]["d1_confirmation"]["operation_id"], "op-1");
+    let ops: Vec<&str> = shown["d1_notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops.len(), 3, "{shown}");
+    assert!(ops.contains(&"TELEPORT"));
+}
+
+/// Proxy mode: the bank's own service answers; the API relays a valid 200, passes 404 and 403 on,
+/// and turns anything else (an error, a body too large or not consumer information) into 502.
+#[tokio::test]
+async fn in_proxy_mode_the_banks_answer_is_relayed_within_its_bounds() {
+    use wiremock::matchers::{header, method, path, query_param};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let bank = MockServer::start().await;
+    let camille = serde_json::to_value(info("Camille", "Durand")).unwrap();
+    let mount = |consumer: &'static str, response: ResponseTemplate| {
+        Mock::given(method("GET"))
+            .and(path(format!("/bank/issuers/{ISSUER}/consumers/{consumer}")))
+            .respond_with(response)
+    };
+    Mock::given(method("GET"))
+        .and(path(format!("/bank/issuers/{ISSUER}/consumers/consumer-a")))
+        .and(query_param("cardId", "card-1"))
+        .and(header("x-correlation-id", "corr-9"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(&camille))
+        .expect(1)
+        .mount(&bank)
+        .await;
+    mount("consumer-missing", ResponseTemplate::new(404)).mount(&bank).await;
+    mount("consumer-forbidden", ResponseTemplate::new(403)).mount(&bank).await;
+    mount("consumer-broken", ResponseTemplate::new(500)).mount(&bank).await;
+    mount("consumer-huge", ResponseTemplate::new(200).set_body_string("x".repeat(80 * 1024)))
+        .mount(&bank)
+        .await;
+    mount("consumer-odd", ResponseTemplate::new(200).set_body_json(json!({"language": "french"})))
+        .mount(&bank)
+        .await;
+
+    let pki = Pki::new();
+    let db = TestDb::new().await;
+    let mut settings = pki.settings();
+    settings.consumer_source = card_registrar::config::ConsumerSourceSettings::Proxy {
+        url: url::Url::parse(&format!("{}/bank", bank.uri())).unwrap(),
+        timeout: Duration::from_secs(2),
+    };
+    let stop = CancellationToken::new();
+    let (addr, _task) = issuer_api_parts(settings).unwrap().start(db.pool.clone(), stop.clone()).unwrap();
+    let api = Api { base: format!("https://127.0.0.1:{}", addr.port()), pki, db, stop };
+    let client = api.pki.client(Some("d1"));
+    let token = api.token(&client).await;
+    let r = client
+        .get(api.consumer_url(ISSUER, "consumer-a"))
+        .query(&[("cardId", "card-1")])
+        .header("x-correlation-id", "corr-9")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap(), camille);
+    for (consumer, expected) in [
+        ("consumer-missing", 404),
+        ("consumer-forbidden", 403),
+        ("consumer-broken", 502),
+        ("consumer-huge", 502),
+        ("consumer-odd", 502),
+    ] {
+        let r = client.get(api.consumer_url(ISSUER, consumer)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), expected, "{consumer}");
+    }
 }
 
 #[tokio::test]
