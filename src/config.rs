@@ -978,6 +978,34 @@ mod tests {
     }
 
     #[test]
+    fn the_issuer_api_is_off_by_default_and_names_what_it_lacks() {
+        #[derive(Parser)]
+        struct A {
+            #[command(flatten)]
+            api: IssuerApiSettings,
+        }
+        let api =
+            |args: &[&str]| A::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap().api;
+        assert!(api(&[]).validate(None, None).unwrap().is_none());
+        let on = api(&["--issuer-api-listen", "127.0.0.1:0"]);
+        assert_eq!(on.validate(None, None).unwrap_err().variable, "D1_ISSUER_ID");
+        assert_eq!(on.validate(Some("ISSUER0001"), None).unwrap_err().variable, "CONSUMER_DATA_KEYS");
+        let keys = Path::new("/nonexistent/keys.json");
+        assert_eq!(on.validate(Some("ISSUER0001"), Some(keys)).unwrap_err().variable, "ISSUER_API_TLS_CERT");
+        let proxy = api(&[
+            "--issuer-api-listen",
+            "127.0.0.1:0",
+            "--issuer-api-consumer-info-url",
+            "http://bank.internal/",
+        ]);
+        assert_eq!(
+            proxy.validate(Some("ISSUER0001"), None).unwrap_err().variable,
+            "ISSUER_API_CONSUMER_INFO_URL"
+        );
+        assert!(A::try_parse_from(["t", "--issuer-api-token-ttl-secs", "10"]).is_err());
+    }
+
+    #[test]
     fn zero_concurrency_is_refused_at_parse_time() {
         assert!(T::try_parse_from(["t", "--d1-max-concurrency", "0"]).is_err());
     }
