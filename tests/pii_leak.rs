@@ -3,7 +3,8 @@
 //! in-process simulator, over mutual TLS) fetches them with Get Consumer Info and notifies card
 //! operations, all at `RUST_LOG=trace`; then every log line, span, the `/metrics` text and every
 //! row of every table is searched for the names, e-mail addresses, phone numbers, dates of birth
-//! and address lines used, in clear and as base64.
+//! and address lines used, in clear and as base64. The same capture shows that a call carrying
+//! D1's `traceparent` runs in a server span of that trace.
 //!
 //! Its own test binary: it installs the process-wide subscriber and metrics recorder.
 
@@ -188,6 +189,33 @@ async fn no_personal_data_reaches_a_log_line_a_span_a_metric_or_a_table_at_trace
         Some(serde_json::to_value(&people[0]).unwrap()),
         "D1 got the data: the search below is not vacuous"
     );
+    // D1's trace continues into our server span (same capture, so checked here too).
+    let (trace_id, parent_id) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let client = pki.client(Some("d1"));
+    let token: serde_json::Value = client
+        .post(format!("https://127.0.0.1:{}/authz/d1/v1/oauth2/token", addr.port()))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let notified = client
+        .post(format!(
+            "https://127.0.0.1:{}/notifications/d1/v2/issuers/{}/cards",
+            addr.port(),
+            issuer_pki::ISSUER
+        ))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .header("traceparent", format!("00-{trace_id}-{parent_id}-01"))
+        .json(&serde_json::json!([{"operationId": "traced-1", "operation": "DIGITIZE", "status": "SUCCESS",
+                                   "startTime": "2026-12-03T10:00:00Z", "cardId": "pii-card-0"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(notified.status(), 204);
     work.cancel();
     ingest.await.unwrap().unwrap();
     sim.shutdown().await;
@@ -217,6 +245,18 @@ async fn no_personal_data_reaches_a_log_line_a_span_a_metric_or_a_table_at_trace
     admin_stop.cancel();
     assert!(logs.lines().iter().any(|l| l.contains(r#""level":"TRACE""#)), "trace level is on");
     assert!(haystacks.iter().any(|(p, _)| p == "span issuer_api.request"), "issuer API spans were captured");
+    let traced: Vec<_> = spans
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "issuer_api.request" && s.trace_id == trace_id)
+        .collect();
+    assert_eq!(traced.len(), 1, "one server span continues D1's trace");
+    assert_eq!(traced[0].parent_span_id, parent_id);
+    assert!(
+        traced[0].attributes.iter().any(|(k, v)| k == "http.response.status_code" && v == "204"),
+        "{:?}",
+        traced[0]
+    );
     let mut found = Vec::new();
     for info in people.iter().chain([&refused]) {
         for (what, needle) in needles(info) {
