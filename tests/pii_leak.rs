@@ -244,6 +244,15 @@ async fn no_personal_data_reaches_a_log_line_a_span_a_metric_or_a_table_at_trace
     }
     admin_stop.cancel();
     assert!(logs.lines().iter().any(|l| l.contains(r#""level":"TRACE""#)), "trace level is on");
+    let metrics_text = &haystacks[1].1;
+    for series in [
+        r#"card_registrar_issuer_api_requests_total{endpoint="consumer_info",status="200"} 2"#,
+        r#"card_registrar_issuer_api_requests_total{endpoint="consumer_info",status="404"} 1"#,
+        r#"card_registrar_issuer_api_notifications_total{operation="REGISTER",outcome="stored"} 3"#,
+        r#"card_registrar_issuer_api_notifications_total{operation="REGISTER",outcome="duplicate"} 3"#,
+    ] {
+        assert!(metrics_text.contains(series), "{series} not in /metrics:\n{metrics_text}");
+    }
     assert!(haystacks.iter().any(|(p, _)| p == "span issuer_api.request"), "issuer API spans were captured");
     let traced: Vec<_> = spans
         .spans()
