@@ -36,3 +36,7 @@ GRANT USAGE ON SEQUENCE :"schema".offset_resets_id_seq TO :"runtime_role";
 -- deleted past retention.
 GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".registration_results TO :"runtime_role";
 GRANT USAGE ON SEQUENCE :"schema".registration_results_seq_seq TO :"runtime_role";
+-- Consumer profiles (sealed): upserted by ingest, erased in place by a tombstone (no DELETE).
+GRANT SELECT, INSERT, UPDATE ON :"schema".consumer_profiles TO :"runtime_role";
+-- D1's card-operation notifications: stored once per operationId, never changed.
+GRANT SELECT, INSERT ON :"schema".card_notifications TO :"runtime_role";

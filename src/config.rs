@@ -63,6 +63,9 @@ pub struct KafkaSettings {
     /// Topic of `CardOrdered` events.
     #[arg(long, env = "TOPIC_CARD_ORDERED", default_value = "card-ordered")]
     pub topic_card_ordered: String,
+    /// Topic of `ConsumerProfile` records (read only when CONSUMER_DATA_KEYS is set).
+    #[arg(long, env = "TOPIC_CONSUMER_PROFILE", default_value = "consumer-profile")]
+    pub topic_consumer_profile: String,
     /// Confluent-compatible schema registry, for messages in the Confluent wire format.
     #[arg(long, env = "SCHEMA_REGISTRY_URL")]
     pub schema_registry_url: Option<Url>,
@@ -358,6 +361,172 @@ pub struct AdminSettings {
     pub admin_listen: SocketAddr,
 }
 
+/// Consumer-data keys: consumer profiles at rest.
+#[derive(Debug, Clone, Args)]
+pub struct ConsumerDataSettings {
+    /// File holding our P-256 private key(s) sealing consumer profiles at rest (JWK or JWK Set;
+    /// the first seals, every one opens: rotation). Unset: the consumer-profile topic is not read.
+    #[arg(long, env = "CONSUMER_DATA_KEYS")]
+    pub consumer_data_keys: Option<PathBuf>,
+}
+
+impl ConsumerDataSettings {
+    /// The key file, when set and readable.
+    pub fn validate(&self) -> Result<Option<PathBuf>, ConfigError> {
+        match &self.consumer_data_keys {
+            Some(p) => Ok(Some(required_file("CONSUMER_DATA_KEYS", Some(p), "the consumer-data keys")?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The issuer API: what D1 calls on the bank's side (OAuth token, Get Consumer Info, Notify Card
+/// Operations), on its own port with mutual TLS.
+#[derive(Debug, Clone, Args)]
+pub struct IssuerApiSettings {
+    /// Listen address of the issuer API; off when unset.
+    #[arg(long, env = "ISSUER_API_LISTEN")]
+    pub issuer_api_listen: Option<SocketAddr>,
+    /// Server certificate chain (PEM) of the issuer API.
+    #[arg(long, env = "ISSUER_API_TLS_CERT")]
+    pub issuer_api_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the server certificate.
+    #[arg(long, env = "ISSUER_API_TLS_KEY")]
+    pub issuer_api_tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that D1's client certificates must chain to (mutual TLS).
+    #[arg(long, env = "ISSUER_API_CLIENT_CA")]
+    pub issuer_api_client_ca: Option<PathBuf>,
+    /// File holding the OAuth client id the bank gives D1; one trailing newline is ignored.
+    #[arg(long, env = "ISSUER_API_CLIENT_ID_FILE")]
+    pub issuer_api_client_id_file: Option<PathBuf>,
+    /// File holding the OAuth client secret the bank gives D1; one trailing newline is ignored.
+    #[arg(long, env = "ISSUER_API_CLIENT_SECRET_FILE")]
+    pub issuer_api_client_secret_file: Option<PathBuf>,
+    /// File holding the ES256 private key (PEM or JWK) that signs the access tokens.
+    #[arg(long, env = "ISSUER_API_TOKEN_KEY")]
+    pub issuer_api_token_key: Option<PathBuf>,
+    /// Lifetime of an access token, seconds.
+    #[arg(long, env = "ISSUER_API_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(60..=3600))]
+    pub issuer_api_token_ttl_secs: u64,
+    /// Largest request body accepted, and largest answer relayed in proxy mode, bytes.
+    #[arg(long, env = "ISSUER_API_MAX_BODY_BYTES", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1024..=(16 << 20)))]
+    pub issuer_api_max_body_bytes: u64,
+    /// Proxy mode: the bank's own Get Consumer Info root URL, called instead of answering from the
+    /// consumer-profile topic.
+    #[arg(long, env = "ISSUER_API_CONSUMER_INFO_URL")]
+    pub issuer_api_consumer_info_url: Option<Url>,
+    /// Timeout of one proxied Get Consumer Info call, milliseconds.
+    #[arg(long, env = "ISSUER_API_PROXY_TIMEOUT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=30_000))]
+    pub issuer_api_proxy_timeout_ms: u64,
+}
+
+/// The issuer API settings after validation.
+#[derive(Debug, Clone)]
+pub struct ValidIssuerApiSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Our issuer id (D1_ISSUER_ID): the only one the paths may name.
+    pub issuer_id: IssuerId,
+    /// Server certificate chain file.
+    pub tls_cert: PathBuf,
+    /// Server key file.
+    pub tls_key: PathBuf,
+    /// Client CA file.
+    pub client_ca: PathBuf,
+    /// Client id file.
+    pub client_id_file: PathBuf,
+    /// Client secret file.
+    pub client_secret_file: PathBuf,
+    /// Token signing key file.
+    pub token_key: PathBuf,
+    /// Token lifetime.
+    pub token_ttl: Duration,
+    /// Body bound.
+    pub max_body_bytes: usize,
+    /// Where Get Consumer Info is answered from.
+    pub consumer_source: ConsumerSourceSettings,
+}
+
+/// Where Get Consumer Info answers come from.
+#[derive(Debug, Clone)]
+pub enum ConsumerSourceSettings {
+    /// The consumer-profile topic, opened with these keys.
+    Profiles {
+        /// CONSUMER_DATA_KEYS.
+        keys: PathBuf,
+    },
+    /// The bank's own service.
+    Proxy {
+        /// Root URL.
+        url: Url,
+        /// Per-call timeout.
+        timeout: Duration,
+    },
+}
+
+impl IssuerApiSettings {
+    /// `None` when the API is off; else every file present, the issuer id valid, and a source
+    /// for consumer information (the profile keys, or a proxy URL).
+    pub fn validate(
+        &self,
+        issuer_id: Option<&str>,
+        consumer_data_keys: Option<&Path>,
+    ) -> Result<Option<ValidIssuerApiSettings>, ConfigError> {
+        let Some(listen) = self.issuer_api_listen else {
+            return Ok(None);
+        };
+        let issuer = issuer_id.ok_or_else(|| {
+            ConfigError::new("D1_ISSUER_ID", "missing: the issuer API serves paths under our issuer id")
+        })?;
+        let issuer_id =
+            IssuerId::parse(issuer).map_err(|e| ConfigError::new("D1_ISSUER_ID", e.to_string()))?;
+        let file =
+            |variable, path: &Option<PathBuf>, what: &str| required_file(variable, path.as_deref(), what);
+        let consumer_source = match (&self.issuer_api_consumer_info_url, consumer_data_keys) {
+            (Some(url), _) => {
+                if url.scheme() != "https" && !(url.scheme() == "http" && is_loopback(url)) {
+                    return Err(ConfigError::new(
+                        "ISSUER_API_CONSUMER_INFO_URL",
+                        "must be https (plain http only toward loopback)",
+                    ));
+                }
+                ConsumerSourceSettings::Proxy {
+                    url: url.clone(),
+                    timeout: Duration::from_millis(self.issuer_api_proxy_timeout_ms),
+                }
+            }
+            (None, Some(keys)) => ConsumerSourceSettings::Profiles { keys: keys.to_path_buf() },
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "CONSUMER_DATA_KEYS",
+                    "missing: Get Consumer Info needs the consumer-data keys (or ISSUER_API_CONSUMER_INFO_URL)",
+                ));
+            }
+        };
+        Ok(Some(ValidIssuerApiSettings {
+            listen,
+            issuer_id,
+            tls_cert: file("ISSUER_API_TLS_CERT", &self.issuer_api_tls_cert, "the server certificate")?,
+            tls_key: file("ISSUER_API_TLS_KEY", &self.issuer_api_tls_key, "the server key")?,
+            client_ca: file("ISSUER_API_CLIENT_CA", &self.issuer_api_client_ca, "D1's client CA")?,
+            client_id_file: file(
+                "ISSUER_API_CLIENT_ID_FILE",
+                &self.issuer_api_client_id_file,
+                "the client id",
+            )?,
+            client_secret_file: file(
+                "ISSUER_API_CLIENT_SECRET_FILE",
+                &self.issuer_api_client_secret_file,
+                "the client secret",
+            )?,
+            token_key: file("ISSUER_API_TOKEN_KEY", &self.issuer_api_token_key, "the token signing key")?,
+            token_ttl: Duration::from_secs(self.issuer_api_token_ttl_secs),
+            max_body_bytes: self.issuer_api_max_body_bytes as usize,
+            consumer_source,
+        }))
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -425,6 +594,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("topic_card_created", &self.topic_card_created)
             .field("topic_card_tokenized", &self.topic_card_tokenized)
             .field("topic_card_ordered", &self.topic_card_ordered)
+            .field("topic_consumer_profile", &self.topic_consumer_profile)
             .field("schema_registry_url", &self.schema_registry_url.as_ref().map(|u| redact_url(u.as_str())))
             .finish_non_exhaustive()
     }
@@ -532,6 +702,7 @@ impl KafkaSettings {
             ("TOPIC_CARD_CREATED", &self.topic_card_created),
             ("TOPIC_CARD_TOKENIZED", &self.topic_card_tokenized),
             ("TOPIC_CARD_ORDERED", &self.topic_card_ordered),
+            ("TOPIC_CONSUMER_PROFILE", &self.topic_consumer_profile),
         ] {
             let ok = !topic.is_empty()
                 && topic.len() <= 249
@@ -543,6 +714,9 @@ impl KafkaSettings {
         let topics = [&self.topic_card_created, &self.topic_card_tokenized, &self.topic_card_ordered];
         if topics[0] == topics[1] || topics[1] == topics[2] || topics[0] == topics[2] {
             return Err(ConfigError::new("TOPIC_CARD_CREATED", "the three input topics must differ"));
+        }
+        if topics.contains(&&self.topic_consumer_profile) {
+            return Err(ConfigError::new("TOPIC_CONSUMER_PROFILE", "must differ from the card topics"));
         }
         if !(100..=60_000).contains(&self.schema_registry_timeout_ms) {
             return Err(ConfigError::new("SCHEMA_REGISTRY_TIMEOUT_MS", "must be 100..60000"));
@@ -892,6 +1066,34 @@ mod tests {
         assert!(kafka.contains("reg-user:***@registry.internal"), "{kafka}");
         assert_eq!(redact_url("not a url"), "[unparseable URL]");
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+    }
+
+    #[test]
+    fn the_issuer_api_is_off_by_default_and_names_what_it_lacks() {
+        #[derive(Parser)]
+        struct A {
+            #[command(flatten)]
+            api: IssuerApiSettings,
+        }
+        let api =
+            |args: &[&str]| A::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap().api;
+        assert!(api(&[]).validate(None, None).unwrap().is_none());
+        let on = api(&["--issuer-api-listen", "127.0.0.1:0"]);
+        assert_eq!(on.validate(None, None).unwrap_err().variable, "D1_ISSUER_ID");
+        assert_eq!(on.validate(Some("ISSUER0001"), None).unwrap_err().variable, "CONSUMER_DATA_KEYS");
+        let keys = Path::new("/nonexistent/keys.json");
+        assert_eq!(on.validate(Some("ISSUER0001"), Some(keys)).unwrap_err().variable, "ISSUER_API_TLS_CERT");
+        let proxy = api(&[
+            "--issuer-api-listen",
+            "127.0.0.1:0",
+            "--issuer-api-consumer-info-url",
+            "http://bank.internal/",
+        ]);
+        assert_eq!(
+            proxy.validate(Some("ISSUER0001"), None).unwrap_err().variable,
+            "ISSUER_API_CONSUMER_INFO_URL"
+        );
+        assert!(A::try_parse_from(["t", "--issuer-api-token-ttl-secs", "10"]).is_err());
     }
 
     #[test]

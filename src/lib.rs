@@ -9,6 +9,8 @@
 //! - [`d1`]: the D1 HTTP client (OAuth token cache, Register Card, Get Card, outcome classification).
 //! - [`dispatch`]: outbox -> D1: claim under a lease, rate limit, retry, reconcile, breaker.
 //! - [`ingest`]: Kafka -> decode (via [`avro`]) -> validate -> decide -> one PostgreSQL transaction per batch.
+//! - [`issuer_api`]: the API D1 calls on the bank's side (OAuth token, Get Consumer Info, Notify Card
+//!   Operations), behind mutual TLS and our bearer tokens, on its own port.
 //! - [`kafka`]: Kafka client security (TLS, SASL, properties file) and the start-up broker check.
 //! - [`results`]: registration results -> Kafka: the relay of the results outbox, its upkeep.
 //! - [`shutdown`]: signals -> cancellation, soft stop then hard stop.
@@ -29,6 +31,7 @@ pub mod crypto;
 pub mod d1;
 pub mod dispatch;
 pub mod ingest;
+pub mod issuer_api;
 pub mod kafka;
 pub mod results;
 pub mod shutdown;

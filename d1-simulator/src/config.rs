@@ -40,6 +40,8 @@ pub struct SimConfig {
     pub seed: Option<u64>,
     /// HTTPS instead of HTTP, when set.
     pub tls: Option<TlsConfig>,
+    /// The issuer's outbound APIs to call back (Get Consumer Info, notifications); off when unset.
+    pub issuer_api: Option<crate::callbacks::IssuerApiClient>,
 }
 
 impl SimConfig {
@@ -60,6 +62,7 @@ impl SimConfig {
             faults: Faults::none(),
             seed: None,
             tls: None,
+            issuer_api: None,
         }
     }
 
@@ -108,6 +111,7 @@ impl fmt::Debug for SimConfig {
             .field("faults", &self.faults)
             .field("seed", &self.seed)
             .field("tls", &self.tls)
+            .field("issuer_api", &self.issuer_api)
             .finish()
     }
 }

@@ -9,6 +9,8 @@
 //! - [`config`]: [`SimConfig`], what a simulator instance believes (issuer, keys, answers).
 //! - [`faults`]: [`Faults`], the fault-injection settings (also the `PUT /_sim/faults` body).
 //! - [`stats`]: [`Stats`], the counters tests assert on (duplicate PUTs are the exactly-once metric).
+//! - [`callbacks`]: D1 calling the issuer: Get Consumer Info for new end users, REGISTER
+//!   notifications with retries and deliberate duplicates ([`IssuerApiClient`]).
 //! - [`card`]: the card rules (identifier patterns, PAN, Luhn, expiry, "cardId is not the PAN").
 //! - [`keys`]: key and certificate generation (`d1-simulator keys`).
 //! - [`server`]: [`Simulator::start`] and the [`RunningSimulator`] handle.
@@ -20,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod callbacks;
 pub mod card;
 pub mod config;
 pub mod faults;
@@ -37,6 +40,7 @@ mod routes;
 mod state;
 mod tls;
 
+pub use callbacks::{EndUser, IssuerApiClient, IssuerCallStats};
 pub use card::{CardRuleError, CardState, Registration, SeedCard, StoredCard};
 pub use config::{ConfigError, DuplicateAnswer, SimConfig, TlsConfig};
 pub use faults::{Faults, FaultsError, Latency};

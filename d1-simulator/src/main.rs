@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use d1_simulator::config::{DEFAULT_ISSUER_ID, load_encryption_keys, load_issuer_keys};
 use d1_simulator::faults::parse_error_rates;
 use d1_simulator::{
-    DuplicateAnswer, Faults, KeyOptions, Latency, SimConfig, Simulator, TlsConfig, telemetry,
+    DuplicateAnswer, Faults, IssuerApiClient, KeyOptions, Latency, SimConfig, Simulator, TlsConfig, telemetry,
 };
 
 /// A stand-in for Thales D1 with fault injection.
@@ -100,6 +100,27 @@ struct ServeArgs {
     /// CA (PEM) whose client certificates are required (mutual TLS).
     #[arg(long, env = "D1SIM_CLIENT_CA", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// The issuer's root URL for D1's outbound calls (Get Consumer Info, Notify Card Operations); off when unset.
+    #[arg(long, env = "D1SIM_ISSUER_API_URL", requires_all = ["issuer_api_client_id", "issuer_api_client_secret_file", "issuer_api_client_cert", "issuer_api_client_key"])]
+    issuer_api_url: Option<String>,
+    /// OAuth client id toward the issuer API.
+    #[arg(long, env = "D1SIM_ISSUER_API_CLIENT_ID")]
+    issuer_api_client_id: Option<String>,
+    /// File holding the OAuth client secret toward the issuer API.
+    #[arg(long, env = "D1SIM_ISSUER_API_CLIENT_SECRET_FILE")]
+    issuer_api_client_secret_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the issuer API.
+    #[arg(long, env = "D1SIM_ISSUER_API_CLIENT_CERT")]
+    issuer_api_client_cert: Option<PathBuf>,
+    /// Its private key (PEM, PKCS#8).
+    #[arg(long, env = "D1SIM_ISSUER_API_CLIENT_KEY")]
+    issuer_api_client_key: Option<PathBuf>,
+    /// CA (PEM) of the issuer API's server certificate; system roots when unset.
+    #[arg(long, env = "D1SIM_ISSUER_API_CA")]
+    issuer_api_ca: Option<PathBuf>,
+    /// Deliberate extra deliveries of every notification.
+    #[arg(long, env = "D1SIM_NOTIFICATION_DUPLICATES", default_value_t = 0)]
+    notification_duplicates: u32,
     /// OTLP collector base URL (e.g. `http://127.0.0.1:4317`); request spans are exported only when set.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otel_exporter_otlp_endpoint: Option<String>,
@@ -219,6 +240,26 @@ fn serve_config(args: ServeArgs) -> Result<(SimConfig, SocketAddr), String> {
         (Some(cert), Some(key)) => Some(TlsConfig { cert, key, client_ca: args.client_ca }),
         _ => None,
     };
+    if let (Some(url), Some(client_id), Some(secret), Some(client_cert), Some(client_key)) = (
+        args.issuer_api_url,
+        args.issuer_api_client_id,
+        args.issuer_api_client_secret_file,
+        args.issuer_api_client_cert,
+        args.issuer_api_client_key,
+    ) {
+        let secret = std::fs::read_to_string(&secret).map_err(|e| format!("{}: {e}", secret.display()))?;
+        config.issuer_api = Some(IssuerApiClient {
+            url: url.trim_end_matches('/').to_owned(),
+            client_id,
+            client_secret: zeroize::Zeroizing::new(secret.trim_end_matches(['\r', '\n']).to_owned()),
+            client_cert,
+            client_key,
+            ca_cert: args.issuer_api_ca,
+            notification_duplicates: args.notification_duplicates,
+            notification_attempts: 5,
+            retry_delay: Duration::from_millis(200),
+        });
+    }
     config.validate().map_err(|e| error(&e))?;
     Ok((config, args.listen))
 }

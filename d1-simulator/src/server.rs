@@ -43,6 +43,9 @@ pub enum StartError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The issuer API client could not be set up.
+    #[error(transparent)]
+    Callbacks(#[from] crate::callbacks::CallbackSetupError),
 }
 
 impl Simulator {
@@ -66,7 +69,7 @@ impl Simulator {
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
         let bind_error = |source| StartError::Bind { addr: listen, source };
 
-        let state = Arc::new(SimState::new(config, register_status, duplicate_error));
+        let state = Arc::new(SimState::new(config, register_status, duplicate_error)?);
         let app = router(state.clone()).into_make_service();
         let handle = Handle::new();
         let (base_url, task) = match tls {
@@ -141,6 +144,11 @@ impl RunningSimulator {
     /// `Ok(false)` when the cardId was already stored (left unchanged).
     pub fn seed_card(&self, card_id: &str, seed: SeedCard) -> Result<bool, CardRuleError> {
         self.state.seed(card_id, seed)
+    }
+
+    /// The end user D1 created for a consumerId, with what Get Consumer Info answered.
+    pub fn end_user(&self, consumer_id: &str) -> Option<crate::callbacks::EndUser> {
+        self.state.end_user(consumer_id)
     }
 
     /// The stored card, if any (never holds a PAN).

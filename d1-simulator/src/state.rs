@@ -3,7 +3,7 @@
 //! once). Stores no PAN: cards hold the last four digits and the expiry only.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode, header};
@@ -14,6 +14,7 @@ use rand::RngCore as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::api_error::ApiError;
+use crate::callbacks::{CallbackSetupError, Callbacks};
 use crate::card::{CardRuleError, CardState, Registration, SeedCard, StoredCard};
 use crate::config::SimConfig;
 use crate::faults::{Faults, FaultsError};
@@ -40,6 +41,7 @@ pub(crate) struct SimState {
     cards: Mutex<HashMap<String, StoredCard>>,
     stats: Mutex<Recorder>,
     injector: Mutex<Injector>,
+    callbacks: Option<Arc<Callbacks>>,
 }
 
 struct Tokens {
@@ -64,23 +66,31 @@ impl SimState {
         config: SimConfig,
         register_status: StatusCode,
         duplicate_error: Option<(StatusCode, String)>,
-    ) -> Self {
+    ) -> Result<Self, CallbackSetupError> {
         let injector = Injector::new(config.faults.clone(), config.seed, Instant::now());
-        Self {
+        let shutdown = CancellationToken::new();
+        let callbacks = match config.issuer_api {
+            Some(client) => {
+                Some(Arc::new(Callbacks::new(client, config.issuer_id.clone(), shutdown.clone())?))
+            }
+            None => None,
+        };
+        Ok(Self {
             issuer_id: config.issuer_id,
             issuer_keys: config.issuer_keys,
             encryption_keys: config.encryption_keys,
             token_ttl: config.token_ttl,
             register_status,
             duplicate_error,
-            shutdown: CancellationToken::new(),
+            shutdown,
             initial_faults: config.faults,
             seed: config.seed,
             tokens: Mutex::new(Tokens { expiry_by_token: HashMap::new(), sweep_at: FIRST_TOKEN_SWEEP }),
             cards: Mutex::new(HashMap::new()),
             stats: Mutex::new(Recorder::default()),
             injector: Mutex::new(injector),
-        }
+            callbacks,
+        })
     }
 
     /// Issues a random opaque access token valid for the configured TTL.
@@ -138,11 +148,18 @@ impl SimState {
 
     /// Stores the card unless its cardId is already stored (never overwrites).
     pub(crate) fn commit(&self, card: StoredCard) -> Commit {
-        let mut cards = lock(&self.cards);
-        if let Some(existing) = cards.get(&card.card_id) {
-            return Commit::AlreadyThere(existing.registration);
+        let (card_id, consumer_id) = (card.card_id.clone(), card.consumer_id.clone());
+        {
+            let mut cards = lock(&self.cards);
+            if let Some(existing) = cards.get(&card.card_id) {
+                return Commit::AlreadyThere(existing.registration);
+            }
+            cards.insert(card.card_id.clone(), card);
         }
-        cards.insert(card.card_id.clone(), card);
+        // After the cards lock is released: never two locks at once.
+        if let Some(callbacks) = &self.callbacks {
+            callbacks.registered(&card_id, &consumer_id);
+        }
         Commit::Stored
     }
 
@@ -185,7 +202,11 @@ impl SimState {
     /// A snapshot of the counters.
     pub(crate) fn stats(&self) -> Stats {
         let cards_stored = lock(&self.cards).len() as u64;
-        lock(&self.stats).snapshot(cards_stored)
+        let mut stats = lock(&self.stats).snapshot(cards_stored);
+        if let Some(callbacks) = &self.callbacks {
+            stats.issuer_calls = callbacks.stats();
+        }
+        stats
     }
 
     /// Runs `f` on the fault injector.
@@ -209,8 +230,16 @@ impl SimState {
     pub(crate) fn reset(&self) {
         lock(&self.cards).clear();
         *lock(&self.stats) = Recorder::default();
+        if let Some(callbacks) = &self.callbacks {
+            callbacks.reset();
+        }
         let faults = self.initial_faults.clone();
         self.inject(|injector| injector.restart(faults, self.seed, Instant::now()));
+    }
+
+    /// The end user created for a consumerId, if any.
+    pub(crate) fn end_user(&self, consumer_id: &str) -> Option<crate::callbacks::EndUser> {
+        self.callbacks.as_ref().and_then(|c| c.end_user(consumer_id))
     }
 
     /// Sleeps for `duration`, or less if the simulator shuts down meanwhile.

@@ -37,6 +37,9 @@ pub struct Stats {
     pub seeded_cards: u64,
     /// Cards currently stored, however they came.
     pub cards_stored: u64,
+    /// Calls made to the issuer's outbound APIs (when configured).
+    #[serde(default)]
+    pub issuer_calls: crate::callbacks::IssuerCallStats,
 }
 
 impl Stats {
@@ -162,6 +165,7 @@ impl Recorder {
             faults_injected: self.faults.clone(),
             seeded_cards: self.seeded_cards,
             cards_stored,
+            issuer_calls: Default::default(),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Kafka message value -> `CardEvent`: framing detection (Confluent wire format or Avro
+//! Kafka message value -> `CardEvent` (or a `ConsumerProfile` change): framing detection (Confluent wire format or Avro
 //! single-object encoding), writer-schema lookup, Avro decoding with the writer schema, resolution
 //! against the topic's reader schema (the newest in `schemas/`), and mapping to the core types.
 //!
@@ -15,7 +15,7 @@ use apache_avro::Schema;
 use apache_avro::error::Details;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -31,6 +31,9 @@ use crate::core::event::{
     OrderOutcome, TokenizationOutcome,
 };
 use crate::core::ids::{CardId, CardProductId, ConsumerId, EventId, IdError};
+use crate::core::profile::{
+    ConsumerInfo, ConsumerProfile, MobilePhoneNumber, ProfileChange, ResidencyAddress,
+};
 
 /// Largest allocation the Avro decoder may make for one length prefix. Far above any Kafka message
 /// (1 MiB by default), so it only ever stops a forged length from reserving gigabytes.
@@ -181,6 +184,20 @@ pub fn decode_datum(
     reader: &ParsedSchema,
     body: &[u8],
 ) -> Result<CardEvent, DecodeError> {
+    to_event(kind, decode_record(writer, reader, body)?)
+}
+
+/// Decodes one `ConsumerProfile` datum, like [`decode_datum`].
+pub fn decode_profile_datum(
+    writer: &ParsedSchema,
+    reader: &ParsedSchema,
+    body: &[u8],
+) -> Result<ConsumerProfile, DecodeError> {
+    to_profile(decode_record(writer, reader, body)?)
+}
+
+/// The resolved record's fields.
+fn decode_record(writer: &ParsedSchema, reader: &ParsedSchema, body: &[u8]) -> Result<Fields, DecodeError> {
     if writer.full_name() != reader.full_name() {
         return Err(DecodeError::new(
             DeadLetterReason::SchemaMismatch,
@@ -198,7 +215,7 @@ pub fn decode_datum(
     let Value::Record(fields) = value else {
         return Err(DecodeError::new(DeadLetterReason::SchemaMismatch, "datum is not a record"));
     };
-    to_event(kind, Fields(fields))
+    Ok(Fields(fields))
 }
 
 /// Decodes with the writer schema, then resolves against the reader schema when they differ.
@@ -330,6 +347,18 @@ impl Fields {
         }
     }
 
+    /// An optional nested record (`["null", record]`).
+    fn optional_record(&mut self, name: &str) -> Result<Option<Fields>, DecodeError> {
+        match self.take(name)? {
+            Value::Union(_, inner) => match *inner {
+                Value::Null => Ok(None),
+                Value::Record(fields) => Ok(Some(Fields(fields))),
+                _ => Err(wrong_type(name)),
+            },
+            _ => Err(wrong_type(name)),
+        }
+    }
+
     fn symbol(&mut self, name: &str) -> Result<String, DecodeError> {
         match self.take(name)? {
             Value::Enum(_, s) => Ok(s),
@@ -353,14 +382,52 @@ fn unknown(field: &str) -> DecodeError {
     DecodeError::new(DeadLetterReason::InvalidField, format!("{field} has an unknown symbol"))
 }
 
-fn to_event(kind: EventKind, mut f: Fields) -> Result<CardEvent, DecodeError> {
-    let event_id = EventId::parse(&f.string("eventId")?)?;
-    let occurred_at = Some(f.millis("occurredAt")?)
+fn occurred_at(f: &mut Fields) -> Result<DateTime<Utc>, DecodeError> {
+    Some(f.millis("occurredAt")?)
         .filter(|ms| (MIN_OCCURRED_AT_MS..=MAX_OCCURRED_AT_MS).contains(ms))
         .and_then(DateTime::from_timestamp_millis)
         .ok_or_else(|| {
             DecodeError::new(DeadLetterReason::InvalidField, "occurredAt is outside 1970-01-01..9999-12-31")
-        })?;
+        })
+}
+
+fn to_profile(mut f: Fields) -> Result<ConsumerProfile, DecodeError> {
+    let event_id = EventId::parse(&f.string("eventId")?)?;
+    let occurred_at = occurred_at(&mut f)?;
+    let consumer_id = ConsumerId::parse(f.string("consumerId")?)?;
+    let mobile_phone_number = match f.optional_record("mobilePhoneNumber")? {
+        Some(mut p) => Some(MobilePhoneNumber {
+            country_code: p.string("countryCode")?,
+            phone_number: p.string("phoneNumber")?,
+        }),
+        None => None,
+    };
+    let residency_address = match f.optional_record("residencyAddress")? {
+        Some(mut a) => Some(ResidencyAddress {
+            line1: a.string("line1")?,
+            zip_code: a.string("zipCode")?,
+            city: a.string("city")?,
+            country_code: a.string("countryCode")?,
+        }),
+        None => None,
+    };
+    let info = ConsumerInfo {
+        language: f.string("language")?,
+        first_name: f.string("firstName")?,
+        last_name: f.string("lastName")?,
+        email: f.optional("email")?,
+        mobile_phone_number,
+        date_of_birth: f.optional("dateOfBirth")?,
+        residency_address,
+    };
+    // The defect names the field and rule only: the values are personal data.
+    info.validate().map_err(|d| DecodeError::new(DeadLetterReason::InvalidField, d.to_string()))?;
+    Ok(ConsumerProfile { event_id, occurred_at, consumer_id, info })
+}
+
+fn to_event(kind: EventKind, mut f: Fields) -> Result<CardEvent, DecodeError> {
+    let event_id = EventId::parse(&f.string("eventId")?)?;
+    let occurred_at = occurred_at(&mut f)?;
     let meta = EventMeta {
         event_id,
         occurred_at,
@@ -398,6 +465,12 @@ fn to_event(kind: EventKind, mut f: Fields) -> Result<CardEvent, DecodeError> {
             card_product_id: f.optional("cardProductId")?.map(CardProductId::parse).transpose()?,
             order_id: f.optional("orderId")?,
         }),
+        EventKind::Profile => {
+            return Err(DecodeError::new(
+                DeadLetterReason::SchemaMismatch,
+                "consumer-profile is not a card event topic",
+            ));
+        }
     })
 }
 
@@ -444,22 +517,66 @@ impl Decoder {
         &self.schemas
     }
 
-    /// Decodes one message of a `kind` topic. Waits only for a registry lookup of an uncached id.
+    /// Decodes one message of a card event topic. Waits only for a registry lookup of an uncached id.
     pub async fn decode(
         &self,
         kind: EventKind,
         key: Option<&[u8]>,
         payload: &[u8],
     ) -> Result<CardEvent, DecodeFailure> {
+        let event = self.record(kind, payload, decode_datum).await?;
+        if key != Some(event.meta().card_id.as_str().as_bytes()) {
+            return Err(
+                DecodeError::new(DeadLetterReason::InvalidField, "message key differs from cardId").into()
+            );
+        }
+        Ok(event)
+    }
+
+    /// Decodes one message of the consumer-profile topic: a profile, or an erasure for a
+    /// tombstone (no value) whose key is a valid consumerId.
+    pub async fn decode_profile(
+        &self,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<ProfileChange, DecodeFailure> {
+        let Some(payload) = payload else {
+            let key = key.and_then(|k| std::str::from_utf8(k).ok()).ok_or_else(|| {
+                DecodeError::new(DeadLetterReason::InvalidField, "tombstone without a UTF-8 consumerId key")
+            })?;
+            return Ok(ProfileChange::Erase(ConsumerId::parse(key).map_err(DecodeError::from)?));
+        };
+        let profile = self
+            .record(EventKind::Profile, payload, |_, writer, reader, body| {
+                decode_profile_datum(writer, reader, body)
+            })
+            .await?;
+        if key != Some(profile.consumer_id.as_str().as_bytes()) {
+            return Err(DecodeError::new(
+                DeadLetterReason::InvalidField,
+                "message key differs from consumerId",
+            )
+            .into());
+        }
+        Ok(ProfileChange::Upsert(Box::new(profile)))
+    }
+
+    /// Framing, writer schema (kept or registry), then `datum` with the topic's reader schema.
+    async fn record<T>(
+        &self,
+        kind: EventKind,
+        payload: &[u8],
+        datum: impl Fn(EventKind, &ParsedSchema, &ParsedSchema, &[u8]) -> Result<T, DecodeError>,
+    ) -> Result<T, DecodeFailure> {
         let unknown_schema = |detail: String| DecodeError::new(DeadLetterReason::UnknownSchema, detail);
-        let reader = &self.schemas.reader(kind).schema;
-        let event = match split_frame(payload)? {
+        let reader: &ParsedSchema = &self.schemas.reader(kind).schema;
+        Ok(match split_frame(payload)? {
             Frame::SingleObject { fingerprint, body } => {
                 let writer = self
                     .schemas
                     .by_fingerprint(&fingerprint)
                     .ok_or_else(|| unknown_schema(format!("no kept schema has fingerprint {fingerprint}")))?;
-                decode_datum(kind, &writer.schema, reader, body)?
+                datum(kind, &writer.schema, reader, body)?
             }
             Frame::Confluent { schema_id, body } => {
                 let registry = self.registry.as_ref().ok_or_else(|| {
@@ -475,15 +592,8 @@ impl Decoder {
                     }
                 })?;
                 self.vet(kind, &writer.schema).map_err(|e| e.with_registry_origin(&writer))?;
-                decode_datum(kind, &writer.schema, reader, body)
-                    .map_err(|e| e.with_registry_origin(&writer))?
+                datum(kind, &writer.schema, reader, body).map_err(|e| e.with_registry_origin(&writer))?
             }
-        };
-        if key != Some(event.meta().card_id.as_str().as_bytes()) {
-            return Err(
-                DecodeError::new(DeadLetterReason::InvalidField, "message key differs from cardId").into()
-            );
-        }
-        Ok(event)
+        })
     }
 }

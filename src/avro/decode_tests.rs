@@ -78,6 +78,7 @@ fn sample(kind: EventKind) -> CardEvent {
         EventKind::Created => created(InitialState::Inactive),
         EventKind::Tokenized => tokenized(Some("wallet-1")),
         EventKind::Ordered => ordered(),
+        EventKind::Profile => panic!("the consumer-profile topic carries no card event"),
     }
 }
 
@@ -604,5 +605,84 @@ proptest! {
             Err(DecodeFailure::Invalid(e)) => prop_assert_ne!(e.detail, PANICKED),
             Err(DecodeFailure::Transient(e)) => prop_assert!(false, "transient: {}", e),
         }
+    }
+}
+
+mod profiles {
+    use super::*;
+    use crate::avro::encode::encode_profile;
+    use crate::core::profile::{ConsumerInfo, ConsumerProfile, MobilePhoneNumber, ProfileChange};
+
+    fn profile(consumer: &str) -> ConsumerProfile {
+        ConsumerProfile {
+            event_id: EventId::from_uuid(Uuid::from_u128(7)),
+            occurred_at: DateTime::<Utc>::from_timestamp_millis(1_790_000_000_000).unwrap(),
+            consumer_id: ConsumerId::parse(consumer).unwrap(),
+            info: ConsumerInfo {
+                language: "en-GB".into(),
+                first_name: "Ada".into(),
+                last_name: "Lovelace".into(),
+                email: None,
+                mobile_phone_number: Some(MobilePhoneNumber {
+                    country_code: "+44".into(),
+                    phone_number: "7700900123".into(),
+                }),
+                date_of_birth: Some("1815-12-10".into()),
+                residency_address: None,
+            },
+        }
+    }
+
+    fn invalid_change(result: Result<ProfileChange, DecodeFailure>) -> DecodeError {
+        match result {
+            Err(DecodeFailure::Invalid(e)) => e,
+            other => panic!("expected an invalid message, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_profile_round_trips_in_both_framings_and_a_tombstone_erases() {
+        let server = MockServer::start().await;
+        serve_schema(&server, 41, EventKind::Profile, 1, 1).await;
+        let decoder = registry_decoder(&server);
+        let p = profile("consumer-1");
+        for framing in [Framing::SingleObject, Framing::Confluent { schema_id: 41 }] {
+            let payload = encode_profile(&schemas(), &p, framing).unwrap();
+            let change = decoder.decode_profile(Some(b"consumer-1"), Some(&payload)).await.unwrap();
+            assert_eq!(change, ProfileChange::Upsert(Box::new(p.clone())));
+        }
+        let erase = decoder.decode_profile(Some(b"consumer-1"), None).await.unwrap();
+        assert_eq!(erase, ProfileChange::Erase(ConsumerId::parse("consumer-1").unwrap()));
+    }
+
+    #[test]
+    fn a_bad_key_a_bad_field_or_a_card_record_is_refused_naming_no_value() {
+        let payload = encode_profile(&schemas(), &profile("consumer-1"), Framing::SingleObject).unwrap();
+        let decode =
+            |key: Option<&[u8]>, payload: Option<&[u8]>| block_on(local().decode_profile(key, payload));
+        let e = invalid_change(decode(Some(b"consumer-2"), Some(&payload)));
+        assert_eq!(
+            (e.reason, e.detail.as_str()),
+            (DeadLetterReason::InvalidField, "message key differs from consumerId")
+        );
+        assert_eq!(invalid_change(decode(None, None)).reason, DeadLetterReason::InvalidField);
+        assert_eq!(invalid_change(decode(Some(b"bad key!"), None)).reason, DeadLetterReason::InvalidField);
+        let mut bad = profile("consumer-1");
+        bad.info.date_of_birth = Some("1815-13-10".into());
+        let payload = encode_profile(&schemas(), &bad, Framing::SingleObject).unwrap();
+        let e = invalid_change(decode(Some(b"consumer-1"), Some(&payload)));
+        assert_eq!(e.reason, DeadLetterReason::InvalidField);
+        assert!(e.detail.contains("dateOfBirth") && !e.detail.contains("1815"), "{e}");
+        let card = encode(&schemas(), &ordered(), Framing::SingleObject).unwrap();
+        assert_eq!(
+            invalid_change(decode(Some(b"card-1"), Some(&card))).reason,
+            DeadLetterReason::SchemaMismatch
+        );
+        // And a profile on a card topic.
+        let payload = encode_profile(&schemas(), &profile("card-1"), Framing::SingleObject).unwrap();
+        assert_eq!(
+            invalid(decode_local(EventKind::Ordered, &payload)).reason,
+            DeadLetterReason::SchemaMismatch
+        );
     }
 }

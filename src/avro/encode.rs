@@ -1,4 +1,4 @@
-//! Avro encoding of card events, the inverse of `decode`: for the `publish` command, the demo,
+//! Avro encoding of card events and consumer profiles, the inverse of `decode`: for the `publish` command, the demo,
 //! tests and benchmarks. Writes the newest kept schema version by default, or any older one, in
 //! either framing. Also the registration results the relay publishes ([`encode_result`]).
 //!
@@ -10,7 +10,8 @@ use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 
 use super::schemas::{ParsedSchema, SchemaSet, topic_folder};
-use crate::core::event::CardEvent;
+use crate::core::event::{CardEvent, EventKind};
+use crate::core::profile::ConsumerProfile;
 use crate::core::result::RegistrationResult;
 
 /// How the Avro datum is framed in the Kafka message value.
@@ -116,6 +117,76 @@ fn write_record(
         })
         .collect::<Result<Vec<_>, EncodeError>>()?;
     let mut out = Vec::with_capacity(128);
+    frame(&mut out, writer, framing);
+    GenericDatumWriter::builder(writer.schema())
+        .build()
+        .and_then(|w| w.write_value_ref(&mut out, &Value::Record(values)))
+        .map_err(EncodeError::Avro)?;
+    Ok(out)
+}
+
+/// Encodes a consumer profile with the newest `ConsumerProfile` schema.
+pub fn encode_profile(
+    schemas: &SchemaSet,
+    profile: &ConsumerProfile,
+    framing: Framing,
+) -> Result<Vec<u8>, EncodeError> {
+    let writer = &schemas.reader(EventKind::Profile).schema;
+    let Schema::Record(record) = writer.schema() else {
+        return Err(EncodeError::NotARecord);
+    };
+    let info = &profile.info;
+    let string = |s: &str| Value::String(s.to_owned());
+    let optional = |field: &str, value: Option<Value>| -> Result<Value, EncodeError> {
+        let schema = record.fields.iter().find(|f| f.name == field).map(|f| &f.schema);
+        let Some(Schema::Union(u)) = schema else {
+            return Err(EncodeError::Misfit { field: field.to_owned() });
+        };
+        let index = |null: bool| {
+            u.variants().iter().position(|v| (*v == Schema::Null) == null).and_then(|i| u32::try_from(i).ok())
+        };
+        let misfit = || EncodeError::Misfit { field: field.to_owned() };
+        Ok(match value {
+            None => Value::Union(index(true).ok_or_else(misfit)?, Box::new(Value::Null)),
+            Some(v) => Value::Union(index(false).ok_or_else(misfit)?, Box::new(v)),
+        })
+    };
+    let phone = info.mobile_phone_number.as_ref().map(|p| {
+        Value::Record(vec![
+            ("countryCode".into(), string(&p.country_code)),
+            ("phoneNumber".into(), string(&p.phone_number)),
+        ])
+    });
+    let address = info.residency_address.as_ref().map(|a| {
+        Value::Record(vec![
+            ("line1".into(), string(&a.line1)),
+            ("zipCode".into(), string(&a.zip_code)),
+            ("city".into(), string(&a.city)),
+            ("countryCode".into(), string(&a.country_code)),
+        ])
+    });
+    let values = vec![
+        ("eventId".into(), Value::String(profile.event_id.to_string())),
+        ("occurredAt".into(), Value::TimestampMillis(profile.occurred_at.timestamp_millis())),
+        ("consumerId".into(), string(profile.consumer_id.as_str())),
+        ("language".into(), string(&info.language)),
+        ("firstName".into(), string(&info.first_name)),
+        ("lastName".into(), string(&info.last_name)),
+        ("email".into(), optional("email", info.email.as_deref().map(string))?),
+        ("mobilePhoneNumber".into(), optional("mobilePhoneNumber", phone)?),
+        ("dateOfBirth".into(), optional("dateOfBirth", info.date_of_birth.as_deref().map(string))?),
+        ("residencyAddress".into(), optional("residencyAddress", address)?),
+    ];
+    let mut out = Vec::with_capacity(256);
+    frame(&mut out, writer, framing);
+    GenericDatumWriter::builder(writer.schema())
+        .build()
+        .and_then(|w| w.write_value_ref(&mut out, &Value::Record(values)))
+        .map_err(EncodeError::Avro)?;
+    Ok(out)
+}
+
+fn frame(out: &mut Vec<u8>, writer: &ParsedSchema, framing: Framing) {
     match framing {
         Framing::SingleObject => {
             out.extend_from_slice(&[0xC3, 0x01]);
@@ -126,11 +197,6 @@ fn write_record(
             out.extend_from_slice(&schema_id.to_be_bytes());
         }
     }
-    GenericDatumWriter::builder(writer.schema())
-        .build()
-        .and_then(|w| w.write_value_ref(&mut out, &Value::Record(values)))
-        .map_err(EncodeError::Avro)?;
-    Ok(out)
 }
 
 /// A field value before it meets the writer schema's type.

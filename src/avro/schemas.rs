@@ -114,6 +114,7 @@ pub fn topic_folder(kind: EventKind) -> &'static str {
         EventKind::Created => "card-created",
         EventKind::Tokenized => "card-tokenized",
         EventKind::Ordered => "card-ordered",
+        EventKind::Profile => "consumer-profile",
     }
 }
 
@@ -123,10 +124,12 @@ pub fn record_name(kind: EventKind) -> &'static str {
         EventKind::Created => "cards.lifecycle.v1.CardCreated",
         EventKind::Tokenized => "cards.lifecycle.v1.CardTokenized",
         EventKind::Ordered => "cards.lifecycle.v1.CardOrdered",
+        EventKind::Profile => "cards.lifecycle.v1.ConsumerProfile",
     }
 }
 
-const KINDS: [EventKind; 3] = [EventKind::Created, EventKind::Tokenized, EventKind::Ordered];
+const KINDS: [EventKind; 4] =
+    [EventKind::Created, EventKind::Tokenized, EventKind::Ordered, EventKind::Profile];
 
 /// The `schemas/` folder of the registration results card-registrar publishes (not an input topic).
 pub const RESULTS_FOLDER: &str = "card-registration-result";
@@ -173,7 +176,7 @@ pub struct SchemaVersion {
 /// Why the schema set could not be loaded. Names the file; schema files hold no card data.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
-    /// A folder under `schemas/` that is not one of the three topics.
+    /// A folder under `schemas/` that is not one of the four topics.
     #[error("schemas/{topic}/ is not a known topic folder")]
     UnknownTopic {
         /// The folder.
@@ -226,11 +229,11 @@ pub enum SchemaError {
     },
 }
 
-/// Every kept version of the three topics' schemas.
+/// Every kept version of the four topics' schemas.
 #[derive(Debug)]
 pub struct SchemaSet {
     /// Per kind (indexed as `KINDS`), versions sorted oldest first; never empty.
-    versions: [Vec<SchemaVersion>; 3],
+    versions: [Vec<SchemaVersion>; 4],
     by_fingerprint: HashMap<Fingerprint, SchemaVersion>,
 }
 
@@ -239,6 +242,7 @@ fn index(kind: EventKind) -> usize {
         EventKind::Created => 0,
         EventKind::Tokenized => 1,
         EventKind::Ordered => 2,
+        EventKind::Profile => 3,
     }
 }
 
@@ -250,7 +254,7 @@ impl SchemaSet {
 
     /// Builds a set from schema files, checking names, compatibility and fingerprints.
     pub fn from_files(files: &[EmbeddedSchema]) -> Result<Self, SchemaError> {
-        let mut versions: [Vec<SchemaVersion>; 3] = Default::default();
+        let mut versions: [Vec<SchemaVersion>; 4] = Default::default();
         let mut by_fingerprint = HashMap::new();
         for file in files.iter().filter(|f| !OUTPUT_FOLDERS.contains(&f.topic)) {
             let kind = KINDS
@@ -327,7 +331,7 @@ mod tests {
     fn every_embedded_schema_file_parses_into_the_set() {
         let set = SchemaSet::embedded().unwrap();
         let inputs: Vec<_> = EMBEDDED.iter().filter(|f| !OUTPUT_FOLDERS.contains(&f.topic)).collect();
-        assert_eq!(inputs.len(), 5);
+        assert_eq!(inputs.len(), 6);
         for file in inputs {
             let kind = KINDS.into_iter().find(|k| topic_folder(*k) == file.topic).unwrap();
             assert!(set.version(kind, file.version).is_some(), "{}/v{}", file.topic, file.version);
@@ -353,6 +357,7 @@ mod tests {
         assert_eq!(set.reader(EventKind::Created).version, 2);
         assert_eq!(set.reader(EventKind::Tokenized).version, 2);
         assert_eq!(set.reader(EventKind::Ordered).version, 1);
+        assert_eq!(set.reader(EventKind::Profile).version, 1);
     }
 
     #[test]

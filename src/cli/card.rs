@@ -1,5 +1,5 @@
-//! `card-registrar card show <cardId>`: the record, history, outbox rows, dead letters and
-//! registration results of a card.
+//! `card-registrar card show <cardId>`: the record (with D1's confirmation), history, outbox rows,
+//! dead letters, registration results and D1's card-operation notifications of a card.
 
 use clap::Subcommand;
 use serde_json::json;
@@ -7,7 +7,7 @@ use serde_json::json;
 use super::CliError;
 use super::migrate::error_chain;
 use crate::config::DatabaseSettings;
-use crate::store::{self, cards, dead_letters, history, outbox, results};
+use crate::store::{self, cards, dead_letters, history, notifications, outbox, results};
 
 /// `card` subcommands.
 #[derive(Debug, Subcommand)]
@@ -31,7 +31,14 @@ pub async fn run(db: &DatabaseSettings, cmd: CardCommand) -> Result<(), CliError
     let filter = dead_letters::Filter { card_id: Some(&card_id), ..Default::default() };
     let letters = dead_letters::list(&pool, &filter, 100).await.map_err(fail)?;
     let published = results::for_card(&pool, &card_id).await.map_err(fail)?;
-    if record.is_none() && events.is_empty() && rows.is_empty() && letters.is_empty() {
+    let d1_notifications = notifications::for_card(&pool, &card_id).await.map_err(fail)?;
+    let d1_confirmation = notifications::confirmation(&pool, &card_id).await.map_err(fail)?;
+    if record.is_none()
+        && events.is_empty()
+        && rows.is_empty()
+        && letters.is_empty()
+        && d1_notifications.is_empty()
+    {
         return Err(CliError::Failed(format!("no card {card_id}")));
     }
     let record = record.map(|(r, call)| {
@@ -48,10 +55,17 @@ pub async fn run(db: &DatabaseSettings, cmd: CardCommand) -> Result<(), CliError
             "registered_at": r.registered_at,
             "version": r.version,
             "call": call.map(|c| format!("{c:?}")),
+            "d1_confirmation": d1_confirmation,
         })
     });
-    let out = json!({ "record": record, "history": events, "outbox": rows, "dead_letters": letters,
-                      "results": published });
+    let out = json!({
+        "record": record,
+        "history": events,
+        "outbox": rows,
+        "dead_letters": letters,
+        "results": published,
+        "d1_notifications": d1_notifications,
+    });
     super::print_out(&format!(
         "{}\n",
         serde_json::to_string_pretty(&out).map_err(|e| CliError::context("print", e))?

@@ -157,6 +157,7 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
         EventKind::Created => args.kafka.topic_card_created.as_str(),
         EventKind::Tokenized => args.kafka.topic_card_tokenized.as_str(),
         EventKind::Ordered => args.kafka.topic_card_ordered.as_str(),
+        EventKind::Profile => args.kafka.topic_consumer_profile.as_str(),
     };
     let total = phase1.len() + phase2.len();
     let started = Instant::now();

@@ -1,5 +1,6 @@
 //! `card-registrar run`: ingest and dispatch (each can be turned off to scale them apart), the
-//! registration results relay, the admin endpoints, and a graceful shutdown on SIGTERM/SIGINT.
+//! registration results relay, the admin endpoints, the issuer API when `ISSUER_API_LISTEN` is set,
+//! and a graceful shutdown on SIGTERM/SIGINT.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +17,13 @@ use crate::avro::decode::Decoder;
 use crate::avro::registry::{HttpSchemaRegistry, RegistryOptions, RegistrySetupError, SchemaRegistry};
 use crate::avro::schemas::SchemaSet;
 use crate::config::{
-    AdminSettings, CardDataSettings, ConfigError, D1Settings, DatabaseSettings, DispatchSettings,
-    IngestSettings, KafkaSettings, ResultsSettings, ValidD1Settings,
+    AdminSettings, CardDataSettings, ConfigError, ConsumerDataSettings, ConsumerSourceSettings, D1Settings,
+    DatabaseSettings, DispatchSettings, IngestSettings, IssuerApiSettings, KafkaSettings, ResultsSettings,
+    ValidD1Settings, ValidIssuerApiSettings,
 };
 use crate::core::event::EventKind;
 use crate::core::validate::CardIdPolicy;
-use crate::crypto::{AssertionKey, CardDataKeys, D1EncryptionKey, EnvelopeSealer};
+use crate::crypto::{AssertionKey, CardDataKeys, D1EncryptionKey, EnvelopeSealer, TokenKey};
 use crate::d1::{ClientIdentity, D1Client, D1ClientConfig, D1ConfigError};
 use crate::dispatch::attempt::Deps;
 use crate::dispatch::limiter::Limiter;
@@ -29,6 +31,10 @@ use crate::dispatch::maintenance::{self, Retention};
 use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::ingest::consumer::{self, IngestOptions};
 use crate::ingest::prepare::Pipeline;
+use crate::ingest::profile::ProfileSealer;
+use crate::issuer_api::consumers::{ConsumerSource, Proxy};
+use crate::issuer_api::token::{ClientCredentials, TokenAuthority};
+use crate::issuer_api::{self, IssuerApi};
 use crate::kafka::{self, BrokerCheck, KafkaSecurity};
 use crate::results::relay::{Relay, RelayOptions};
 use crate::results::upkeep::{self, ResultsRetention};
@@ -58,6 +64,12 @@ pub struct RunArgs {
     /// Registration results topic and relay.
     #[command(flatten)]
     pub results: ResultsSettings,
+    /// Consumer-data keys (consumer profiles at rest).
+    #[command(flatten)]
+    pub consumer_data: ConsumerDataSettings,
+    /// The issuer API D1 calls.
+    #[command(flatten)]
+    pub issuer_api: IssuerApiSettings,
     /// Run ingest (Kafka -> PostgreSQL).
     #[arg(long, env = "INGEST_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub ingest_enabled: bool,
@@ -76,7 +88,8 @@ pub struct RunArgs {
     pub shutdown_timeout_secs: u64,
 }
 
-/// The three input topics with their event kinds.
+/// The three card topics with their event kinds (the consumer-profile topic is added by `run`
+/// when `CONSUMER_DATA_KEYS` is set).
 pub fn topic_kinds(kafka: &KafkaSettings) -> Vec<(String, EventKind)> {
     vec![
         (kafka.topic_card_created.clone(), EventKind::Created),
@@ -184,6 +197,87 @@ pub fn d1_client(d1: &ValidD1Settings) -> Result<D1Client, ConfigError> {
     })
 }
 
+/// The consumer-data sealer from `CONSUMER_DATA_KEYS`.
+fn consumer_data_sealer(keys: &std::path::Path) -> Result<EnvelopeSealer, ConfigError> {
+    EnvelopeSealer::from_file(keys)
+        .map(EnvelopeSealer::for_consumer_data)
+        .map_err(|e| ConfigError { variable: "CONSUMER_DATA_KEYS", problem: e.to_string() })
+}
+
+/// The issuer API's parts that need no database, loaded before anything starts so that every
+/// file problem stops start-up naming its variable.
+pub struct IssuerApiParts {
+    settings: ValidIssuerApiSettings,
+    tls: Arc<rustls::server::ServerConfig>,
+    tokens: TokenAuthority,
+    credentials: ClientCredentials,
+    consumers: ConsumerSource,
+}
+
+/// Loads the issuer API's certificates, keys and credentials.
+pub fn issuer_api_parts(settings: ValidIssuerApiSettings) -> Result<IssuerApiParts, ConfigError> {
+    let tls = issuer_api::tls::server_config(&settings.tls_cert, &settings.tls_key, &settings.client_ca)
+        .map_err(|e| {
+            let variable = match &e {
+                issuer_api::tls::TlsError::Pem { path, .. } if *path == settings.tls_key => {
+                    "ISSUER_API_TLS_KEY"
+                }
+                issuer_api::tls::TlsError::Pem { path, .. } if *path == settings.client_ca => {
+                    "ISSUER_API_CLIENT_CA"
+                }
+                _ => "ISSUER_API_TLS_CERT",
+            };
+            ConfigError { variable, problem: e.to_string() }
+        })?;
+    let key = TokenKey::from_file(&settings.token_key)
+        .map_err(|e| ConfigError { variable: "ISSUER_API_TOKEN_KEY", problem: e.to_string() })?;
+    let tokens = TokenAuthority::new(key, settings.issuer_id.clone(), settings.token_ttl);
+    let credentials = ClientCredentials::from_files(&settings.client_id_file, &settings.client_secret_file)
+        .map_err(|e| {
+        let variable = if e.path == settings.client_id_file {
+            "ISSUER_API_CLIENT_ID_FILE"
+        } else {
+            "ISSUER_API_CLIENT_SECRET_FILE"
+        };
+        ConfigError { variable, problem: e.to_string() }
+    })?;
+    let consumers = match &settings.consumer_source {
+        ConsumerSourceSettings::Profiles { keys } => {
+            ConsumerSource::Profiles { opener: consumer_data_sealer(keys)? }
+        }
+        ConsumerSourceSettings::Proxy { url, timeout } => {
+            ConsumerSource::Proxy(Proxy::new(url.clone(), *timeout, settings.max_body_bytes).map_err(
+                |e| ConfigError { variable: "ISSUER_API_CONSUMER_INFO_URL", problem: e.to_string() },
+            )?)
+        }
+    };
+    Ok(IssuerApiParts { settings, tls, tokens, credentials, consumers })
+}
+
+impl IssuerApiParts {
+    /// Binds `ISSUER_API_LISTEN` and serves until `stop`; the bound address (port 0 picks one)
+    /// and the serving task.
+    pub fn start(
+        self,
+        pool: PgPool,
+        stop: CancellationToken,
+    ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+        let listener = std::net::TcpListener::bind(self.settings.listen)?;
+        listener.set_nonblocking(true)?;
+        let local = listener.local_addr()?;
+        let api = Arc::new(IssuerApi {
+            issuer_id: self.settings.issuer_id.clone(),
+            tokens: self.tokens,
+            credentials: self.credentials,
+            consumers: self.consumers,
+            pool,
+            clock: std::time::SystemTime::now,
+        });
+        let router = issuer_api::router(api, self.settings.max_body_bytes);
+        Ok((local, tokio::spawn(issuer_api::serve(listener, self.tls, router, stop))))
+    }
+}
+
 fn owner_id() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -204,12 +298,22 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
         }
         .into());
     }
+    let consumer_keys = args.consumer_data.validate()?;
     let pipeline = if args.ingest_enabled {
         args.kafka.validate()?;
-        Some(Arc::new(pipeline(&args.kafka, &args.card_data)?))
+        let mut pipeline = pipeline(&args.kafka, &args.card_data)?;
+        if let Some(keys) = &consumer_keys {
+            pipeline = pipeline.with_profiles(ProfileSealer::new(consumer_data_sealer(keys)?));
+        }
+        Some(Arc::new(pipeline))
     } else {
         None
     };
+    let issuer_api = args
+        .issuer_api
+        .validate(args.d1.d1_issuer_id.as_deref(), consumer_keys.as_deref())?
+        .map(issuer_api_parts)
+        .transpose()?;
     let dispatch_parts = if args.dispatch_enabled {
         let d1 = args.d1.validate()?;
         args.dispatch.validate(d1.timeout)?;
@@ -306,11 +410,31 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             work.clone(),
         )));
     }
+    if let Some(parts) = issuer_api {
+        let (listen, served) = parts
+            .start(pool.clone(), work.clone())
+            .map_err(|e| CliError::context("issuer API (ISSUER_API_LISTEN)", e))?;
+        info!(%listen, "issuer API (mutual TLS): token, Get Consumer Info, Notify Card Operations");
+        let (work, fatal) = (work.clone(), fatal.clone());
+        tasks.push(tokio::spawn(async move {
+            let result = served.await.map_err(std::io::Error::other).and_then(|r| r);
+            if let Err(e) = result {
+                tracing::error!(error = %e, "issuer API stopped");
+                let _ = fatal.set(format!("issuer API stopped: {e}"));
+                work.cancel();
+            }
+        }));
+    }
+
     if let (Some(pipeline), Some(security)) = (pipeline, kafka_security) {
+        let mut topics = topic_kinds(&args.kafka);
+        if consumer_keys.is_some() {
+            topics.push((args.kafka.topic_consumer_profile.clone(), EventKind::Profile));
+        }
         let options = IngestOptions {
             brokers: args.kafka.kafka_brokers.clone(),
             group_id: args.kafka.kafka_group_id.clone(),
-            topics: topic_kinds(&args.kafka),
+            topics,
             batch_max: args.ingest.ingest_batch_max as usize,
             batch_max_bytes: args.ingest.ingest_batch_max_bytes as usize,
             batch_wait: Duration::from_millis(args.ingest.ingest_batch_wait_ms),

@@ -140,6 +140,8 @@ pub enum EventKind {
     Tokenized,
     /// `CardOrdered`.
     Ordered,
+    /// `ConsumerProfile` (topic `consumer-profile`): not a card event, ingested on its own path.
+    Profile,
 }
 
 impl EventKind {
@@ -149,6 +151,7 @@ impl EventKind {
             Self::Created => "CREATED",
             Self::Tokenized => "TOKENIZED",
             Self::Ordered => "ORDERED",
+            Self::Profile => "CONSUMER_PROFILE",
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod decide;
 pub mod event;
 pub mod ids;
 pub mod pan;
+pub mod profile;
 pub mod record;
 pub mod result;
 pub mod validate;

@@ -1,5 +1,6 @@
 //! Key handling and JOSE (via josekit): decrypting `encryptedCard` with our card-data keys,
-//! encrypting card data for D1, and signing the ES256 assertion for D1's OAuth token endpoint.
+//! encrypting card data for D1, signing the ES256 assertion for D1's OAuth token endpoint, and
+//! signing the access tokens our issuer API gives D1.
 //!
 //! Keys come from files into types whose `Debug` shows key ids only. Nothing here logs, and no
 //! error carries key material, a clear PAN, or a decrypted payload.
@@ -9,6 +10,7 @@ mod card_data;
 mod key_file;
 mod recipient;
 mod sealer;
+mod token_key;
 
 #[cfg(test)]
 pub(crate) mod test_keys;
@@ -20,3 +22,4 @@ pub use card_data::{CardDataDecryptError, CardDataKeys, JWE_ALG, JWE_ENC, JweDef
 pub use key_file::{KeyError, KeyProblem};
 pub use recipient::{D1EncryptionKey, EncryptError, RecipientKey, encrypt_bytes, encrypt_card_data};
 pub use sealer::{EnvelopeSealer, SealError, Sealer};
+pub use token_key::{PEM_TOKEN_KID, TokenKey};

@@ -1,5 +1,6 @@
 //! Sealing dead-letter envelopes at rest: a compact JWE (ECDH-ES + A256GCM) to our own card-data
-//! key, because a malformed message may hold a clear PAN anywhere.
+//! key, because a malformed message may hold a clear PAN anywhere. The same sealing, with the
+//! `CONSUMER_DATA_KEYS` set, keeps consumer profiles at rest.
 //!
 //! Sealed to the FIRST key of `CARD_DATA_KEYS` (the current one); opened with whichever key the
 //! envelope's `kid` names, so older dead letters stay replayable across a rotation as long as
@@ -37,6 +38,10 @@ pub trait Sealer: Send + Sync {
 pub struct EnvelopeSealer {
     current: (String, EcdhEsJweEncrypter),
     openers: Vec<(String, EcdhEsJweDecrypter)>,
+    /// The setting the keys come from, named when none opens an envelope.
+    key_set: &'static str,
+    /// The JWE `cty` of what is sealed.
+    content_type: &'static str,
 }
 
 impl EnvelopeSealer {
@@ -62,7 +67,25 @@ impl EnvelopeSealer {
             openers.push((kid.clone(), ECDH_ES.decrypter_from_jwk(jwk).map_err(|_| unusable())?));
         }
         let current = current.ok_or(KeyProblem::Empty)?;
-        Ok(Self { current, openers })
+        Ok(Self {
+            current,
+            openers,
+            key_set: "CARD_DATA_KEYS",
+            content_type: "application/vnd.card-registrar.dead-letter+json",
+        })
+    }
+
+    /// The same keys used for consumer profiles at rest (`CONSUMER_DATA_KEYS`): another `cty`,
+    /// and errors that name that setting.
+    pub fn for_consumer_data(mut self) -> Self {
+        self.key_set = "CONSUMER_DATA_KEYS";
+        self.content_type = "application/vnd.card-registrar.consumer-info+json";
+        self
+    }
+
+    /// The kid new envelopes are sealed to (the first key of the file).
+    pub fn current_kid(&self) -> &str {
+        &self.current.0
     }
 }
 
@@ -71,7 +94,7 @@ impl Sealer for EnvelopeSealer {
         let mut header = JweHeader::new();
         header.set_content_encryption(JWE_ENC);
         header.set_key_id(self.current.0.as_str());
-        header.set_content_type("application/vnd.card-registrar.dead-letter+json");
+        header.set_content_type(self.content_type);
         josekit::jwe::serialize_compact(plaintext, &header, &self.current.1).map_err(|_| SealError {
             op: "seal",
             detail: format!("encryption to kid {} failed", self.current.0),
@@ -87,7 +110,7 @@ impl Sealer for EnvelopeSealer {
             Ok((plaintext, _)) => Ok(Zeroizing::new(plaintext)),
             Err(_) => Err(SealError {
                 op: "open",
-                detail: "no card-data key in CARD_DATA_KEYS opens it (was its key removed?)".into(),
+                detail: format!("no key in {} opens it (was its key removed?)", self.key_set),
             }),
         }
     }

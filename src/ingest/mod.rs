@@ -12,5 +12,6 @@ pub mod consumer;
 pub mod partition;
 pub mod plan;
 pub mod prepare;
+pub mod profile;
 pub mod replay;
 mod spans;

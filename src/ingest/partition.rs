@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::apply::{ApplyError, apply_batch};
-use super::message::{Batch, Committed, Incoming};
-use super::prepare::Pipeline;
+use super::message::{Applied, Batch, Committed, Incoming};
+use super::prepare::{Pipeline, PrepareError};
+use super::profile::{self, ProfileBatch};
 use crate::core::event::EventKind;
 use crate::store::offsets;
 use crate::telemetry::metrics::{
@@ -75,6 +76,12 @@ pub(crate) struct PartitionTask {
     pub pipeline: Arc<Pipeline>,
     pub commits: std::sync::mpsc::Sender<Committed>,
     pub stop: CancellationToken,
+}
+
+/// Where preparing and applying a batch failed.
+enum Step {
+    Prepare(PrepareError),
+    Apply(ApplyError),
 }
 
 fn backoff() -> impl Iterator<Item = Duration> {
@@ -168,6 +175,40 @@ impl PartitionTask {
         true
     }
 
+    /// Prepares and applies one batch: the card path, or the consumer-profile path.
+    async fn prepare_and_apply(&self, messages: &[Incoming]) -> Result<(Applied, usize), Step> {
+        if self.kind == EventKind::Profile {
+            let prepared = self.pipeline.prepare_profiles(messages).await.map_err(Step::Prepare)?;
+            let sealer =
+                self.pipeline.profile_sealer().ok_or(Step::Prepare(PrepareError::NoConsumerDataKeys))?;
+            let size = prepared.len();
+            let batch = ProfileBatch {
+                group: &self.group,
+                topic: &self.topic,
+                partition: self.partition,
+                from: self.from,
+                messages: prepared,
+            };
+            return profile::apply_batch(&self.pool, sealer, &batch)
+                .await
+                .map(|a| (a, size))
+                .map_err(Step::Apply);
+        }
+        let prepared = self.pipeline.prepare(self.kind, messages).await.map_err(Step::Prepare)?;
+        let size = prepared.len();
+        let batch = Batch {
+            group: &self.group,
+            topic: &self.topic,
+            partition: self.partition,
+            from: self.from,
+            messages: prepared,
+        };
+        apply_batch(&self.pool, self.pipeline.sealer(), &batch, Utc::now())
+            .await
+            .map(|a| (a, size))
+            .map_err(Step::Apply)
+    }
+
     /// Prepares and applies the batch, retrying transient failures. False when stopped before
     /// the batch could be committed (it will be replayed by the next owner).
     async fn process(&mut self, buf: &mut Vec<Incoming>) -> bool {
@@ -175,28 +216,16 @@ impl PartitionTask {
         loop {
             let started = Instant::now();
             let messages: Vec<Incoming> = std::mem::take(buf);
-            let prepared = match self.pipeline.prepare(self.kind, &messages).await {
-                Ok(p) => p,
-                Err(e) => {
-                    *buf = messages;
+            let outcome = self.prepare_and_apply(&messages).await;
+            *buf = messages;
+            match outcome {
+                Err(Step::Prepare(e)) => {
                     warn!(error = %e, "cannot prepare batch; retrying");
                     if !self.pause(&mut delays).await {
                         return false;
                     }
-                    continue;
                 }
-            };
-            *buf = messages;
-            let size = prepared.len();
-            let batch = Batch {
-                group: &self.group,
-                topic: &self.topic,
-                partition: self.partition,
-                from: self.from,
-                messages: prepared,
-            };
-            match apply_batch(&self.pool, self.pipeline.sealer(), &batch, Utc::now()).await {
-                Ok(applied) => {
+                Ok((applied, size)) => {
                     self.from = Some(applied.next_offset);
                     let _ = self.commits.send(Committed {
                         topic: self.topic.clone(),
@@ -223,7 +252,7 @@ impl PartitionTask {
                         .increment(dead);
                     return true;
                 }
-                Err(ApplyError::Fenced { .. }) => {
+                Err(Step::Apply(ApplyError::Fenced { .. })) => {
                     match offsets::load(&self.pool, &self.group, &self.topic).await {
                         Ok(stored) => {
                             let now = stored.get(&self.partition).copied();
@@ -243,7 +272,7 @@ impl PartitionTask {
                         }
                     }
                 }
-                Err(e) => {
+                Err(Step::Apply(e)) => {
                     let transient = matches!(&e, ApplyError::Store(s) if s.is_transient());
                     if transient {
                         warn!(error = %e, "PostgreSQL unavailable; retrying the batch");

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::message::{Incoming, Prepared, Rejection};
+use super::profile::{PreparedProfile, ProfileSealer};
 use crate::avro::decode::{DecodeFailure, Decoder};
 use crate::avro::registry::RegistryError;
 use crate::core::dead_letter::DeadLetterReason;
@@ -25,6 +26,9 @@ pub enum PrepareError {
     /// The validation worker thread failed.
     #[error("validation worker failed: {0}")]
     Worker(String),
+    /// A consumer-profile message arrived but CONSUMER_DATA_KEYS is not set.
+    #[error("consumer-profile messages need CONSUMER_DATA_KEYS")]
+    NoConsumerDataKeys,
 }
 
 /// Decoder, card-data keys and the dead-letter sealer: everything between bytes and a decision.
@@ -33,12 +37,33 @@ pub struct Pipeline {
     keys: Arc<CardDataKeys>,
     sealer: Arc<dyn Sealer>,
     card_ids: CardIdPolicy,
+    profiles: Option<Arc<ProfileSealer>>,
 }
 
 impl Pipeline {
     /// A pipeline over these parts.
     pub fn new(decoder: Decoder, keys: Arc<CardDataKeys>, sealer: Arc<dyn Sealer>) -> Self {
-        Self { decoder, keys, sealer, card_ids: CardIdPolicy::default() }
+        Self { decoder, keys, sealer, card_ids: CardIdPolicy::default(), profiles: None }
+    }
+
+    /// The same pipeline, also able to ingest the consumer-profile topic (`CONSUMER_DATA_KEYS`).
+    pub fn with_profiles(mut self, sealer: ProfileSealer) -> Self {
+        self.profiles = Some(Arc::new(sealer));
+        self
+    }
+
+    /// The consumer-data sealer, when profiles are ingested.
+    pub fn profile_sealer(&self) -> Option<&ProfileSealer> {
+        self.profiles.as_deref()
+    }
+
+    /// Decodes, validates and seals a batch of the consumer-profile topic.
+    pub async fn prepare_profiles(
+        &self,
+        messages: &[Incoming],
+    ) -> Result<Vec<PreparedProfile>, PrepareError> {
+        let sealer = self.profiles.as_ref().ok_or(PrepareError::NoConsumerDataKeys)?;
+        super::profile::prepare(&self.decoder, sealer, messages).await
     }
 
     /// The same pipeline with this cardId policy (`CARD_ID_ALLOW_NUMERIC`).

@@ -1,4 +1,5 @@
-//! PostgreSQL store (sqlx): card records, history, outbox, dead letters, consumed offsets.
+//! PostgreSQL store (sqlx): card records, history, outbox, dead letters, consumed offsets,
+//! sealed consumer profiles and D1's card-operation notifications.
 //!
 //! Each function takes a transaction or a pool and does one thing; orchestration (what to lock,
 //! in which order) belongs to the callers in `ingest` and `dispatch`. Nothing here decides: the
@@ -9,8 +10,10 @@ pub mod dead_letters;
 pub mod error;
 pub mod history;
 pub mod locks;
+pub mod notifications;
 pub mod offsets;
 pub mod outbox;
+pub mod profiles;
 pub mod results;
 
 use std::str::FromStr;

@@ -37,6 +37,14 @@ pub const CIRCUIT_BREAKER_STATE: &str = "card_registrar_circuit_breaker_state";
 pub const CIRCUIT_BREAKER_TRANSITIONS: &str = "card_registrar_circuit_breaker_transitions_total";
 /// Counter, label `outcome` (`ok`, `error`): OAuth token fetches.
 pub const D1_TOKEN_REFRESHES: &str = "card_registrar_d1_token_refreshes_total";
+/// Counter, labels `endpoint` (`token`, `consumer_info`, `card_notifications`), `status` (HTTP
+/// status): requests to the issuer API (D1 calling the bank).
+pub const ISSUER_API_REQUESTS: &str = "card_registrar_issuer_api_requests_total";
+/// Histogram, label `endpoint`: issuer API request duration, seconds.
+pub const ISSUER_API_REQUEST_DURATION: &str = "card_registrar_issuer_api_request_duration_seconds";
+/// Counter, labels `operation` (a known D1 operation or `OTHER`), `outcome` (`stored`,
+/// `duplicate`): card operation updates D1 notified.
+pub const ISSUER_API_NOTIFICATIONS: &str = "card_registrar_issuer_api_notifications_total";
 /// Gauge: 1 while `/readyz` answers 200, else 0 (set by `admin::Readiness`).
 pub const READY: &str = "card_registrar_ready";
 /// Counter, labels `topic`, `partition`: messages the broker deleted before ingest read them
@@ -54,7 +62,7 @@ pub const RESULTS_OLDEST_PENDING_AGE: &str = "card_registrar_results_oldest_pend
 pub const RESULTS_PUBLISHED: &str = "card_registrar_results_published_total";
 
 /// Every metric name above (dashboards and alerts may use only these; a test checks both).
-pub const ALL: [&str; 21] = [
+pub const ALL: [&str; 24] = [
     EVENTS_CONSUMED,
     DECISIONS,
     DEAD_LETTERS,
@@ -76,10 +84,14 @@ pub const ALL: [&str; 21] = [
     RESULTS_PENDING,
     RESULTS_OLDEST_PENDING_AGE,
     RESULTS_PUBLISHED,
+    ISSUER_API_REQUESTS,
+    ISSUER_API_REQUEST_DURATION,
+    ISSUER_API_NOTIFICATIONS,
 ];
 
 /// The histograms among [`ALL`]: Prometheus exposes them as `_bucket`, `_sum` and `_count` series.
-pub const HISTOGRAMS: [&str; 3] = [INGEST_BATCH_SIZE, INGEST_BATCH_DURATION, D1_REQUEST_DURATION];
+pub const HISTOGRAMS: [&str; 4] =
+    [INGEST_BATCH_SIZE, INGEST_BATCH_DURATION, D1_REQUEST_DURATION, ISSUER_API_REQUEST_DURATION];
 
 /// Registers descriptions and units with the installed recorder.
 pub fn describe() {
@@ -100,6 +112,19 @@ pub fn describe() {
     describe_counter!(D1_TOKEN_REFRESHES, "OAuth access-token fetches, by outcome");
     describe_gauge!(READY, "1 while the process is ready (database, Kafka, not shutting down), else 0");
     describe_counter!(OFFSETS_LOST, "Messages deleted by the broker before ingest read them, per partition");
+    describe_counter!(
+        ISSUER_API_REQUESTS,
+        "Requests to the issuer API (D1 calling us), by endpoint and status"
+    );
+    describe_histogram!(
+        ISSUER_API_REQUEST_DURATION,
+        Unit::Seconds,
+        "Issuer API request duration, by endpoint"
+    );
+    describe_counter!(
+        ISSUER_API_NOTIFICATIONS,
+        "Card operation updates notified by D1, by operation and outcome"
+    );
     describe_gauge!(PARTITIONS_HELD, "Partitions held back: stored offset above the high watermark");
     describe_gauge!(RESULTS_PENDING, Unit::Count, "Registration results not yet published");
     describe_gauge!(

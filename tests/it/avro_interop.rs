@@ -89,7 +89,7 @@ fn schema_files() -> Vec<String> {
 fn every_schema_file_has_the_canonical_form_and_fingerprint_the_reference_gives_it() {
     let files = schema_files();
     let embedded = SchemaSet::embedded().unwrap();
-    let kinds = [EventKind::Created, EventKind::Tokenized, EventKind::Ordered];
+    let kinds = [EventKind::Created, EventKind::Tokenized, EventKind::Ordered, EventKind::Profile];
     let results = results_schema().unwrap();
     let result_files = files.iter().filter(|f| f.starts_with(&format!("{RESULTS_FOLDER}/"))).count();
     assert_eq!(
@@ -193,6 +193,7 @@ fn schema_id(kind: EventKind, version: u32) -> u32 {
         EventKind::Created => 100,
         EventKind::Tokenized => 200,
         EventKind::Ordered => 300,
+        EventKind::Profile => 400,
     };
     base + version
 }
@@ -605,4 +606,126 @@ async fn hostile_registry_schemas_become_dead_letters_and_the_partition_moves_on
         .await
         .unwrap();
     assert!(details[0].starts_with("writer schema id 901"), "{details:?}");
+}
+
+/// Consumer profiles written by the Java reference producer, in both framings (the Confluent one
+/// resolved through a registry), are read, sealed and stored as the reference wrote them: opened
+/// again, each equals the record the reference encoded.
+#[tokio::test]
+async fn consumer_profiles_from_the_java_reference_producer_are_stored_as_it_wrote_them() {
+    use card_registrar::core::profile::ConsumerInfo;
+    use card_registrar::crypto::Sealer as _;
+    use card_registrar::ingest::profile::ProfileSealer;
+
+    let (db, keys, topics) = (TestDb::new().await, TestKeys::new(), TestTopics::new(1).await);
+    let topic = format!("t-profile-{}", uuid::Uuid::new_v4().simple());
+    {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<_> =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+        for r in admin
+            .create_topics(&[NewTopic::new(&topic, 2, TopicReplication::Fixed(1))], &AdminOptions::new())
+            .await
+            .unwrap()
+        {
+            r.unwrap();
+        }
+    }
+    let registry = MockServer::start().await;
+    let schema_json = std::fs::read_to_string(repo().join("schemas/consumer-profile/v1.avsc")).unwrap();
+    Mock::given(method("GET"))
+        .and(path("/schemas/ids/401"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({ "schema": schema_json })))
+        .mount(&registry)
+        .await;
+    // Avro's JSON encoding: a union's non-null branch is wrapped in its type's (full) name.
+    let profile = |i: usize, full: bool| {
+        let record = if full {
+            serde_json::json!({
+                "eventId": uuid::Uuid::new_v4().to_string(), "occurredAt": 1_790_000_000_000_i64 + i as i64,
+                "consumerId": format!("ref-consumer-{i}"), "language": "it-IT",
+                "firstName": format!("Giulia{i}"), "lastName": "Bianchi",
+                "email": {"string": format!("giulia{i}@example.org")},
+                "mobilePhoneNumber": {"cards.lifecycle.v1.MobilePhoneNumber": {"countryCode": "+39", "phoneNumber": "3471234567"}},
+                "dateOfBirth": {"string": "1990-01-31"},
+                "residencyAddress": {"cards.lifecycle.v1.ResidencyAddress":
+                    {"line1": "Via Roma 1", "zipCode": "00184", "city": "Roma", "countryCode": "IT"}},
+            })
+        } else {
+            serde_json::json!({
+                "eventId": uuid::Uuid::new_v4().to_string(), "occurredAt": 1_790_000_000_000_i64 + i as i64,
+                "consumerId": format!("ref-consumer-{i}"), "language": "it-IT",
+                "firstName": format!("Marco{i}"), "lastName": "Rossi",
+                "email": null, "mobilePhoneNumber": null, "dateOfBirth": null, "residencyAddress": null,
+            })
+        };
+        let mut line = serde_json::json!({
+            "topic": topic, "key": format!("ref-consumer-{i}"), "schema": "consumer-profile/v1.avsc",
+            "framing": "single-object", "record": record.to_string(),
+        });
+        if i % 2 == 1 {
+            line["framing"] = "confluent".into();
+            line["schemaId"] = 401.into();
+        }
+        (line.to_string(), record)
+    };
+    let produced: Vec<(String, serde_json::Value)> = (0..4).map(|i| profile(i, i < 2)).collect();
+    let lines: String = produced.iter().map(|(l, _)| format!("{l}\n")).collect();
+    let out = java(&["produce", &brokers(), repo().join("schemas").to_str().unwrap()], &lines);
+    assert_eq!(out.trim(), "produced 4");
+
+    let registry: Arc<dyn SchemaRegistry> = Arc::new(
+        HttpSchemaRegistry::new(&url::Url::parse(&registry.uri()).unwrap(), Duration::from_secs(5)).unwrap(),
+    );
+    let consumer_keys = keys.files.card_data_private_jwks.clone();
+    let pipeline = Pipeline::new(
+        Decoder::new(Arc::new(SchemaSet::embedded().unwrap()), Some(registry)),
+        Arc::new(CardDataKeys::from_file(&keys.files.card_data_private_jwks).unwrap()),
+        Arc::new(EnvelopeSealer::from_file(&keys.files.card_data_private_jwks).unwrap()),
+    )
+    .with_profiles(ProfileSealer::new(EnvelopeSealer::from_file(&consumer_keys).unwrap()));
+    let group = format!("g-{}", uuid::Uuid::new_v4().simple());
+    let mut options = test_ingest_options(&group, &topics);
+    options.topics.push((topic.clone(), EventKind::Profile));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let (pool, stop) = (db.pool.clone(), stop.clone());
+        async move { consumer::run(options, pool, Arc::new(pipeline), Arc::new(|_| {}), stop).await.unwrap() }
+    });
+    wait_until("profiles applied", Duration::from_secs(90), || async {
+        applied(&db.pool, &group).await == 4
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+
+    let dead: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(dead, 0);
+    let opener = EnvelopeSealer::from_file(&consumer_keys).unwrap().for_consumer_data();
+    for (i, (_, record)) in produced.iter().enumerate() {
+        let sealed: String =
+            sqlx::query_scalar("SELECT sealed_profile FROM consumer_profiles WHERE consumer_id = $1")
+                .bind(format!("ref-consumer-{i}"))
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        let info: ConsumerInfo = serde_json::from_slice(&opener.open(&sealed).unwrap()).unwrap();
+        let unwrap_union = |v: &serde_json::Value| match v {
+            serde_json::Value::Object(m) if m.len() == 1 && !m.contains_key("line1") => {
+                m.values().next().cloned()
+            }
+            serde_json::Value::Null => None,
+            other => Some(other.clone()),
+        };
+        let mut expected = serde_json::json!({
+            "language": record["language"], "firstName": record["firstName"], "lastName": record["lastName"],
+        });
+        for field in ["email", "mobilePhoneNumber", "dateOfBirth", "residencyAddress"] {
+            if let Some(v) = unwrap_union(&record[field]) {
+                expected[field] = v;
+            }
+        }
+        assert_eq!(serde_json::to_value(&info).unwrap(), expected, "profile {i}");
+    }
 }

@@ -279,6 +279,9 @@ fn write_fuzz_seeds() {
             card_registrar::core::event::EventKind::Created => 0u8,
             card_registrar::core::event::EventKind::Tokenized => 1,
             card_registrar::core::event::EventKind::Ordered => 2,
+            card_registrar::core::event::EventKind::Profile => {
+                unreachable!("card scripts hold card events only")
+            }
         };
         write("decode", &format!("single-object-{i}"), &[&[control][..], &m.payload].concat());
     }

@@ -12,6 +12,8 @@ mod exactly_once;
 mod helpers;
 mod hostile;
 mod ingest;
+mod issuer_api;
+mod issuer_pki;
 mod jwe_interop;
 mod least_privilege;
 mod offsets;
