@@ -11,6 +11,7 @@ pub mod history;
 pub mod locks;
 pub mod offsets;
 pub mod outbox;
+pub mod rate_bucket;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -45,9 +45,16 @@ pub const OFFSETS_LOST: &str = "card_registrar_offsets_lost_total";
 /// Gauge: partitions held back because their stored offset is above the high watermark (topic
 /// recreated?); they wait for `card-registrar offsets reset`.
 pub const PARTITIONS_HELD: &str = "card_registrar_partitions_held";
+/// Counter, label `source` = `fleet` | `fallback`: D1 requests this process was allowed to start,
+/// by where the permit came from (the fleet's bucket in PostgreSQL, or the local share while the
+/// bucket is unreachable). Its rate is this replica's current share of `D1_MAX_RPS`.
+pub const D1_RATE_PERMITS: &str = "card_registrar_d1_rate_permits_total";
+/// Gauge: 1 while this process cannot reach the fleet's D1 rate bucket and uses its local share
+/// (`D1_MAX_RPS / D1_MAX_REPLICAS`), else 0.
+pub const D1_RATE_FALLBACK: &str = "card_registrar_d1_rate_fallback";
 
 /// Every metric name above (dashboards and alerts may use only these; a test checks both).
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 20] = [
     EVENTS_CONSUMED,
     DECISIONS,
     DEAD_LETTERS,
@@ -66,6 +73,8 @@ pub const ALL: [&str; 18] = [
     READY,
     OFFSETS_LOST,
     PARTITIONS_HELD,
+    D1_RATE_PERMITS,
+    D1_RATE_FALLBACK,
 ];
 
 /// The histograms among [`ALL`]: Prometheus exposes them as `_bucket`, `_sum` and `_count` series.
@@ -91,4 +100,12 @@ pub fn describe() {
     describe_gauge!(READY, "1 while the process is ready (database, Kafka, not shutting down), else 0");
     describe_counter!(OFFSETS_LOST, "Messages deleted by the broker before ingest read them, per partition");
     describe_gauge!(PARTITIONS_HELD, "Partitions held back: stored offset above the high watermark");
+    describe_counter!(
+        D1_RATE_PERMITS,
+        "D1 requests allowed to start, by permit source (fleet bucket or local share)"
+    );
+    describe_gauge!(
+        D1_RATE_FALLBACK,
+        "1 while the fleet's D1 rate bucket is unreachable and the local share is used"
+    );
 }
