@@ -32,5 +32,6 @@ GRANT SELECT, INSERT ON :"schema".offset_gaps TO :"runtime_role";
 GRANT USAGE ON SEQUENCE :"schema".offset_gaps_id_seq TO :"runtime_role";
 GRANT SELECT, INSERT ON :"schema".offset_resets TO :"runtime_role";
 GRANT USAGE ON SEQUENCE :"schema".offset_resets_id_seq TO :"runtime_role";
--- The fleet's D1 rate budget: one row, drawn from by every dispatching replica.
-GRANT SELECT, UPDATE ON :"schema".d1_rate_bucket TO :"runtime_role";
+-- The fleet's D1 rate budget: one row, drawn from by every dispatching replica (and put back by the
+-- first draw after a crash emptied the unlogged table).
+GRANT SELECT, INSERT, UPDATE ON :"schema".d1_rate_bucket TO :"runtime_role";

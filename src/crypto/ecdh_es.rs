@@ -195,7 +195,7 @@ impl<'a> Checked<'a> {
             .decrypt_in_place_detached(
                 &Nonce::from(iv),
                 self.header_b64.as_bytes(),
-                &mut *buffer,
+                &mut buffer,
                 &Tag::from(tag),
             )
             .map_err(|_| JweDefect::Decryption)?;
@@ -227,7 +227,7 @@ pub fn encrypt(recipient: &PublicPoint, kid: &str, plaintext: &[u8]) -> Option<S
     let mut buffer = Zeroizing::new(plaintext.to_vec());
     let tag = Aes256Gcm::new_from_slice(cek.as_slice())
         .ok()?
-        .encrypt_in_place_detached(&Nonce::from(iv), header_b64.as_bytes(), &mut *buffer)
+        .encrypt_in_place_detached(&Nonce::from(iv), header_b64.as_bytes(), &mut buffer)
         .ok()?;
     Some(format!("{header_b64}..{}.{}.{}", B64.encode(iv), B64.encode(&*buffer), B64.encode(tag)))
 }

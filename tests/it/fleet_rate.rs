@@ -17,6 +17,11 @@ use crate::worker::{Worker, WorkerEnv, tail};
 async fn concurrent_draws_never_get_more_than_the_capacity_plus_the_rate_times_the_time() {
     let db = TestDb::new().await;
     let (rate, capacity, want) = (200.0, 20.0, 5);
+    // Connections opened first, and the bucket emptied: the count starts from a known state.
+    let warm: Vec<_> = (0..6).map(|_| rate_bucket::draw(&db.pool, 1000, rate, capacity)).collect();
+    for drawn in futures::future::join_all(warm).await {
+        drawn.unwrap();
+    }
     let start = Instant::now();
     let run_for = Duration::from_secs(2);
     let drawers: Vec<_> = (0..6)
@@ -42,9 +47,27 @@ async fn concurrent_draws_never_get_more_than_the_capacity_plus_the_rate_times_t
     // at most `capacity` at the start, so the grants are bounded whatever the interleaving.
     let most = capacity + rate * elapsed;
     assert!(total as f64 <= most, "{total} permits granted in {elapsed:.2} s, at most {most:.0}");
-    // Six drawers that never pause leave nothing unused.
-    let least = 0.95 * rate * (elapsed - 0.1);
+    // Six drawers that never pause leave (almost) nothing unused.
+    let least = 0.9 * rate * elapsed;
     assert!(total as f64 >= least, "{total} permits granted in {elapsed:.2} s, expected at least {least:.0}");
+}
+
+#[tokio::test]
+async fn a_bucket_row_lost_in_a_crash_comes_back_empty_and_refills() {
+    let db = TestDb::new().await;
+    // What a crash does to the unlogged table.
+    sqlx::query("DELETE FROM d1_rate_bucket").execute(&db.pool).await.unwrap();
+    let first = rate_bucket::draw(&db.pool, 10, 1000.0, 100.0).await.unwrap();
+    assert_eq!((first.granted, first.tokens_left), (0, 0.0));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let next = rate_bucket::draw(&db.pool, 10, 1000.0, 100.0).await.unwrap();
+        if next.granted > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bucket never refilled: {next:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Requests started at D1 so far (every request the limiter paces: Register Card PUTs and Get Card).
@@ -113,7 +136,11 @@ async fn three_workers_hold_the_fleet_limit_together_and_two_take_over_a_killed_
     for w in workers {
         w.terminate(Duration::from_secs(20));
     }
-    eprintln!("fleet limit {LIMIT}/s: three workers {three:.1}/s, two after a kill -9 {two:.1}/s; {stats:?}");
+    eprintln!(
+        "fleet limit {LIMIT}/s: three workers {three:.1}/s, two after a kill -9 {two:.1}/s \
+         (PUTs {}, Get Card {}, duplicate PUTs {})",
+        stats.puts_total, stats.gets_total, stats.duplicate_puts
+    );
     assert!(g.pending > 0, "the backlog ran out, so the rate measured demand, not the limit");
     for (what, rate) in [("three workers", three), ("two workers after the kill", two)] {
         assert!(
