@@ -2,10 +2,8 @@
 //! (`CardDataKeys::decrypt`, `encrypt_card_data`) beside josekit doing the same, with the
 //! `openssl speed ecdhp256` ceiling (one key agreement per decryption) measured in the same run.
 //!
-//! Run: `cargo bench --bench jwe` (`BENCH_OPS=n`, default 5,000 of each). Wall-clock figures move
-//! with the machine's load; for repeatable figures count instructions instead:
-//! `BENCH_OPS=200 valgrind --tool=callgrind target/release/deps/jwe-<hash>` minus a run with
-//! `BENCH_OPS=100`, divided by 100 (the difference removes start-up).
+//! Run: `cargo bench --bench jwe` (`BENCH_OPS=n`, default 5,000 of each) on a quiet machine: the
+//! figures are wall-clock time, and the ceiling beside them moves with the load as they do.
 
 use std::hint::black_box;
 use std::process::Command;
