@@ -40,3 +40,6 @@ GRANT USAGE ON SEQUENCE :"schema".registration_results_seq_seq TO :"runtime_role
 GRANT SELECT, INSERT, UPDATE ON :"schema".consumer_profiles TO :"runtime_role";
 -- D1's card-operation notifications: stored once per operationId, never changed.
 GRANT SELECT, INSERT ON :"schema".card_notifications TO :"runtime_role";
+-- The fleet's D1 rate budget: one row, drawn from by every dispatching replica (and put back by the
+-- first draw after a crash emptied the unlogged table).
+GRANT SELECT, INSERT, UPDATE ON :"schema".d1_rate_bucket TO :"runtime_role";

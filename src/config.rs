@@ -199,9 +199,14 @@ pub struct D1Settings {
     /// Most D1 calls in flight at once, per process.
     #[arg(long, env = "D1_MAX_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub d1_max_concurrency: u32,
-    /// Most D1 calls started per second, per process.
+    /// Most D1 calls started per second by the whole fleet (every replica dispatching through the
+    /// same database draws from one budget in PostgreSQL).
     #[arg(long, env = "D1_MAX_RPS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
     pub d1_max_rps: u32,
+    /// Most replicas that dispatch at once; a replica that cannot reach the fleet's rate budget in
+    /// PostgreSQL starts at most D1_MAX_RPS / D1_MAX_REPLICAS calls per second on its own.
+    #[arg(long, env = "D1_MAX_REPLICAS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub d1_max_replicas: u32,
     /// Timeout of one D1 request, milliseconds.
     #[arg(long, env = "D1_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
     pub d1_timeout_ms: u64,
@@ -772,8 +777,10 @@ pub struct ValidD1Settings {
     pub ca_cert: Option<PathBuf>,
     /// Per-process concurrency cap.
     pub max_concurrency: u32,
-    /// Per-process rate cap.
+    /// Fleet-wide rate cap.
     pub max_rps: u32,
+    /// Divisor of the rate cap for a replica cut off from the fleet's budget.
+    pub max_replicas: u32,
     /// Per-request timeout.
     pub timeout: Duration,
 }
@@ -837,6 +844,7 @@ impl D1Settings {
             ca_cert,
             max_concurrency: self.d1_max_concurrency,
             max_rps: self.d1_max_rps,
+            max_replicas: self.d1_max_replicas,
             timeout: Duration::from_millis(self.d1_timeout_ms),
         })
     }

@@ -26,6 +26,7 @@ use crate::core::validate::CardIdPolicy;
 use crate::crypto::{AssertionKey, CardDataKeys, D1EncryptionKey, EnvelopeSealer, TokenKey};
 use crate::d1::{ClientIdentity, D1Client, D1ClientConfig, D1ConfigError};
 use crate::dispatch::attempt::Deps;
+use crate::dispatch::fleet_rate::{FleetRate, PgBucket};
 use crate::dispatch::limiter::Limiter;
 use crate::dispatch::maintenance::{self, Retention};
 use crate::dispatch::{DispatchOptions, Dispatcher};
@@ -465,7 +466,10 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             pool: pool.clone(),
             client,
             keys,
-            limiter: Limiter::new(d1.max_concurrency, d1.max_rps),
+            limiter: Limiter::fleet(
+                d1.max_concurrency,
+                FleetRate::new(Arc::new(PgBucket(pool.clone())), d1.max_rps, d1.max_replicas),
+            ),
             policy: args.dispatch.retry_policy(),
             clock: Arc::new(crate::d1::SystemClock),
         };

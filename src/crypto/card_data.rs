@@ -1,19 +1,17 @@
 //! Our card-data private keys and the decryption of `encryptedCard` into [`CardData`].
 //!
 //! Only compact JWE with `alg` = `ECDH-ES`, `enc` = `A256GCM` and a `kid` naming one of our keys is
-//! accepted; anything else is refused before any key is used. The plaintext lives in a zeroizing
-//! buffer and leaves this module only as a [`CardData`] (whose `Pan` zeroizes itself). Errors map
-//! to dead-letter reasons and never carry the plaintext or a header value.
+//! accepted; anything else is refused before any key is used. Decryption is the fast path of
+//! `ecdh_es`; josekit only validates each key when the file is loaded. The plaintext lives in a
+//! zeroizing buffer and leaves this module only as a [`CardData`] (whose `Pan` zeroizes itself).
+//! Errors map to dead-letter reasons and never carry the plaintext or a header value.
 
 use std::fmt;
 use std::path::Path;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use josekit::jwe::ECDH_ES;
-use josekit::jwe::alg::ecdh_es::EcdhEsJweDecrypter;
-use zeroize::Zeroizing;
 
+use super::ecdh_es::{Checked, PrivateScalar};
 use super::key_file::{self, KeyError, KeyProblem, Part};
 use crate::core::dead_letter::DeadLetterReason;
 use crate::core::event::EncryptedCard;
@@ -26,7 +24,7 @@ pub const JWE_ENC: &str = "A256GCM";
 
 /// Our P-256 private key(s) for `encryptedCard`, by `kid`. `Debug` shows the kids only.
 pub struct CardDataKeys {
-    keys: Vec<(String, EcdhEsJweDecrypter)>,
+    keys: Vec<(String, PrivateScalar)>,
 }
 
 /// What is wrong with a JWE that cannot be decrypted.
@@ -50,6 +48,15 @@ pub enum JweDefect {
     /// Key agreement or authenticated decryption failed (wrong key, tampered data, bad tag).
     #[error("decryption failed")]
     Decryption,
+    /// The compact JWE is longer than any card data needs.
+    #[error("longer than a card-data JWE may be")]
+    TooLarge,
+    /// The header names critical extensions (`crit`); we implement none.
+    #[error("crit is not allowed")]
+    Critical,
+    /// `epk` is not a P-256 public key on the curve, or `apu`/`apv` is not base64url.
+    #[error("epk, apu or apv is malformed")]
+    Parameter,
 }
 
 /// Why `encryptedCard` did not yield card data. Maps to a [`DeadLetterReason`].
@@ -88,16 +95,19 @@ impl CardDataKeys {
 
     /// Parses the content of such a file.
     pub fn from_jwk_bytes(bytes: &[u8]) -> Result<Self, KeyProblem> {
-        let mut keys: Vec<(String, EcdhEsJweDecrypter)> = Vec::new();
+        let mut keys: Vec<(String, PrivateScalar)> = Vec::new();
         for (index, jwk) in key_file::parse_jwks(bytes)?.iter().enumerate() {
             let kid = key_file::require_kid(jwk, index)?;
             key_file::check_p256(jwk, Part::Private)?;
             if keys.iter().any(|(k, _)| *k == kid) {
                 return Err(KeyProblem::DuplicateKid { kid });
             }
-            let decrypter =
-                ECDH_ES.decrypter_from_jwk(jwk).map_err(|_| KeyProblem::Unusable { kid: kid.clone() })?;
-            keys.push((kid, decrypter));
+            // josekit judges whether the key may decrypt (`use`, `key_ops`, `alg`, parameters);
+            // the scalar itself is then used by the fast path.
+            ECDH_ES.decrypter_from_jwk(jwk).map_err(|_| KeyProblem::Unusable { kid: kid.clone() })?;
+            let secret = PrivateScalar::from_jwk(&serde_json::Value::Object(jwk.as_ref().clone()))
+                .ok_or_else(|| KeyProblem::Unusable { kid: kid.clone() })?;
+            keys.push((kid, secret));
         }
         Ok(Self { keys })
     }
@@ -109,42 +119,16 @@ impl CardDataKeys {
 
     /// Decrypts `encryptedCard` and parses `{"pan","exp"}`.
     pub fn decrypt(&self, card: &EncryptedCard) -> Result<CardData, CardDataDecryptError> {
-        let compact = card.as_str();
-        let kid = check_header(compact).map_err(CardDataDecryptError::Undecryptable)?;
-        let decrypter = self
+        let jwe = Checked::parse(card.as_str()).map_err(CardDataDecryptError::Undecryptable)?;
+        let key = self
             .keys
             .iter()
-            .find(|(k, _)| *k == kid)
-            .map(|(_, d)| d)
+            .find(|(k, _)| k == jwe.kid())
+            .map(|(_, key)| key)
             .ok_or(CardDataDecryptError::UnknownKey)?;
-        let (plaintext, _header) = josekit::jwe::deserialize_compact(compact, decrypter)
-            .map_err(|_| CardDataDecryptError::Undecryptable(JweDefect::Decryption))?;
-        let plaintext = Zeroizing::new(plaintext);
+        let plaintext = jwe.decrypt(key).map_err(CardDataDecryptError::Undecryptable)?;
         CardData::from_json(&plaintext).map_err(CardDataDecryptError::Invalid)
     }
-}
-
-/// Checks the protected header of a compact JWE and returns its `kid`.
-fn check_header(compact: &str) -> Result<String, JweDefect> {
-    let mut parts = compact.split('.');
-    let header_b64 = parts.next().ok_or(JweDefect::NotCompact)?;
-    if parts.count() != 4 {
-        return Err(JweDefect::NotCompact);
-    }
-    let header = URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| JweDefect::NotCompact)?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|_| JweDefect::NotCompact)?;
-    let text = |name: &str| header.get(name).and_then(serde_json::Value::as_str);
-    if text("alg") != Some(JWE_ALG) {
-        return Err(JweDefect::Algorithm);
-    }
-    if text("enc") != Some(JWE_ENC) {
-        return Err(JweDefect::Encryption);
-    }
-    if header.contains_key("zip") {
-        return Err(JweDefect::Compression);
-    }
-    text("kid").map(str::to_owned).ok_or(JweDefect::MissingKid)
 }
 
 impl fmt::Debug for CardDataKeys {

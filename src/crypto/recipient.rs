@@ -2,15 +2,15 @@
 //! card-data key when a producer (or a test) builds `encryptedCard`.
 //!
 //! The output is a compact JWE, `alg` = `ECDH-ES`, `enc` = `A256GCM`, with the recipient's `kid` in
-//! the protected header. The plaintext is built in a zeroizing buffer and never leaves this module.
+//! the protected header, sealed by the fast path of `ecdh_es` (josekit only validates the key when
+//! it is loaded). The plaintext is built in a zeroizing buffer and never leaves this module.
 
 use std::fmt;
 use std::path::Path;
 
-use josekit::jwe::alg::ecdh_es::EcdhEsJweEncrypter;
-use josekit::jwe::{ECDH_ES, JweHeader};
+use josekit::jwe::ECDH_ES;
 
-use super::card_data::JWE_ENC;
+use super::ecdh_es::{self, PublicPoint};
 use super::key_file::{self, KeyError, KeyProblem, Part};
 use crate::core::pan::CardData;
 
@@ -18,7 +18,7 @@ use crate::core::pan::CardData;
 #[derive(Clone)]
 pub struct RecipientKey {
     kid: String,
-    encrypter: EcdhEsJweEncrypter,
+    point: PublicPoint,
 }
 
 /// D1's public key for `encryptedData`, handed over at onboarding (`D1_ENCRYPTION_KEY`).
@@ -47,9 +47,11 @@ impl RecipientKey {
         };
         let kid = key_file::require_kid(jwk, 0)?;
         key_file::check_p256(jwk, Part::Public)?;
-        let encrypter =
-            ECDH_ES.encrypter_from_jwk(jwk).map_err(|_| KeyProblem::Unusable { kid: kid.clone() })?;
-        Ok(Self { kid, encrypter })
+        // josekit judges whether the key may encrypt (`use`, `key_ops`, `alg`, parameters).
+        ECDH_ES.encrypter_from_jwk(jwk).map_err(|_| KeyProblem::Unusable { kid: kid.clone() })?;
+        let point = PublicPoint::from_jwk(&serde_json::Value::Object(jwk.as_ref().clone()))
+            .ok_or_else(|| KeyProblem::Unusable { kid: kid.clone() })?;
+        Ok(Self { kid, point })
     }
 
     /// The key id put in the JWE header.
@@ -71,9 +73,6 @@ pub fn encrypt_card_data(card: &CardData, recipient: &RecipientKey) -> Result<St
 
 /// Encrypts arbitrary bytes the same way (producers and tests that must send malformed card data).
 pub fn encrypt_bytes(plaintext: &[u8], recipient: &RecipientKey) -> Result<String, EncryptError> {
-    let mut header = JweHeader::new();
-    header.set_content_encryption(JWE_ENC);
-    header.set_key_id(recipient.kid.as_str());
-    josekit::jwe::serialize_compact(plaintext, &header, &recipient.encrypter)
-        .map_err(|_| EncryptError { kid: recipient.kid.clone() })
+    ecdh_es::encrypt(&recipient.point, &recipient.kid, plaintext)
+        .ok_or_else(|| EncryptError { kid: recipient.kid.clone() })
 }

@@ -235,3 +235,93 @@ fn assertion_key_refuses_a_jwk_with_another_kid_and_a_non_key() {
     let err = AssertionKey::from_bytes(key.public_jwk().to_string().as_bytes(), "in-file".into());
     assert!(matches!(err, Err(KeyProblem::NotPrivate { .. })));
 }
+
+/// A josekit-made card-data JWE whose protected header is rewritten by `edit` (the tag no longer
+/// matches, but every check before the tag must refuse the header first).
+fn with_header(key: &TestKey, edit: impl FnOnce(&mut serde_json::Value)) -> EncryptedCard {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    let jwe = raw_jwe(key, "A256GCM", CARD_JSON);
+    let mut parts: Vec<String> = jwe.as_str().split('.').map(str::to_owned).collect();
+    let mut header: serde_json::Value = serde_json::from_slice(&B64.decode(&parts[0]).unwrap()).unwrap();
+    edit(&mut header);
+    parts[0] = B64.encode(header.to_string());
+    EncryptedCard::new(parts.join("."))
+}
+
+fn defect(keys: &CardDataKeys, jwe: &EncryptedCard) -> JweDefect {
+    match keys.decrypt(jwe) {
+        Err(CardDataDecryptError::Undecryptable(d)) => d,
+        other => panic!("expected an undecryptable JWE, got {:?}", other.map(|_| "card data")),
+    }
+}
+
+#[test]
+fn the_fast_path_refuses_crit_zip_foreign_curves_and_points_off_the_curve() {
+    let key = TestKey::generate("k");
+    let keys = keys_for(&key);
+    let crit = with_header(&key, |h| h["crit"] = serde_json::json!(["exp"]));
+    assert_eq!(defect(&keys, &crit), JweDefect::Critical);
+    let zip = with_header(&key, |h| h["zip"] = serde_json::json!("DEF"));
+    assert_eq!(defect(&keys, &zip), JweDefect::Compression);
+    let no_kid = with_header(&key, |h| {
+        h.as_object_mut().unwrap().remove("kid");
+    });
+    assert_eq!(defect(&keys, &no_kid), JweDefect::MissingKid);
+    let p384 = with_header(&key, |h| h["epk"]["crv"] = serde_json::json!("P-384"));
+    assert_eq!(defect(&keys, &p384), JweDefect::Parameter);
+    // (x, y + 1) is not on the curve: an invalid-curve point must never reach the multiplication.
+    let off_curve = with_header(&key, |h| {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        let mut y = B64.decode(h["epk"]["y"].as_str().unwrap()).unwrap();
+        y[31] ^= 0x01;
+        h["epk"]["y"] = serde_json::json!(B64.encode(y));
+    });
+    assert_eq!(defect(&keys, &off_curve), JweDefect::Parameter);
+    let short_x = with_header(&key, |h| h["epk"]["x"] = serde_json::json!("AAAA"));
+    assert_eq!(defect(&keys, &short_x), JweDefect::Parameter);
+    let no_epk = with_header(&key, |h| {
+        h.as_object_mut().unwrap().remove("epk");
+    });
+    assert_eq!(defect(&keys, &no_epk), JweDefect::Parameter);
+    let bad_apu = with_header(&key, |h| h["apu"] = serde_json::json!("not base64!"));
+    assert_eq!(defect(&keys, &bad_apu), JweDefect::Parameter);
+}
+
+#[test]
+fn the_fast_path_refuses_a_wrapped_key_odd_iv_or_tag_sizes_and_oversized_tokens() {
+    let key = TestKey::generate("k");
+    let keys = keys_for(&key);
+    let good = raw_jwe(&key, "A256GCM", CARD_JSON);
+    let parts: Vec<&str> = good.as_str().split('.').collect();
+    let with = |i: usize, value: &str| {
+        let mut p: Vec<String> = parts.iter().map(|s| s.to_string()).collect();
+        p[i] = value.to_owned();
+        EncryptedCard::new(p.join("."))
+    };
+    assert_eq!(defect(&keys, &with(1, "AAAA")), JweDefect::NotCompact, "a wrapped key");
+    assert_eq!(defect(&keys, &with(2, "AAAAAAAAAAAAAAAAAAAA")), JweDefect::NotCompact, "a 96-bit IV only");
+    assert_eq!(
+        defect(&keys, &with(4, "AAAAAAAAAAAAAAAAAAAAAA")),
+        JweDefect::Decryption,
+        "16-byte tag, wrong"
+    );
+    assert_eq!(defect(&keys, &with(4, "AAAA")), JweDefect::NotCompact, "a 128-bit tag only");
+    assert_eq!(defect(&keys, &with(3, "@@@@")), JweDefect::NotCompact, "ciphertext not base64url");
+    let huge = with(3, &"A".repeat(70_000));
+    assert_eq!(defect(&keys, &huge), JweDefect::TooLarge);
+    assert_eq!(defect(&keys, &EncryptedCard::new(format!("{}.x", good.as_str()))), JweDefect::NotCompact);
+    // The untouched token still opens.
+    assert_eq!(keys.decrypt(&good).unwrap().pan.last4(), "1111");
+}
+
+#[test]
+fn a_key_whose_public_part_does_not_match_its_private_part_is_refused_at_load() {
+    let (a, b) = (TestKey::generate("k"), TestKey::generate("k"));
+    let mut jwk = a.private_jwk();
+    let d = b.private_jwk().parameter("d").unwrap().clone();
+    jwk.set_parameter("d", Some(d)).unwrap();
+    let err = CardDataKeys::from_jwk_bytes(jwk.to_string().as_bytes()).unwrap_err();
+    assert!(matches!(&err, KeyProblem::Unusable { kid } if kid == "k"), "{err:?}");
+}

@@ -1,7 +1,9 @@
-//! Politeness toward D1, per process: at most `max_concurrency` calls in flight and at most
-//! `max_rps` calls started per second (GCRA: a smooth rate with a small burst).
+//! Politeness toward D1: at most `max_concurrency` calls in flight per process, and at most
+//! `max_rps` calls started per second, either per process (GCRA: a smooth rate with a small burst)
+//! or for the whole fleet ([`FleetRate`]: permits drawn from a token bucket in PostgreSQL).
 //!
-//! Across replicas the caps add up: N replicas may send N x `D1_MAX_RPS` (see the README).
+//! The worker uses the fleet rate; the per-process rate remains for tests and benchmarks that run
+//! a dispatcher alone. The concurrency cap is per process either way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,30 +11,68 @@ use std::time::Duration;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::fleet_rate::FleetRate;
+
 /// Concurrency and rate caps, shared by every dispatch task of the process.
 #[derive(Debug, Clone)]
 pub struct Limiter {
     slots: Arc<Semaphore>,
-    rate: Arc<Rate>,
+    rate: Arc<RateCap>,
 }
 
 #[derive(Debug)]
-struct Rate {
+enum RateCap {
+    Process(Gcra),
+    Fleet(FleetRate),
+}
+
+/// A per-process rate: GCRA with a burst of a tenth of a second's worth of calls.
+#[derive(Debug)]
+pub struct Gcra {
     interval: Duration,
     burst: Duration,
     next: Mutex<Instant>,
 }
 
-impl Limiter {
-    /// A limiter allowing `max_concurrency` calls at once and `max_rps` starts per second.
-    pub fn new(max_concurrency: u32, max_rps: u32) -> Self {
-        let interval = Duration::from_secs_f64(1.0 / f64::from(max_rps.max(1)));
+impl Gcra {
+    /// At most `per_second` starts per second (at least 0.001).
+    pub fn new(per_second: f64) -> Self {
+        let per_second = per_second.max(0.001);
+        let interval = Duration::from_secs_f64(1.0 / per_second);
         // A tenth of a second's worth of calls may start together.
-        let burst = interval * (max_rps / 10).max(1);
-        Self {
-            slots: Arc::new(Semaphore::new(max_concurrency.max(1) as usize)),
-            rate: Arc::new(Rate { interval, burst, next: Mutex::new(Instant::now()) }),
-        }
+        let burst = interval.mul_f64((per_second / 10.0).floor().max(1.0));
+        Self { interval, burst, next: Mutex::new(Instant::now()) }
+    }
+
+    /// Waits until the rate allows one more start.
+    pub async fn pace(&self) {
+        let at = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            let earliest = now.checked_sub(self.burst).unwrap_or(now);
+            let slot = (*next).max(earliest);
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+impl Limiter {
+    /// A limiter allowing `max_concurrency` calls at once and `max_rps` starts per second in this
+    /// process (several processes add up).
+    pub fn new(max_concurrency: u32, max_rps: u32) -> Self {
+        Self::with_rate(max_concurrency, RateCap::Process(Gcra::new(f64::from(max_rps.max(1)))))
+    }
+
+    /// A limiter allowing `max_concurrency` calls at once in this process, and starts at the rate
+    /// the fleet shares through `fleet`.
+    pub fn fleet(max_concurrency: u32, fleet: FleetRate) -> Self {
+        Self::with_rate(max_concurrency, RateCap::Fleet(fleet))
+    }
+
+    fn with_rate(max_concurrency: u32, rate: RateCap) -> Self {
+        Self { slots: Arc::new(Semaphore::new(max_concurrency.max(1) as usize)), rate: Arc::new(rate) }
     }
 
     /// Calls that may start now without waiting for a slot.
@@ -48,15 +88,10 @@ impl Limiter {
 
     /// Waits until the rate allows one more request.
     pub async fn pace(&self) {
-        let at = {
-            let mut next = self.rate.next.lock().await;
-            let now = Instant::now();
-            let earliest = now.checked_sub(self.rate.burst).unwrap_or(now);
-            let slot = (*next).max(earliest);
-            *next = slot + self.rate.interval;
-            slot
-        };
-        tokio::time::sleep_until(at).await;
+        match &*self.rate {
+            RateCap::Process(gcra) => gcra.pace().await,
+            RateCap::Fleet(fleet) => fleet.pace().await,
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod attempt;
 pub mod breaker;
 pub mod fate;
+pub mod fleet_rate;
 pub mod limiter;
 pub mod maintenance;
 pub mod operator;

@@ -14,6 +14,7 @@ pub mod notifications;
 pub mod offsets;
 pub mod outbox;
 pub mod profiles;
+pub mod rate_bucket;
 pub mod results;
 
 use std::str::FromStr;

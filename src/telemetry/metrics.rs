@@ -61,8 +61,16 @@ pub const RESULTS_OLDEST_PENDING_AGE: &str = "card_registrar_results_oldest_pend
 /// broker acknowledged (a re-publication after a relay crash counts again).
 pub const RESULTS_PUBLISHED: &str = "card_registrar_results_published_total";
 
+/// Counter, label `source` = `fleet` | `fallback`: D1 requests this process was allowed to start,
+/// by where the permit came from (the fleet's bucket in PostgreSQL, or the local share while the
+/// bucket is unreachable). Its rate is this replica's current share of `D1_MAX_RPS`.
+pub const D1_RATE_PERMITS: &str = "card_registrar_d1_rate_permits_total";
+/// Gauge: 1 while this process cannot reach the fleet's D1 rate bucket and uses its local share
+/// (`D1_MAX_RPS / D1_MAX_REPLICAS`), else 0.
+pub const D1_RATE_FALLBACK: &str = "card_registrar_d1_rate_fallback";
+
 /// Every metric name above (dashboards and alerts may use only these; a test checks both).
-pub const ALL: [&str; 24] = [
+pub const ALL: [&str; 26] = [
     EVENTS_CONSUMED,
     DECISIONS,
     DEAD_LETTERS,
@@ -87,6 +95,8 @@ pub const ALL: [&str; 24] = [
     ISSUER_API_REQUESTS,
     ISSUER_API_REQUEST_DURATION,
     ISSUER_API_NOTIFICATIONS,
+    D1_RATE_PERMITS,
+    D1_RATE_FALLBACK,
 ];
 
 /// The histograms among [`ALL`]: Prometheus exposes them as `_bucket`, `_sum` and `_count` series.
@@ -133,4 +143,12 @@ pub fn describe() {
         "Age of the oldest unpublished registration result"
     );
     describe_counter!(RESULTS_PUBLISHED, "Registration results acknowledged by the broker, by outcome");
+    describe_counter!(
+        D1_RATE_PERMITS,
+        "D1 requests allowed to start, by permit source (fleet bucket or local share)"
+    );
+    describe_gauge!(
+        D1_RATE_FALLBACK,
+        "1 while the fleet's D1 rate bucket is unreachable and the local share is used"
+    );
 }

@@ -392,7 +392,7 @@ fn keda_never_scales_beyond_the_partitions_of_a_topic_watches_every_topic_and_au
 }
 
 #[test]
-fn split_makes_ingest_and_dispatch_two_deployments_whose_d1_caps_add_up_to_the_budget() {
+fn split_makes_ingest_and_dispatch_two_deployments_that_share_the_d1_budget() {
     let (_, split) = &rendered()[1];
     let ingest = named_in(split, "Deployment", "card-registrar");
     let dispatch = named_in(split, "Deployment", "card-registrar-dispatch");
@@ -407,7 +407,9 @@ fn split_makes_ingest_and_dispatch_two_deployments_whose_d1_caps_add_up_to_the_b
     assert_eq!(dispatch_env.get("INGEST_ENABLED").map(String::as_str), Some("false"));
     let replicas = int(&dispatch["spec"]["replicas"]);
     let rps: u64 = dispatch_env["D1_MAX_RPS"].parse().expect("a number");
-    assert_eq!(replicas * rps, 600, "2 dispatchers x 300 requests/s = the example budget of 600");
+    assert_eq!(rps, 600, "D1_MAX_RPS is the fleet's budget: the example's 600, whatever the replicas");
+    let most: u64 = dispatch_env["D1_MAX_REPLICAS"].parse().expect("a number");
+    assert_eq!(most, replicas, "a dispatcher cut off from PostgreSQL takes 1/replicas of the budget");
     assert_eq!(int(&dispatch["spec"]["strategy"]["rollingUpdate"]["maxSurge"]), 0, "never more dispatchers");
 }
 

@@ -187,3 +187,148 @@ fn both_keys_of_a_rotated_jwk_set_decrypt() {
         assert_eq!(keys.decrypt(&EncryptedCard::new(jwe)).unwrap().pan.last4(), "4444");
     }
 }
+
+/// The Python `jwcrypto` library (on `cryptography`, i.e. OpenSSL), in a virtualenv made once under
+/// `~/.cache/card-registrar` with pip from PyPI: a third implementation of the card-data JWE, on
+/// another language and another crypto stack than both josekit and our pure-Rust path.
+mod jwcrypto {
+    use std::io::Write as _;
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    use std::sync::Mutex;
+
+    use serde_json::Value;
+
+    const VERSION: &str = "1.5.6";
+
+    static MADE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+    /// The virtualenv's python, made (atomically, by rename) if missing.
+    fn python() -> PathBuf {
+        let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = &*made {
+            return p.clone();
+        }
+        let home = std::env::var("HOME").expect("HOME is set");
+        let cache = PathBuf::from(home).join(".cache/card-registrar");
+        let venv = cache.join(format!("venv-jwcrypto-{VERSION}"));
+        let python = venv.join("bin/python");
+        if !python.exists() {
+            std::fs::create_dir_all(&cache).unwrap();
+            let tmp = cache.join(format!("venv-jwcrypto-{VERSION}.tmp{}", std::process::id()));
+            let run = |cmd: &mut Command| {
+                let out = cmd.output().expect("python3 runs");
+                assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+            };
+            run(Command::new("python3").args(["-m", "venv"]).arg(&tmp));
+            run(Command::new(tmp.join("bin/pip")).args(["install", "-q", &format!("jwcrypto=={VERSION}")]));
+            // Another test process may have won the race: its venv is as good as ours.
+            if std::fs::rename(&tmp, &venv).is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+        }
+        *made = Some(python.clone());
+        python
+    }
+
+    const SCRIPT: &str = r#"
+import json, sys
+from jwcrypto import jwe, jwk
+from jwcrypto.common import json_encode
+req = json.load(sys.stdin)
+algs = ["ECDH-ES", "A256GCM"]
+if req["op"] == "encrypt":
+    key = jwk.JWK(**req["jwk"])
+    out = []
+    for p in req["protected"]:
+        t = jwe.JWE(req["plaintext"].encode(), json_encode(p), algs=algs)
+        t.add_recipient(key)
+        out.append(t.serialize(compact=True))
+else:
+    key = jwk.JWK(**req["jwk"])
+    out = []
+    for token in req["tokens"]:
+        t = jwe.JWE(algs=algs)
+        t.deserialize(token, key=key)
+        out.append({"plaintext": t.payload.decode(), "header": json.loads(t.objects["protected"])})
+json.dump(out, sys.stdout)
+"#;
+
+    /// Runs one request through jwcrypto.
+    pub fn run(request: Value) -> Value {
+        let mut child = Command::new(python())
+            .args(["-c", SCRIPT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the venv's python starts");
+        child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "jwcrypto: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+#[test]
+fn jwe_made_by_python_jwcrypto_decrypts_with_card_data_keys_and_tampered_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Key::generate("card-2026");
+    let keys = keys_file(&dir, &key.private_jwk());
+    let protected = json!([
+        {"alg": "ECDH-ES", "enc": "A256GCM", "kid": "card-2026"},
+        {"alg": "ECDH-ES", "enc": "A256GCM", "kid": "card-2026",
+         "apu": B64.encode("core-banking"), "apv": B64.encode("card-registrar")},
+    ]);
+    let plaintext = std::str::from_utf8(PLAINTEXT).unwrap();
+    let tokens = jwcrypto::run(
+        json!({"op": "encrypt", "jwk": key.public_jwk(), "protected": protected, "plaintext": plaintext}),
+    );
+    let tokens: Vec<String> = serde_json::from_value(tokens).unwrap();
+    assert_eq!(tokens.len(), 2);
+    for token in &tokens {
+        let card = keys.decrypt(&EncryptedCard::new(token.clone())).unwrap();
+        assert_eq!((card.pan.expose(), card.exp.as_mmyy()), ("5555555555554444", "0731".to_owned()));
+    }
+    // Every part altered in turn (a header byte, the IV, the ciphertext, the tag), and the
+    // header's epk replaced by another point on the curve: all refused, none decrypts.
+    let parts: Vec<String> = tokens[0].split('.').map(str::to_owned).collect();
+    for i in [0, 2, 3, 4] {
+        let mut bytes = B64.decode(&parts[i]).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        let mut altered = parts.clone();
+        altered[i] = B64.encode(bytes);
+        let err = keys.decrypt(&EncryptedCard::new(altered.join("."))).unwrap_err();
+        assert_eq!(err.reason(), DeadLetterReason::UndecryptableCardData, "part {i} altered");
+    }
+    let mut header: Value = serde_json::from_slice(&B64.decode(&parts[0]).unwrap()).unwrap();
+    header["epk"] = Key::generate("other").public_jwk();
+    header["epk"].as_object_mut().unwrap().remove("kid");
+    let mut swapped = parts.clone();
+    swapped[0] = B64.encode(header.to_string());
+    let err = keys.decrypt(&EncryptedCard::new(swapped.join("."))).unwrap_err();
+    assert_eq!(err, CardDataDecryptError::Undecryptable(card_registrar::crypto::JweDefect::Decryption));
+}
+
+#[test]
+fn what_we_encrypt_for_d1_and_for_card_data_python_jwcrypto_decrypts() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Key::generate("d1-2026");
+    let path = dir.path().join("d1.jwk");
+    std::fs::write(&path, key.public_jwk().to_string()).unwrap();
+    let recipient = RecipientKey::from_file(&path).unwrap();
+    let card = CardData::from_json(PLAINTEXT).unwrap();
+    let tokens: Vec<String> = (0..3).map(|_| encrypt_card_data(&card, &recipient).unwrap()).collect();
+    let opened = jwcrypto::run(json!({"op": "decrypt", "jwk": key.private_jwk(), "tokens": tokens}));
+    for o in opened.as_array().unwrap() {
+        let plaintext: Value = serde_json::from_str(o["plaintext"].as_str().unwrap()).unwrap();
+        assert_eq!(plaintext, json!({"pan": "5555555555554444", "exp": "0731"}));
+        let h = &o["header"];
+        assert_eq!(
+            (h["alg"].as_str(), h["enc"].as_str(), h["kid"].as_str()),
+            (Some("ECDH-ES"), Some("A256GCM"), Some("d1-2026"))
+        );
+        assert_eq!((h["epk"]["kty"].as_str(), h["epk"]["crv"].as_str()), (Some("EC"), Some("P-256")));
+    }
+}

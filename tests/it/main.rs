@@ -9,6 +9,7 @@ mod crash;
 mod d1_client;
 mod dispatch;
 mod exactly_once;
+mod fleet_rate;
 mod helpers;
 mod hostile;
 mod ingest;
