@@ -11,8 +11,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::core::ids::{CardId, CorrelationId};
-use crate::store::StoreError;
+use crate::core::result::ResultOutcome;
 use crate::store::notifications::{self, NewNotification};
+use crate::store::results::{self, NewResult};
+use crate::store::{StoreError, locks};
 use crate::telemetry::metrics::ISSUER_API_NOTIFICATIONS;
 
 /// Most updates one notification may carry.
@@ -132,7 +134,11 @@ pub async fn store(
     correlation: Option<&CorrelationId>,
 ) -> Result<usize, StoreError> {
     let mut tx = pool.begin().await.map_err(|e| StoreError::db("begin notification transaction", e))?;
+    // The card lock first, as every writer of a card does: results keep their per-card order.
+    let cards: Vec<&str> = updates.iter().filter(|u| u.confirms()).map(|u| u.card_id.as_str()).collect();
+    locks::lock_cards(&mut tx, &cards).await?;
     let now = Utc::now();
+    let mut confirmed = Vec::new();
     let mut outcomes = Vec::with_capacity(updates.len());
     for u in updates {
         let row = NewNotification {
@@ -147,11 +153,25 @@ pub async fn store(
         };
         let new = notifications::insert(&mut tx, &row).await?;
         if new && row.confirms {
-            notifications::confirm_registration(&mut tx, row.card_id, &u.operation, &u.operation_id, now)
-                .await?;
+            let first =
+                notifications::confirm_registration(&mut tx, row.card_id, &u.operation, &u.operation_id, now)
+                    .await?;
+            if let Some(consumer) = first {
+                // Core banking hears once that D1 knows the card (the first confirming operation).
+                confirmed.push(NewResult {
+                    card_id: Some(row.card_id.to_owned()),
+                    consumer_id: Some(consumer),
+                    outcome: ResultOutcome::ConfirmedByD1,
+                    error_code: None,
+                    reason: Some(format!("D1 notified {} (operationId {})", u.operation, u.operation_id)),
+                    event_id: None,
+                    correlation_id: correlation.map(|c| c.as_str().to_owned()),
+                });
+            }
         }
         outcomes.push((u.operation_label(), new));
     }
+    results::record(&mut tx, &confirmed).await?;
     tx.commit().await.map_err(|e| StoreError::db("commit notification transaction", e))?;
     for (operation, new) in &outcomes {
         let outcome = if *new { "stored" } else { "duplicate" };

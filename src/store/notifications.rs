@@ -51,29 +51,29 @@ pub async fn insert(tx: &mut PgConnection, n: &NewNotification<'_>) -> Result<bo
 
 /// Records on the card that D1 confirmed knowing it (operation `by`, its `operationId`, at
 /// `at`). The first confirmation is kept; a card not (yet) recorded is left alone, its
-/// notification stays in `card_notifications`. True when the card's record changed.
-///
-/// One statement on the caller's transaction, so a results outbox can join it atomically.
+/// notification stays in `card_notifications`. The card's consumer when the record changed (this
+/// was the first confirmation), else `None`. One statement on the caller's transaction, which
+/// must hold the card's advisory lock (`locks::lock_cards`) when it also records the result.
 pub async fn confirm_registration(
     tx: &mut PgConnection,
     card_id: &str,
     by: &str,
     operation_id: &str,
     at: DateTime<Utc>,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+) -> Result<Option<String>, StoreError> {
+    sqlx::query_scalar(
         "UPDATE cards SET d1_confirmed_at = $4, d1_confirmed_by = $2, d1_confirmed_operation_id = $3,
              updated_at = now()
-         WHERE card_id = $1 AND d1_confirmed_at IS NULL",
+         WHERE card_id = $1 AND d1_confirmed_at IS NULL
+         RETURNING consumer_id",
     )
     .bind(card_id)
     .bind(by)
     .bind(operation_id)
     .bind(at)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await
-    .map_err(|e| StoreError::db("confirm a card's registration", e))?;
-    Ok(done.rows_affected() == 1)
+    .map_err(|e| StoreError::db("confirm a card's registration", e))
 }
 
 /// A stored notification, as `card show` prints it.

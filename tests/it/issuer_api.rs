@@ -482,6 +482,18 @@ async fn duplicate_notifications_are_stored_once_and_confirm_the_card() {
         .collect();
     assert_eq!(ops.len(), 3, "{shown}");
     assert!(ops.contains(&"TELEPORT"));
+    // Core banking hears of D1's confirmation once (the first confirming operation), in the
+    // results outbox, with D1's correlation id when it sent one.
+    let results: Vec<&str> =
+        shown["results"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(results, vec!["CONFIRMED_BY_D1"], "{shown}");
+    let consumer: Option<String> = sqlx::query_scalar(
+        "SELECT consumer_id FROM registration_results WHERE card_id = 'card-1' AND outcome = 'CONFIRMED_BY_D1'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(consumer.as_deref(), Some("consumer-a"));
 }
 
 /// Proxy mode: the bank's own service answers; the API relays a valid 200, passes 404 and 403 on,
