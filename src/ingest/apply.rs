@@ -18,10 +18,14 @@ use uuid::Uuid;
 use super::message::{Applied, Batch, Prepared};
 use super::plan::{BatchPlan, Loaded, plan_batch, trusted_card_id};
 use crate::core::record::CardRecord;
+use crate::core::result::ResultOutcome;
 use crate::core::validate::ValidEvent;
 use crate::crypto::{SealError, Sealer};
 use crate::store::outbox::NewRegistration;
-use crate::store::{StoreError, cards, dead_letters, history, locks, offsets, outbox, results};
+use crate::store::results::NewResult;
+use crate::store::{
+    StoreError, cards, dead_letters, history, locks, notifications, offsets, outbox, results,
+};
 
 /// Applying a batch failed; nothing of it was committed.
 #[derive(Debug, thiserror::Error)]
@@ -152,5 +156,24 @@ async fn write(
         .collect();
     dead_letters::insert(tx, &dead_rows).await?;
     results::record(tx, &plan.results).await?;
+    // After the card's own results, so core banking hears the registration before D1's confirmation.
+    let ids: Vec<&str> = records.iter().map(|r| r.card_id.as_str()).collect();
+    let confirmed: Vec<NewResult> = notifications::confirm_from_earlier(tx, &ids)
+        .await?
+        .into_iter()
+        .map(|c| NewResult {
+            reason: Some(format!(
+                "D1 notified {} (operationId {}) before this card's event",
+                c.operation, c.operation_id
+            )),
+            card_id: Some(c.card_id),
+            consumer_id: Some(c.consumer_id),
+            outcome: ResultOutcome::ConfirmedByD1,
+            error_code: None,
+            event_id: None,
+            correlation_id: c.correlation_id,
+        })
+        .collect();
+    results::record(tx, &confirmed).await?;
     Ok(plan.applied)
 }

@@ -76,6 +76,47 @@ pub async fn confirm_registration(
     .map_err(|e| StoreError::db("confirm a card's registration", e))
 }
 
+/// A card confirmed by a notification D1 sent before our record of the card existed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EarlierConfirmation {
+    /// The card.
+    pub card_id: String,
+    /// Its consumer (from our record).
+    pub consumer_id: String,
+    /// The confirming operation.
+    pub operation: String,
+    /// Its `operationId`.
+    pub operation_id: String,
+    /// D1's `x-correlation-id` of that notification.
+    pub correlation_id: Option<String>,
+}
+
+/// Gives each of `card_ids` without a confirmation D1's earliest confirming notification stored
+/// before the card's record existed (D1 may learn of a card, by a tokenization say, before our
+/// event about it arrives). The caller holds the cards' advisory locks, as the notification path
+/// does, so a notification is applied either there or here, never lost between the two.
+pub async fn confirm_from_earlier(
+    tx: &mut PgConnection,
+    card_ids: &[&str],
+) -> Result<Vec<EarlierConfirmation>, StoreError> {
+    if card_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "UPDATE cards c SET d1_confirmed_at = n.received_at, d1_confirmed_by = n.operation,
+                 d1_confirmed_operation_id = n.operation_id, updated_at = now()
+         FROM (SELECT DISTINCT ON (card_id) card_id, operation, operation_id, correlation_id, received_at
+               FROM card_notifications WHERE confirms AND card_id = ANY($1)
+               ORDER BY card_id, received_at, operation_id) n
+         WHERE c.card_id = n.card_id AND c.d1_confirmed_at IS NULL
+         RETURNING c.card_id, c.consumer_id, n.operation, n.operation_id, n.correlation_id",
+    )
+    .bind(card_ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| StoreError::db("apply D1's earlier confirmations", e))
+}
+
 /// A stored notification, as `card show` prints it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StoredNotification {

@@ -188,3 +188,66 @@ async fn concurrent_batches_touching_the_same_cards_from_many_partitions_neither
     assert!(rows.len() <= cards_n);
     assert!(rows.iter().all(|r| matches!(r.status, OutboxStatus::Cancelled | OutboxStatus::Pending)));
 }
+
+/// D1 may notify a registration (say a DIGITIZE after a tokenization at D1) before the event that
+/// creates our record arrives: the record takes the earliest confirming notification when it is
+/// created, and core banking hears CONFIRMED_BY_D1 after the registration itself.
+#[tokio::test]
+async fn a_card_recorded_after_d1_notified_it_takes_the_earlier_confirmation() {
+    let db = TestDb::new().await;
+    for (op_id, card, operation, confirms, at) in [
+        ("op-late", "card-early", "DIGITIZE", true, "2026-12-03T10:00:05Z"),
+        ("op-first", "card-early", "REGISTER", true, "2026-12-03T10:00:01Z"),
+        ("op-other", "card-plain", "TELEPORT", false, "2026-12-03T10:00:00Z"),
+    ] {
+        sqlx::query(
+            "INSERT INTO card_notifications (operation_id, card_id, operation, status, start_time,
+                                             correlation_id, item, confirms, received_at)
+             VALUES ($1, $2, $3, 'SUCCESS', $5, 'corr-1', '{}'::jsonb, $4, $5::timestamptz)",
+        )
+        .bind(op_id)
+        .bind(card)
+        .bind(operation)
+        .bind(confirms)
+        .bind(at)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let b = batch(
+        "card-tokenized",
+        None,
+        vec![
+            valid(tokenized("card-early", "erin", TokenizationOutcome::Approved)),
+            valid(tokenized("card-plain", "paul", TokenizationOutcome::Approved)),
+        ],
+    );
+    apply_batch(&db.pool, &PlainSealer, &b, Utc::now()).await.unwrap();
+
+    let confirmed: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT card_id, d1_confirmed_by, d1_confirmed_operation_id FROM cards ORDER BY card_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        confirmed,
+        vec![
+            ("card-early".into(), Some("REGISTER".into()), Some("op-first".into())),
+            ("card-plain".into(), None, None)
+        ]
+    );
+    let results: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT card_id, outcome, consumer_id, correlation_id FROM registration_results ORDER BY seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let early: Vec<_> = results.iter().filter(|r| r.0 == "card-early").collect();
+    assert_eq!(early.len(), 2, "{results:?}");
+    assert_eq!(early[0].1, "REGISTERED_IMPLICIT_TOKENIZATION");
+    assert_eq!(early[1].1, "CONFIRMED_BY_D1");
+    assert_eq!(early[1].2.as_deref(), Some("erin"));
+    assert_eq!(early[1].3.as_deref(), Some("corr-1"));
+    assert!(results.iter().all(|r| r.0 != "card-plain" || r.1 != "CONFIRMED_BY_D1"));
+}
