@@ -116,13 +116,7 @@ fn write_record(
             Ok((f.name.clone(), fit(field, f)?))
         })
         .collect::<Result<Vec<_>, EncodeError>>()?;
-    let mut out = Vec::with_capacity(128);
-    frame(&mut out, writer, framing);
-    GenericDatumWriter::builder(writer.schema())
-        .build()
-        .and_then(|w| w.write_value_ref(&mut out, &Value::Record(values)))
-        .map_err(EncodeError::Avro)?;
-    Ok(out)
+    framed_record(writer, framing, values)
 }
 
 /// Encodes a consumer profile with the newest `ConsumerProfile` schema.
@@ -177,6 +171,15 @@ pub fn encode_profile(
         ("dateOfBirth".into(), optional("dateOfBirth", info.date_of_birth.as_deref().map(string))?),
         ("residencyAddress".into(), optional("residencyAddress", address)?),
     ];
+    framed_record(writer, framing, values)
+}
+
+/// One record datum with `writer`, behind the framing's header.
+fn framed_record(
+    writer: &ParsedSchema,
+    framing: Framing,
+    values: Vec<(String, Value)>,
+) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(256);
     frame(&mut out, writer, framing);
     GenericDatumWriter::builder(writer.schema())
