@@ -12,8 +12,13 @@
 //!     1 ms short from the truncation, and includes the simulator's own checks).
 //!
 //! Needs the real services: `eval "$(scripts/services env)"`. Run: `cargo bench --bench dispatch`;
-//! sizes: BENCH_REGISTRATIONS (20,000), BENCH_RATE (500 events/s), BENCH_SECONDS (30),
-//! BENCH_PARTITIONS (6). Service settings come from the variables of `card-registrar run`.
+//! sizes: BENCH_REGISTRATIONS (20,000), BENCH_RATE (500 events/s), BENCH_SECONDS (30; 0 skips
+//! part (b)), BENCH_PARTITIONS (6). Service settings come from the variables of `card-registrar run`.
+//!
+//! Instruction counts (repeatable where wall-clock is not): run the bench binary under
+//! `valgrind --tool=callgrind` with BENCH_CALLGRIND=1. Part (a) then zeroes callgrind's counters
+//! just before the dispatcher starts and dumps them once the outbox is drained, so that dump
+//! (`callgrind.out.<pid>.1`) holds the dispatch phase only (service and simulator together).
 
 #[allow(dead_code)] // each bench uses a part of the shared fixtures
 mod common;
@@ -74,6 +79,7 @@ fn main() -> anyhow::Result<()> {
     let rate = knobs.usize("BENCH_RATE", 500);
     let seconds = knobs.usize("BENCH_SECONDS", 30);
     let partitions = knobs.usize("BENCH_PARTITIONS", 6);
+    let callgrind = knobs.usize("BENCH_CALLGRIND", 0) == 1;
     let settings = ServiceSettings::from_env()?;
     let keys = Keys::generate()?;
     // The simulator gets a runtime of its own, so its CPU can be read apart from the service's.
@@ -95,11 +101,13 @@ fn main() -> anyhow::Result<()> {
         settings.ingest_line()
     );
     println!("postgres: {}", service_rt.block_on(durability(&settings.database.database_url))?);
-    let a = service_rt.block_on(throughput(&settings, &keys, &sim, registrations, partitions))?;
+    let a = service_rt.block_on(throughput(&settings, &keys, &sim, registrations, partitions, callgrind))?;
     print_throughput(&a);
-    sim.reset();
-    let b = service_rt.block_on(latency(&settings, &keys, &sim, rate, seconds, partitions))?;
-    print_latency(&b, rate, seconds);
+    if seconds > 0 {
+        sim.reset();
+        let b = service_rt.block_on(latency(&settings, &keys, &sim, rate, seconds, partitions))?;
+        print_latency(&b, rate, seconds);
+    }
     drop(sim);
     shut_down(service_rt, sim_rt);
     Ok(())
@@ -112,6 +120,7 @@ async fn throughput(
     sim: &RunningSimulator,
     n: usize,
     partitions: usize,
+    callgrind: bool,
 ) -> anyhow::Result<Throughput> {
     let schema =
         Schema::create(&settings.database.database_url, settings.database.database_max_connections).await?;
@@ -127,10 +136,15 @@ async fn throughput(
     let timeout = Duration::from_millis(settings.d1.d1_timeout_ms);
     let dispatcher =
         Arc::new(dispatcher(settings, schema.pool.clone(), d1_client(sim, keys, timeout)?, keys)?);
+    if callgrind {
+        callgrind_control("--zero")?;
+    }
     let (cpu_before, sim_before) = cpu_seconds(SIM_THREADS);
     let started = Instant::now();
     let running = Running::start(dispatcher);
-    let limit = Duration::from_secs(120).max(Duration::from_millis(n as u64 * 5));
+    // Under valgrind everything runs about 50 times slower.
+    let slowdown = if callgrind { 50 } else { 1 };
+    let limit = Duration::from_secs(120).max(Duration::from_millis(n as u64 * 5)) * slowdown;
     poll_until("the outbox to drain", limit, Duration::from_millis(20), || async {
         let g = outbox::gauges(&schema.pool).await?;
         Ok((g.pending == 0 && g.in_flight == 0).then_some(()))
@@ -138,6 +152,9 @@ async fn throughput(
     .await?;
     let elapsed = started.elapsed();
     let (cpu_after, sim_after) = cpu_seconds(SIM_THREADS);
+    if callgrind {
+        callgrind_control("--dump=dispatch")?;
+    }
     running.stop().await?;
 
     let done = schema.count("outbox", "status = 'DONE'").await?;
@@ -156,6 +173,18 @@ async fn throughput(
         duplicates: stats.duplicate_puts,
         crypto: crypto_per_registration(keys, 500)?,
     })
+}
+
+/// Runs `callgrind_control <command>` on this process (which must run under callgrind) and waits
+/// for it.
+fn callgrind_control(command: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("callgrind_control")
+        .args([command, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("run callgrind_control")?;
+    anyhow::ensure!(status.success(), "callgrind_control {command} failed: {status}");
+    Ok(())
 }
 
 /// Times, over `n` cards on this thread, the two JOSE operations each registration makes in the

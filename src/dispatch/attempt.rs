@@ -4,8 +4,9 @@
 //! timeout or lost connection after sending, a 5xx, an expired lease, a 4xx on the PUT), Get Card
 //! is asked before the PUT is sent again, and never before the reconcile delay has passed. Every
 //! request of the attempt starts only if it can end before the attempt's [`Deadline`] (derived from
-//! the lease). Settling (row + card record) happens in one transaction that only succeeds while our
-//! lease is still held; the row's fate is decided by the pure [`super::fate`] functions.
+//! the lease). Settling (row + card record) happens in a transaction that writes the row only while
+//! our lease is still held, batched with other attempts' rows by [`super::settle`]; the row's fate
+//! is decided by the pure [`super::fate`] functions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,18 +15,17 @@ use sqlx::PgPool;
 use tracing::{Instrument, info, info_span, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::fate::{self, Conclusion, Plan};
+use serde::Deserialize as _;
+
+use super::fate::{self, Conclusion};
 use super::limiter::Limiter;
 use super::policy::{RetryPolicy, Verdict, classify};
+use super::settle::Settler;
 use crate::core::decide::RegistrationRequest;
 use crate::core::ids::CorrelationId;
-use crate::core::record::CardState;
-use crate::core::result::ResultOutcome;
 use crate::crypto::CardDataKeys;
 use crate::d1::{Clock, D1Card, D1Client, D1Error, Deadline, Operation, RegisterCard};
 use crate::store::outbox::ClaimedRow;
-use crate::store::results::{self, NewResult};
-use crate::store::{StoreError, cards, locks, outbox};
 use crate::telemetry::metrics::{DISPATCH_OUTCOMES, DISPATCH_RETRIES};
 use crate::telemetry::propagation::parent_from_trace_headers;
 
@@ -58,7 +58,7 @@ pub enum Signal {
 
 /// Runs one attempt and settles the row. Errors are logged; the lease expiry heals a row that
 /// could not be settled (it is reclaimed and reconciled).
-pub async fn run(deps: &Deps, row: ClaimedRow, deadline: Deadline) -> Signal {
+pub async fn run(deps: &Deps, settler: &Settler, row: ClaimedRow, deadline: Deadline) -> Signal {
     let span = info_span!("dispatch.attempt", outbox_id = %row.id, card_id = %row.card_id,
                           correlation_id = %row.correlation_id, attempt = row.attempts,
                           reconcile = row.needs_reconcile, outcome = tracing::field::Empty);
@@ -77,9 +77,14 @@ pub async fn run(deps: &Deps, row: ClaimedRow, deadline: Deadline) -> Signal {
         if let Some((_, reason @ ("ambiguous" | "rate_limited" | "retryable"))) = &plan.again {
             metrics::counter!(DISPATCH_RETRIES, "reason" => *reason).increment(1);
         }
-        match settle(deps, &row, plan).await {
+        match settler.settle(&row, plan).await {
             Ok(label) => {
                 tracing::Span::current().record("outcome", label);
+                match label {
+                    "lease_lost" => info!("another worker holds this row now; leaving it to them"),
+                    "parked" => warn!(card_id = %row.card_id, "registration parked; an operator can retry it"),
+                    _ => {}
+                }
                 metrics::counter!(DISPATCH_OUTCOMES, "outcome" => label).increment(1);
                 signal
             }
@@ -94,19 +99,13 @@ pub async fn run(deps: &Deps, row: ClaimedRow, deadline: Deadline) -> Signal {
 }
 
 async fn conclude(deps: &Deps, row: &ClaimedRow, deadline: &Deadline) -> (Conclusion, Signal) {
-    let request: RegistrationRequest = match serde_json::from_value(row.payload.clone()) {
+    let request = match RegistrationRequest::deserialize(&row.payload) {
         Ok(r) => r,
         Err(e) => return (Conclusion::gave_up(format!("outbox payload unreadable: {e}")), Signal::Silent),
     };
-    // An implicit registration may have arrived since the row was claimed: no PUT needed.
-    match cards::get(&deps.pool, &row.card_id).await {
-        Ok(Some((record, _)))
-            if record.state == CardState::Registered || record.implicit_while_in_flight.is_some() =>
-        {
-            return (Conclusion::Superseded, Signal::Silent);
-        }
-        Ok(_) => {}
-        Err(e) => return (failed_locally(&e.to_string(), row.needs_reconcile), Signal::Silent),
+    // An implicit registration arrived while the row was queued: no PUT needed.
+    if row.superseded {
+        return (Conclusion::Superseded, Signal::Silent);
     }
     let correlation = match CorrelationId::parse(row.correlation_id.as_str()) {
         Ok(c) => c,
@@ -210,54 +209,4 @@ fn judge(request: &RegistrationRequest, card: &D1Card) -> Asked {
         Some(s @ ("DELETED" | "REPLACED")) => Asked::Conflict(format!("D1 shows this cardId as {s}")),
         _ => Asked::Registered,
     }
-}
-
-/// Writes the plan: row and card record together, only while the lease is ours. Timestamps come
-/// from PostgreSQL's clock.
-async fn settle(deps: &Deps, row: &ClaimedRow, plan: Plan) -> Result<&'static str, StoreError> {
-    let mut tx = deps.pool.begin().await.map_err(|e| StoreError::db("begin settle", e))?;
-    locks::lock_cards(&mut tx, &[row.card_id.as_str()]).await?;
-    if !outbox::lock_if_held(&mut tx, row.id, row.fence).await? {
-        info!("another worker holds this row now; leaving it to them");
-        return Ok("lease_lost");
-    }
-    let mut views = cards::load_for_update(&mut tx, &[row.card_id.as_str()]).await?;
-    let Some((record, _)) = views.remove(row.card_id.as_str()) else {
-        return Err(StoreError::Corrupt {
-            table: "outbox",
-            key: row.id.to_string(),
-            detail: "registration row without a card record".into(),
-        });
-    };
-    let now = outbox::db_now(&mut tx).await?;
-    let fate = fate::fate(&record, plan, now);
-    let (next, finish, label) = (&fate.record, &fate.finish, fate.label);
-    if *next != record {
-        cards::upsert(&mut tx, &[next]).await?;
-    }
-    outbox::finish(&mut tx, row.id, finish, deps.policy.reconcile_delay).await?;
-    if let Some(outcome) = fate.result {
-        let result = NewResult {
-            card_id: Some(row.card_id.clone()),
-            consumer_id: Some(next.consumer_id.as_str().to_owned()),
-            outcome,
-            error_code: fate.error_code.clone(),
-            reason: next.failure.clone().filter(|_| outcome == ResultOutcome::Failed),
-            // Our call's cause is the event that enqueued it; an implicit registration that settled
-            // the card meanwhile was reported by ingest only if the call had not been in flight.
-            event_id: match outcome {
-                ResultOutcome::RegisteredExplicit | ResultOutcome::Failed => {
-                    results::enqueuing_event(&mut tx, &row.card_id).await?
-                }
-                _ => None,
-            },
-            correlation_id: Some(row.correlation_id.clone()),
-        };
-        results::record(&mut tx, &[result]).await?;
-    }
-    tx.commit().await.map_err(|e| StoreError::db("commit settle", e))?;
-    if label == "parked" {
-        warn!(card_id = %row.card_id, "registration parked; an operator can retry it");
-    }
-    Ok(label)
 }

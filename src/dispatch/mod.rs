@@ -19,6 +19,7 @@ pub mod limiter;
 pub mod maintenance;
 pub mod operator;
 pub mod policy;
+pub mod settle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,7 @@ use tracing::{info, warn};
 
 use self::attempt::{Deps, Signal};
 use self::breaker::{Admission, Breaker, BreakerState};
+use self::settle::Settler;
 use crate::d1::Deadline;
 use crate::store::outbox::{self, ClaimedRow, NOTIFY_CHANNEL};
 use crate::telemetry::metrics::{CIRCUIT_BREAKER_STATE, CIRCUIT_BREAKER_TRANSITIONS};
@@ -72,6 +74,7 @@ pub enum StepOutcome {
 /// The dispatcher of one process.
 pub struct Dispatcher {
     deps: Arc<Deps>,
+    settler: Arc<Settler>,
     options: DispatchOptions,
     breaker: Mutex<Breaker>,
     wake: Arc<Notify>,
@@ -82,7 +85,8 @@ impl Dispatcher {
     pub fn new(deps: Deps, options: DispatchOptions) -> Self {
         let breaker = Breaker::new(options.breaker_threshold, options.breaker_cool_down);
         metrics::gauge!(CIRCUIT_BREAKER_STATE).set(BreakerState::Closed.gauge());
-        Self { deps: Arc::new(deps), options, breaker: Mutex::new(breaker), wake: Arc::new(Notify::new()) }
+        let settler = Arc::new(Settler::new(deps.pool.clone(), deps.policy.reconcile_delay));
+        Self { deps: Arc::new(deps), settler, options, breaker: Mutex::new(breaker), wake: Arc::new(Notify::new()) }
     }
 
     /// The shared dependencies (pool, client, limiter, policy).
@@ -139,10 +143,10 @@ impl Dispatcher {
         for row in rows {
             // None only while the limiter is closed (shutdown): the row's lease heals it.
             let Some(permit) = self.deps.limiter.slot().await else { break };
-            let deps = self.deps.clone();
+            let (deps, settler) = (self.deps.clone(), self.settler.clone());
             let deadline = deadline.clone();
             tasks.spawn(async move {
-                let signal = attempt::run(&deps, row, deadline).await;
+                let signal = attempt::run(&deps, &settler, row, deadline).await;
                 drop(permit);
                 signal
             });

@@ -121,6 +121,24 @@ pub async fn load_for_update(
     Ok(out)
 }
 
+/// Reads the given cards' records, by card id; an unreadable record is an error of its card only,
+/// so one bad row does not stop the others. The caller holds their locks (`locks::lock_cards`).
+pub async fn load(
+    tx: &mut PgConnection,
+    card_ids: &[&str],
+) -> Result<HashMap<String, Result<CardRecord, StoreError>>, StoreError> {
+    if card_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<CardRow> =
+        sqlx::query_as(&format!("SELECT {CARD_COLUMNS} FROM cards c WHERE c.card_id = ANY($1::text[])"))
+            .bind(card_ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| StoreError::db("load cards", e))?;
+    Ok(rows.into_iter().map(|row| (row.card_id.clone(), row.into_record())).collect())
+}
+
 /// Reads one card with its registration call's status (no lock).
 pub async fn get(db: impl PgExecutor<'_>, card_id: &str) -> Result<Option<CardView>, StoreError> {
     let row: Option<CardRowWithCall> = sqlx::query_as(&format!(

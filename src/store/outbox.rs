@@ -9,6 +9,7 @@
 //! Every scheduling time is computed by PostgreSQL (`now() + interval`), never from a worker's
 //! clock, so a worker whose clock is off cannot shorten a wait.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -193,12 +194,16 @@ pub struct ClaimedRow {
     pub correlation_id: String,
     /// Milliseconds since `attempts_since`, by PostgreSQL's clock at the claim (for the age limit).
     pub age_ms: i64,
+    /// At the claim, the card was registered already or D1 had registered it implicitly while this
+    /// call was queued: no PUT is needed (read without the card lock; the settle decides under it).
+    pub superseded: bool,
 }
 
 /// Claims up to `limit` due rows for `owner`, for `lease`: `PENDING` rows whose time has come, and
 /// `IN_FLIGHT` rows whose lease ended at least `reconcile_delay` ago (a PUT the previous holder
 /// sent before its lease ended has been committed or abandoned by D1 by then; the new holder asks
-/// D1 first). Rows locked by another claimer are skipped, never waited for.
+/// D1 first). Rows locked by another claimer are skipped, never waited for. Each row comes with
+/// whether its card no longer needs the call ([`ClaimedRow::superseded`]), saving a read per row.
 pub async fn claim(
     db: impl PgExecutor<'_>,
     owner: &str,
@@ -223,7 +228,9 @@ pub async fn claim(
          FROM claimed WHERE o.id = claimed.id
          RETURNING o.id, o.card_id, o.payload, o.attempts, o.fence, o.needs_reconcile, o.attempts_since,
                    o.traceparent, o.tracestate, o.correlation_id,
-                   (extract(epoch FROM now() - o.attempts_since) * 1000)::bigint AS age_ms",
+                   (extract(epoch FROM now() - o.attempts_since) * 1000)::bigint AS age_ms,
+                   coalesce((SELECT c.state = 'REGISTERED' OR c.implicit_while_in_flight IS NOT NULL
+                             FROM cards c WHERE c.card_id = o.card_id), false) AS superseded",
     )
     .bind(limit)
     .bind(owner)
@@ -237,22 +244,39 @@ pub async fn claim(
 /// Locks a claimed row and checks the lease is still ours (status `IN_FLIGHT`, same fence).
 /// Call after locking the card. False means another worker took the row over.
 pub async fn lock_if_held(tx: &mut PgConnection, id: Uuid, fence: i64) -> Result<bool, StoreError> {
-    let row: Option<(String, i64)> =
-        sqlx::query_as("SELECT status, fence FROM outbox WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| StoreError::db("lock claimed row", e))?;
-    Ok(matches!(row, Some((status, f)) if status == OutboxStatus::InFlight.as_str() && f == fence))
+    Ok(!lock_held(tx, &[(id, fence)]).await?.held.is_empty())
 }
 
-/// PostgreSQL's clock, inside the transaction (the timestamps a settle writes).
-pub async fn db_now(tx: &mut PgConnection) -> Result<DateTime<Utc>, StoreError> {
-    let (now,): (DateTime<Utc>,) = sqlx::query_as("SELECT now()")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| StoreError::db("read the database clock", e))?;
-    Ok(now)
+/// Which of a batch's claimed rows are still ours, and PostgreSQL's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The rows whose lease is still ours (status `IN_FLIGHT`, same fence), now locked.
+    pub held: HashSet<Uuid>,
+    /// PostgreSQL's `now()` in this transaction (the timestamps a settle writes); `None` when none
+    /// of the rows exists any more.
+    pub now: Option<DateTime<Utc>>,
+}
+
+/// Locks claimed rows (`FOR UPDATE`) and tells which leases are still ours, in one statement.
+/// Call after locking their cards.
+pub async fn lock_held(tx: &mut PgConnection, rows: &[(Uuid, i64)]) -> Result<Held, StoreError> {
+    let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+    let found: Vec<(Uuid, String, i64, DateTime<Utc>)> =
+        sqlx::query_as("SELECT id, status, fence, now() FROM outbox WHERE id = ANY($1::uuid[]) FOR UPDATE")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| StoreError::db("lock claimed rows", e))?;
+    let fences: HashMap<Uuid, i64> = rows.iter().copied().collect();
+    let now = found.first().map(|(_, _, _, now)| *now);
+    let held = found
+        .into_iter()
+        .filter(|(id, status, fence, _)| {
+            status == OutboxStatus::InFlight.as_str() && fences.get(id) == Some(fence)
+        })
+        .map(|(id, ..)| id)
+        .collect();
+    Ok(Held { held, now })
 }
 
 /// How a held row ends an attempt.
@@ -287,59 +311,121 @@ pub enum Finish {
     },
 }
 
-/// Ends the attempt on a row locked with `lock_if_held`. Any request this attempt sent is settled
-/// at D1 within `reconcile_delay`: the row records that time (`reconcile_after`) so that no later
-/// action, an operator's retry included, asks D1 about it earlier.
+/// Ends the attempt on a row locked with `lock_if_held` (see [`finish_all`]).
 pub async fn finish(
     tx: &mut PgConnection,
     id: Uuid,
     how: &Finish,
     reconcile_delay: Duration,
 ) -> Result<(), StoreError> {
-    let q = match how {
-        Finish::Done => sqlx::query(
-            "UPDATE outbox SET status = 'DONE', finished_at = now(), updated_at = now(), lease_owner = NULL,
-                               lease_expires_at = NULL, needs_reconcile = false, last_error = NULL WHERE id = $1",
-        )
-        .bind(id),
-        Finish::Cancelled { why } => sqlx::query(
-            "UPDATE outbox SET status = 'CANCELLED', finished_at = now(), updated_at = now(), lease_owner = NULL,
-                               lease_expires_at = NULL, last_error = $2 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(why.as_str()),
-        Finish::Parked { error } => sqlx::query(
-            "UPDATE outbox SET status = 'PARKED', updated_at = now(), lease_owner = NULL, lease_expires_at = NULL,
-                               last_error = $2,
-                               reconcile_after = now() + make_interval(secs => $3::double precision / 1000.0)
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(error.as_str())
-        .bind(millis(reconcile_delay)),
-        Finish::Retry { after, error, reconcile } => sqlx::query(
-            "UPDATE outbox SET status = 'PENDING', updated_at = now(), lease_owner = NULL,
-                               next_attempt_at = now() + make_interval(secs => $2::double precision / 1000.0),
-                               lease_expires_at = NULL, last_error = $3, needs_reconcile = $4,
-                               reconcile_after = now() + make_interval(secs => $5::double precision / 1000.0)
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(millis(*after))
-        .bind(error.as_str())
-        .bind(*reconcile)
-        .bind(millis(reconcile_delay)),
-        Finish::Release { after } => sqlx::query(
-            "UPDATE outbox SET status = 'PENDING', updated_at = now(), lease_owner = NULL, lease_expires_at = NULL,
-                               next_attempt_at = now() + make_interval(secs => $2::double precision / 1000.0),
-                               reconcile_after = now() + make_interval(secs => $3::double precision / 1000.0)
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(millis(*after))
-        .bind(millis(reconcile_delay)),
-    };
-    q.execute(&mut *tx).await.map_err(|e| StoreError::db("finish outbox row", e))?;
+    finish_all(tx, &[(id, how)], reconcile_delay).await
+}
+
+/// The columns of one row's end, as [`finish_all`] sends them: the new status, whether it is
+/// final (`finished_at`), the error to record (`None`: keep `last_error`; `Some(None)`: clear it),
+/// `needs_reconcile` (`None`: keep), the wait before the next attempt (`None`: keep
+/// `next_attempt_at`), and whether the reconcile floor is stamped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ending<'a> {
+    status: OutboxStatus,
+    finished: bool,
+    error: Option<Option<&'a str>>,
+    reconcile: Option<bool>,
+    after_ms: Option<i64>,
+    stamp_floor: bool,
+}
+
+impl<'a> Ending<'a> {
+    fn of(how: &'a Finish) -> Self {
+        let none = Self {
+            status: OutboxStatus::Done,
+            finished: false,
+            error: None,
+            reconcile: None,
+            after_ms: None,
+            stamp_floor: false,
+        };
+        match how {
+            Finish::Done => Self { finished: true, error: Some(None), reconcile: Some(false), ..none },
+            Finish::Cancelled { why } => {
+                Self { status: OutboxStatus::Cancelled, finished: true, error: Some(Some(why)), ..none }
+            }
+            Finish::Parked { error } => {
+                Self { status: OutboxStatus::Parked, error: Some(Some(error)), stamp_floor: true, ..none }
+            }
+            Finish::Retry { after, error, reconcile } => Self {
+                status: OutboxStatus::Pending,
+                error: Some(Some(error)),
+                reconcile: Some(*reconcile),
+                after_ms: Some(millis(*after)),
+                stamp_floor: true,
+                ..none
+            },
+            Finish::Release { after } => Self {
+                status: OutboxStatus::Pending,
+                after_ms: Some(millis(*after)),
+                stamp_floor: true,
+                ..none
+            },
+        }
+    }
+}
+
+/// Ends the attempts on rows locked with [`lock_held`], in one statement; the lease columns are
+/// cleared. Any request an attempt sent is settled at D1 within `reconcile_delay`: a row that stays
+/// in play or is parked records that time (`reconcile_after`) so that no later action, an
+/// operator's retry included, asks D1 about it earlier.
+pub async fn finish_all(
+    tx: &mut PgConnection,
+    rows: &[(Uuid, &Finish)],
+    reconcile_delay: Duration,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let n = rows.len();
+    let (mut id, mut status, mut finished, mut set_error, mut error) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut reconcile, mut after_ms, mut stamp_floor) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for (row_id, how) in rows {
+        let e = Ending::of(how);
+        id.push(*row_id);
+        status.push(e.status.as_str());
+        finished.push(e.finished);
+        set_error.push(e.error.is_some());
+        error.push(e.error.flatten());
+        reconcile.push(e.reconcile);
+        after_ms.push(e.after_ms);
+        stamp_floor.push(e.stamp_floor);
+    }
+    sqlx::query(
+        "UPDATE outbox o SET
+             status = t.status, updated_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+             finished_at = CASE WHEN t.finished THEN now() ELSE o.finished_at END,
+             last_error = CASE WHEN t.set_error THEN t.error ELSE o.last_error END,
+             needs_reconcile = coalesce(t.reconcile, o.needs_reconcile),
+             next_attempt_at = CASE WHEN t.after_ms IS NULL THEN o.next_attempt_at
+                               ELSE now() + make_interval(secs => t.after_ms::double precision / 1000.0) END,
+             reconcile_after = CASE WHEN t.stamp_floor
+                               THEN now() + make_interval(secs => $9::double precision / 1000.0)
+                               ELSE o.reconcile_after END
+         FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bool[], $5::text[], $6::bool[], $7::bigint[],
+                     $8::bool[]) AS t(id, status, finished, set_error, error, reconcile, after_ms, stamp_floor)
+         WHERE o.id = t.id",
+    )
+    .bind(&id)
+    .bind(&status)
+    .bind(&finished)
+    .bind(&set_error)
+    .bind(&error)
+    .bind(&reconcile)
+    .bind(&after_ms)
+    .bind(&stamp_floor)
+    .bind(millis(reconcile_delay))
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| StoreError::db("finish outbox rows", e))?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 //! A row whose lease ended is claimed again and may be published twice, always with the same
 //! `result_id`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -88,16 +89,25 @@ pub async fn record(tx: &mut PgConnection, rows: &[NewResult]) -> Result<(), Sto
     Ok(())
 }
 
-/// The eventId that enqueued the card's registration call (the cause of an explicit result).
-pub async fn enqueuing_event(tx: &mut PgConnection, card_id: &str) -> Result<Option<Uuid>, StoreError> {
-    sqlx::query_scalar(
-        "SELECT event_id FROM card_events WHERE card_id = $1 AND effect = 'ENQUEUED'
-         ORDER BY recorded_at LIMIT 1",
+/// The eventIds that enqueued the cards' registration calls (the causes of explicit results), by
+/// card; a card without one is absent.
+pub async fn enqueuing_events(
+    tx: &mut PgConnection,
+    card_ids: &[&str],
+) -> Result<HashMap<String, Uuid>, StoreError> {
+    if card_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, Uuid)> = sqlx::query_as(
+        "SELECT DISTINCT ON (card_id) card_id, event_id FROM card_events
+         WHERE card_id = ANY($1::text[]) AND effect = 'ENQUEUED'
+         ORDER BY card_id, recorded_at",
     )
-    .bind(card_id)
-    .fetch_optional(&mut *tx)
+    .bind(card_ids)
+    .fetch_all(&mut *tx)
     .await
-    .map_err(|e| StoreError::db("find the event that enqueued the registration", e))
+    .map_err(|e| StoreError::db("find the events that enqueued the registrations", e))?;
+    Ok(rows.into_iter().collect())
 }
 
 /// A result row the relay holds a lease on.

@@ -87,6 +87,17 @@ impl card_registrar::d1::Clock for ManualClock {
 }
 
 pub fn dispatcher(db: &TestDb, d1: &TestD1, keys: &TestKeys, client: Option<D1Client>) -> Dispatcher {
+    dispatcher_leasing(db, d1, keys, client, Duration::from_secs(30))
+}
+
+/// [`dispatcher`] with a lease of `lease` (at least 2.6 s: margin + token fetch + PUT).
+pub fn dispatcher_leasing(
+    db: &TestDb,
+    d1: &TestD1,
+    keys: &TestKeys,
+    client: Option<D1Client>,
+    lease: Duration,
+) -> Dispatcher {
     let timeout = Duration::from_millis(800);
     let deps = Deps {
         pool: db.pool.clone(),
@@ -106,7 +117,7 @@ pub fn dispatcher(db: &TestDb, d1: &TestD1, keys: &TestKeys, client: Option<D1Cl
         DispatchOptions {
             owner: "test-worker".into(),
             claim_batch: 32,
-            lease: Duration::from_secs(30),
+            lease,
             margin: Duration::from_secs(1),
             poll_interval: Duration::from_millis(50),
             breaker_threshold: 1000,
@@ -420,4 +431,158 @@ async fn retention_deletes_only_finished_rows_older_than_the_limit_in_bounded_ba
             && left.contains(&OutboxStatus::Pending)
             && left.contains(&OutboxStatus::Done)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_settle_batch_writes_each_rows_own_fate_and_skips_a_row_whose_lease_was_lost() {
+    use card_registrar::core::result::ResultOutcome;
+    use card_registrar::dispatch::fate::{Conclusion, plan};
+    use card_registrar::dispatch::settle::{Claim, settle_batch};
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let cards = scripts(&keys, "batch", 4, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    let delay = Duration::from_secs(30);
+    let mut claimed = outbox::claim(&db.pool, "w", 10, Duration::from_secs(30), delay).await.unwrap();
+    claimed.sort_by_key(|r| cards.iter().position(|c| c.card_id == r.card_id));
+    assert_eq!(claimed.len(), 4);
+    // The last row's lease ended and another worker claimed it: the fence moved on.
+    sqlx::query("UPDATE outbox SET fence = fence + 1, lease_owner = 'other' WHERE id = $1")
+        .bind(claimed[3].id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let policy = RetryPolicy { reconcile_delay: delay, ..Default::default() };
+    let conclusions = [
+        Conclusion::Registered,
+        Conclusion::Failed { error: "D1 register failed (503)".into(), reconcile_next: false, retry_after: None },
+        Conclusion::GaveUp { reason: "D1 answered 400".into(), error_code: Some("INVALID_CARD".into()) },
+        Conclusion::Registered,
+    ];
+    let mut rng = rand::thread_rng();
+    let work = claimed
+        .iter()
+        .zip(conclusions)
+        .map(|(row, c)| (Claim::from(row), plan(c, &policy, 1, Duration::ZERO, &mut rng)))
+        .collect();
+    let labels: Vec<&str> =
+        settle_batch(&db.pool, delay, work).await.into_iter().map(|o| o.unwrap()).collect();
+    assert_eq!(labels, ["done", "retry", "parked", "lease_lost"]);
+
+    let row = |i: usize| {
+        let (pool, id) = (db.pool.clone(), claimed[i].id);
+        async move {
+            sqlx::query_as::<_, (String, Option<String>, Option<String>)>(
+                "SELECT status, lease_owner, last_error FROM outbox WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let state = |i: usize| {
+        let (pool, card) = (db.pool.clone(), cards[i].card_id.clone());
+        async move { cards::get(&pool, &card).await.unwrap().unwrap().0.state }
+    };
+    let results = |i: usize| {
+        let (pool, card) = (db.pool.clone(), cards[i].card_id.clone());
+        async move {
+            card_registrar::store::results::for_card(&pool, &card)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.outcome, r.error_code, r.event_id.is_some()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(row(0).await, ("DONE".into(), None, None));
+    assert_eq!(state(0).await, CardState::Registered);
+    assert_eq!(results(0).await, [(ResultOutcome::RegisteredExplicit.as_str().into(), None, true)]);
+
+    let (status, owner, error) = row(1).await;
+    assert_eq!((status.as_str(), owner), ("PENDING", None));
+    assert!(error.unwrap().contains("503"));
+    assert_eq!(state(1).await, CardState::Pending);
+    assert!(results(1).await.is_empty(), "a retry settles nothing");
+
+    assert_eq!(row(2).await.0, "PARKED");
+    assert_eq!(state(2).await, CardState::Failed);
+    assert_eq!(
+        results(2).await,
+        [(ResultOutcome::Failed.as_str().into(), Some("INVALID_CARD".into()), true)]
+    );
+
+    // Untouched: it belongs to the other worker now.
+    assert_eq!(row(3).await, ("IN_FLIGHT".into(), Some("other".into()), None));
+    assert_eq!(state(3).await, CardState::Pending);
+    assert!(results(3).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_batches_whose_connection_is_killed_lose_nothing_the_rows_are_reclaimed_and_reconciled() {
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let d1 = TestD1::start(&keys).await;
+    let n = 6;
+    let cards = scripts(&keys, "kill", n, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    let d = Arc::new(dispatcher_leasing(&db, &d1, &keys, None, Duration::from_secs(3)));
+
+    // Every settle transaction waits for the cards' locks, held here; each waiting one's
+    // connection is killed, as a database crash or a network cut would.
+    let ids: Vec<&str> = cards.iter().map(|c| c.card_id.as_str()).collect();
+    let mut blocker = db.pool.begin().await.unwrap();
+    card_registrar::store::locks::lock_cards(&mut blocker, &ids).await.unwrap();
+    let (blocker_pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()").fetch_one(&mut *blocker).await.unwrap();
+    let step = tokio::spawn({
+        let d = d.clone();
+        async move { d.step().await }
+    });
+    let mut killed = 0;
+    while !step.is_finished() {
+        let waiting: Vec<(i32,)> =
+            sqlx::query_as("SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))")
+                .bind(blocker_pid)
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        for (pid,) in waiting {
+            sqlx::query("SELECT pg_terminate_backend($1)").bind(pid).execute(&db.pool).await.unwrap();
+            killed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(step.await.unwrap().unwrap(), StepOutcome::Attempted(n));
+    blocker.rollback().await.unwrap();
+    assert!(killed >= 1);
+    let stats = d1.sim.stats();
+    assert_eq!((stats.effective_registrations, stats.puts_total), (n as u64, n as u64), "every PUT was sent");
+    let in_flight = outbox::list(&db.pool, Some(OutboxStatus::InFlight), None, 10).await.unwrap();
+    assert_eq!(in_flight.len(), n, "no settle was written");
+    for c in &cards {
+        assert_eq!(cards::get(&db.pool, &c.card_id).await.unwrap().unwrap().0.state, CardState::Pending);
+    }
+
+    // The leases heal them: reclaimed once ended (+ the reconcile delay), D1 asked first.
+    loop {
+        let (ended,): (bool,) = sqlx::query_as(
+            "SELECT bool_and(lease_expires_at + interval '60 milliseconds' <= now()) FROM outbox",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if ended {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drain(&d).await;
+    let stats = d1.sim.stats();
+    assert_eq!((stats.effective_registrations, stats.puts_total, stats.duplicate_puts), (n as u64, n as u64, 0));
+    assert!(stats.gets_total >= n as u64, "each reclaimed row was reconciled: {stats:?}");
+    assert_eq!(outbox::list(&db.pool, Some(OutboxStatus::Done), None, 10).await.unwrap().len(), n);
+    for c in &cards {
+        assert_eq!(cards::get(&db.pool, &c.card_id).await.unwrap().unwrap().0.state, CardState::Registered);
+        let results = card_registrar::store::results::for_card(&db.pool, &c.card_id).await.unwrap();
+        assert_eq!(results.len(), 1, "one result per card");
+    }
 }

@@ -1,0 +1,221 @@
+//! Settling attempts in batches: each attempt hands its row and [`Plan`] to the process's settler,
+//! which writes every plan that is ready in ONE transaction and answers each attempt with its own
+//! outcome.
+//!
+//! No wait for a full batch: the settler takes what is queued (up to [`SETTLE_BATCH_MAX`]) the
+//! moment it is free, so a lone attempt settles at once, and under load the attempts that finish
+//! while a batch is being written form the next one. The transaction does per batch what a settle
+//! did per row: lock every card (sorted, `locks::lock_cards`), lock the rows and check every lease
+//! (`outbox::lock_held`, with PostgreSQL's `now()`), load the records, decide each row's fate with
+//! the pure [`fate::fate`], write the changed records, end the rows and write their results.
+//!
+//! Fencing holds per row: a row is written only if its lease is still ours, checked under its
+//! card's lock in the transaction that writes it. A row whose lease is lost is skipped
+//! (`lease_lost`), and a row whose card record is missing or unreadable fails alone; the others
+//! commit. If the transaction itself fails, nothing of it is written and every row of it is
+//! healed by its lease, as a row whose single settle failed: reclaimed after the lease and the
+//! reconcile delay, and reconciled (Get Card) before anything is sent again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, info_span, warn};
+use uuid::Uuid;
+
+use super::fate::{self, Plan};
+use crate::core::result::ResultOutcome;
+use crate::store::outbox::{self, ClaimedRow, Finish};
+use crate::store::results::{self, NewResult};
+use crate::store::{StoreError, cards, locks};
+
+/// Most rows settled in one transaction.
+pub const SETTLE_BATCH_MAX: usize = 64;
+
+/// Why an attempt could not be settled; its row is healed by its lease.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    /// The batch transaction failed: nothing of it was written.
+    #[error("the settle transaction of {rows} rows failed")]
+    Batch {
+        /// Rows in the batch.
+        rows: usize,
+        /// What failed.
+        #[source]
+        source: Arc<StoreError>,
+    },
+    /// This row alone (its card record is missing or unreadable).
+    #[error(transparent)]
+    Row(StoreError),
+    /// The settler is gone (the process is stopping).
+    #[error("the settler stopped before settling the row")]
+    Stopped,
+}
+
+/// How a row settled: the outcome label (`card_registrar_dispatch_outcomes_total`).
+pub type Settled = Result<&'static str, SettleError>;
+
+/// What a settle needs of a claimed row.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    id: Uuid,
+    fence: i64,
+    card_id: String,
+    correlation_id: String,
+}
+
+impl From<&ClaimedRow> for Claim {
+    fn from(row: &ClaimedRow) -> Self {
+        Self {
+            id: row.id,
+            fence: row.fence,
+            card_id: row.card_id.clone(),
+            correlation_id: row.correlation_id.clone(),
+        }
+    }
+}
+
+/// One attempt's request.
+struct Job {
+    claim: Claim,
+    plan: Plan,
+    reply: oneshot::Sender<Settled>,
+}
+
+/// The settler of one process. Its task starts with the first settle (inside the runtime) and
+/// ends when the settler is dropped, after the queued rows.
+pub struct Settler {
+    pool: PgPool,
+    reconcile_delay: Duration,
+    queue: OnceLock<mpsc::UnboundedSender<Job>>,
+}
+
+impl Settler {
+    /// A settler writing through `pool`; `reconcile_delay` is the policy's (the reconcile floor).
+    pub fn new(pool: PgPool, reconcile_delay: Duration) -> Self {
+        Self { pool, reconcile_delay, queue: OnceLock::new() }
+    }
+
+    /// Settles the attempt on `row` with `plan`, in the next batch. The queue needs no bound: every
+    /// queued row holds a concurrency slot of the limiter until it is answered.
+    pub async fn settle(&self, row: &ClaimedRow, plan: Plan) -> Settled {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { claim: row.into(), plan, reply };
+        self.queue().send(job).map_err(|_| SettleError::Stopped)?;
+        answer.await.map_err(|_| SettleError::Stopped)?
+    }
+
+    fn queue(&self) -> &mpsc::UnboundedSender<Job> {
+        self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run(self.pool.clone(), self.reconcile_delay, rx));
+            tx
+        })
+    }
+}
+
+async fn run(pool: PgPool, reconcile_delay: Duration, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let mut jobs = Vec::with_capacity(SETTLE_BATCH_MAX);
+    while queue.recv_many(&mut jobs, SETTLE_BATCH_MAX).await > 0 {
+        let (replies, work): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut jobs).into_iter().map(|j| (j.reply, (j.claim, j.plan))).unzip();
+        let span = info_span!("dispatch.settle", rows = work.len());
+        let outcomes = settle_batch(&pool, reconcile_delay, work).instrument(span).await;
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            // An attempt aborted at the drain deadline no longer listens; its row is settled.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Settles these rows in one transaction; each row's outcome, in order. The settler's batch step,
+/// public so tests can form a batch of their choosing.
+pub async fn settle_batch(pool: &PgPool, reconcile_delay: Duration, work: Vec<(Claim, Plan)>) -> Vec<Settled> {
+    let rows = work.len();
+    match write(pool, reconcile_delay, work).await {
+        Ok(outcomes) => outcomes.into_iter().map(|o| o.map_err(SettleError::Row)).collect(),
+        Err(e) => {
+            warn!(error = %e, rows, "settle transaction failed; its rows will be reclaimed after their leases");
+            let source = Arc::new(e);
+            (0..rows).map(|_| Err(SettleError::Batch { rows, source: source.clone() })).collect()
+        }
+    }
+}
+
+/// The batch's transaction. Returns each row's outcome, in order; an error means nothing was
+/// written.
+async fn write(
+    pool: &PgPool,
+    reconcile_delay: Duration,
+    work: Vec<(Claim, Plan)>,
+) -> Result<Vec<Result<&'static str, StoreError>>, StoreError> {
+    let mut tx = pool.begin().await.map_err(|e| StoreError::db("begin settle", e))?;
+    let card_ids: Vec<&str> = work.iter().map(|(r, _)| r.card_id.as_str()).collect();
+    locks::lock_cards(&mut tx, &card_ids).await?;
+    let leases: Vec<(Uuid, i64)> = work.iter().map(|(r, _)| (r.id, r.fence)).collect();
+    let held = outbox::lock_held(&mut tx, &leases).await?;
+    let live: Vec<&str> =
+        work.iter().filter(|(r, _)| held.held.contains(&r.id)).map(|(r, _)| r.card_id.as_str()).collect();
+    let mut records = cards::load(&mut tx, &live).await?;
+
+    let mut outcomes = Vec::with_capacity(work.len());
+    let mut settled = Vec::with_capacity(live.len());
+    for (row, plan) in work {
+        let (true, Some(now)) = (held.held.contains(&row.id), held.now) else {
+            outcomes.push(Ok("lease_lost"));
+            continue;
+        };
+        let record = match records.remove(&row.card_id) {
+            Some(Ok(record)) => record,
+            Some(Err(e)) => {
+                outcomes.push(Err(e));
+                continue;
+            }
+            None => {
+                outcomes.push(Err(StoreError::Corrupt {
+                    table: "outbox",
+                    key: row.id.to_string(),
+                    detail: "registration row without a card record".into(),
+                }));
+                continue;
+            }
+        };
+        let fate = fate::fate(&record, plan, now);
+        outcomes.push(Ok(fate.label));
+        let changed = fate.record != record;
+        settled.push((row, fate, changed));
+    }
+
+    let changed: Vec<_> = settled.iter().filter(|(_, _, changed)| *changed).map(|(_, f, _)| &f.record).collect();
+    cards::upsert(&mut tx, &changed).await?;
+    let ends: Vec<(Uuid, &Finish)> = settled.iter().map(|(row, f, _)| (row.id, &f.finish)).collect();
+    outbox::finish_all(&mut tx, &ends, reconcile_delay).await?;
+    // Our call's cause is the event that enqueued it; an implicit registration that settled the
+    // card meanwhile was reported by ingest only if the call had not been in flight.
+    let caused = |f: &fate::Fate| {
+        matches!(f.result, Some(ResultOutcome::RegisteredExplicit | ResultOutcome::Failed))
+    };
+    let explicit: Vec<&str> =
+        settled.iter().filter(|(_, f, _)| caused(f)).map(|(row, _, _)| row.card_id.as_str()).collect();
+    let events: HashMap<String, Uuid> = results::enqueuing_events(&mut tx, &explicit).await?;
+    let new_results: Vec<NewResult> = settled
+        .iter()
+        .filter_map(|(row, f, _)| {
+            let outcome = f.result?;
+            Some(NewResult {
+                card_id: Some(row.card_id.clone()),
+                consumer_id: Some(f.record.consumer_id.as_str().to_owned()),
+                outcome,
+                error_code: f.error_code.clone(),
+                reason: f.record.failure.clone().filter(|_| outcome == ResultOutcome::Failed),
+                event_id: if caused(f) { events.get(&row.card_id).copied() } else { None },
+                correlation_id: Some(row.correlation_id.clone()),
+            })
+        })
+        .collect();
+    results::record(&mut tx, &new_results).await?;
+    tx.commit().await.map_err(|e| StoreError::db("commit settle", e))?;
+    Ok(outcomes)
+}
