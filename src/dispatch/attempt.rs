@@ -82,7 +82,9 @@ pub async fn run(deps: &Deps, settler: &Settler, row: ClaimedRow, deadline: Dead
                 tracing::Span::current().record("outcome", label);
                 match label {
                     "lease_lost" => info!("another worker holds this row now; leaving it to them"),
-                    "parked" => warn!(card_id = %row.card_id, "registration parked; an operator can retry it"),
+                    "parked" => {
+                        warn!(card_id = %row.card_id, "registration parked; an operator can retry it")
+                    }
                     _ => {}
                 }
                 metrics::counter!(DISPATCH_OUTCOMES, "outcome" => label).increment(1);

@@ -86,7 +86,13 @@ impl Dispatcher {
         let breaker = Breaker::new(options.breaker_threshold, options.breaker_cool_down);
         metrics::gauge!(CIRCUIT_BREAKER_STATE).set(BreakerState::Closed.gauge());
         let settler = Arc::new(Settler::new(deps.pool.clone(), deps.policy.reconcile_delay));
-        Self { deps: Arc::new(deps), settler, options, breaker: Mutex::new(breaker), wake: Arc::new(Notify::new()) }
+        Self {
+            deps: Arc::new(deps),
+            settler,
+            options,
+            breaker: Mutex::new(breaker),
+            wake: Arc::new(Notify::new()),
+        }
     }
 
     /// The shared dependencies (pool, client, limiter, policy).

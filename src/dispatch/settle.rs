@@ -132,7 +132,11 @@ async fn run(pool: PgPool, reconcile_delay: Duration, mut queue: mpsc::Unbounded
 
 /// Settles these rows in one transaction; each row's outcome, in order. The settler's batch step,
 /// public so tests can form a batch of their choosing.
-pub async fn settle_batch(pool: &PgPool, reconcile_delay: Duration, work: Vec<(Claim, Plan)>) -> Vec<Settled> {
+pub async fn settle_batch(
+    pool: &PgPool,
+    reconcile_delay: Duration,
+    work: Vec<(Claim, Plan)>,
+) -> Vec<Settled> {
     let rows = work.len();
     match write(pool, reconcile_delay, work).await {
         Ok(outcomes) => outcomes.into_iter().map(|o| o.map_err(SettleError::Row)).collect(),
@@ -188,15 +192,15 @@ async fn write(
         settled.push((row, fate, changed));
     }
 
-    let changed: Vec<_> = settled.iter().filter(|(_, _, changed)| *changed).map(|(_, f, _)| &f.record).collect();
+    let changed: Vec<_> =
+        settled.iter().filter(|(_, _, changed)| *changed).map(|(_, f, _)| &f.record).collect();
     cards::upsert(&mut tx, &changed).await?;
     let ends: Vec<(Uuid, &Finish)> = settled.iter().map(|(row, f, _)| (row.id, &f.finish)).collect();
     outbox::finish_all(&mut tx, &ends, reconcile_delay).await?;
     // Our call's cause is the event that enqueued it; an implicit registration that settled the
     // card meanwhile was reported by ingest only if the call had not been in flight.
-    let caused = |f: &fate::Fate| {
-        matches!(f.result, Some(ResultOutcome::RegisteredExplicit | ResultOutcome::Failed))
-    };
+    let caused =
+        |f: &fate::Fate| matches!(f.result, Some(ResultOutcome::RegisteredExplicit | ResultOutcome::Failed));
     let explicit: Vec<&str> =
         settled.iter().filter(|(_, f, _)| caused(f)).map(|(row, _, _)| row.card_id.as_str()).collect();
     let events: HashMap<String, Uuid> = results::enqueuing_events(&mut tx, &explicit).await?;

@@ -384,8 +384,13 @@ pub async fn finish_all(
         return Ok(());
     }
     let n = rows.len();
-    let (mut id, mut status, mut finished, mut set_error, mut error) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut id, mut status, mut finished, mut set_error, mut error) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     let (mut reconcile, mut after_ms, mut stamp_floor) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for (row_id, how) in rows {
@@ -573,4 +578,41 @@ pub async fn gauges(db: impl PgExecutor<'_>) -> Result<OutboxGauges, StoreError>
     .await
     .map_err(|e| StoreError::db("read outbox gauges", e))?;
     Ok(OutboxGauges { pending, in_flight, parked, oldest_due_age_secs: age.unwrap_or(0.0) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_ending_sets_what_the_single_row_updates_set_and_keeps_the_rest() {
+        let e = |how: &Finish| {
+            let e = Ending::of(how);
+            (
+                e.status,
+                e.finished,
+                e.error.map(|e| e.map(str::to_owned)),
+                e.reconcile,
+                e.after_ms,
+                e.stamp_floor,
+            )
+        };
+        let s = |t: &str| Some(Some(t.to_owned()));
+        assert_eq!(e(&Finish::Done), (OutboxStatus::Done, true, Some(None), Some(false), None, false));
+        assert_eq!(
+            e(&Finish::Cancelled { why: "w".into() }),
+            (OutboxStatus::Cancelled, true, s("w"), None, None, false)
+        );
+        assert_eq!(
+            e(&Finish::Parked { error: "p".into() }),
+            (OutboxStatus::Parked, false, s("p"), None, None, true)
+        );
+        let retry = Finish::Retry { after: Duration::from_millis(1500), error: "r".into(), reconcile: true };
+        assert_eq!(e(&retry), (OutboxStatus::Pending, false, s("r"), Some(true), Some(1500), true));
+        // A release keeps the last error and whether D1 must be asked: nothing was sent.
+        assert_eq!(
+            e(&Finish::Release { after: Duration::from_millis(7) }),
+            (OutboxStatus::Pending, false, None, None, Some(7), true)
+        );
+    }
 }

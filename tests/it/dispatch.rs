@@ -454,7 +454,11 @@ async fn one_settle_batch_writes_each_rows_own_fate_and_skips_a_row_whose_lease_
     let policy = RetryPolicy { reconcile_delay: delay, ..Default::default() };
     let conclusions = [
         Conclusion::Registered,
-        Conclusion::Failed { error: "D1 register failed (503)".into(), reconcile_next: false, retry_after: None },
+        Conclusion::Failed {
+            error: "D1 register failed (503)".into(),
+            reconcile_next: false,
+            retry_after: None,
+        },
         Conclusion::GaveUp { reason: "D1 answered 400".into(), error_code: Some("INVALID_CARD".into()) },
         Conclusion::Registered,
     ];
@@ -532,7 +536,8 @@ async fn settle_batches_whose_connection_is_killed_lose_nothing_the_rows_are_rec
     let ids: Vec<&str> = cards.iter().map(|c| c.card_id.as_str()).collect();
     let mut blocker = db.pool.begin().await.unwrap();
     card_registrar::store::locks::lock_cards(&mut blocker, &ids).await.unwrap();
-    let (blocker_pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()").fetch_one(&mut *blocker).await.unwrap();
+    let (blocker_pid,): (i32,) =
+        sqlx::query_as("SELECT pg_backend_pid()").fetch_one(&mut *blocker).await.unwrap();
     let step = tokio::spawn({
         let d = d.clone();
         async move { d.step().await }
@@ -577,7 +582,10 @@ async fn settle_batches_whose_connection_is_killed_lose_nothing_the_rows_are_rec
     }
     drain(&d).await;
     let stats = d1.sim.stats();
-    assert_eq!((stats.effective_registrations, stats.puts_total, stats.duplicate_puts), (n as u64, n as u64, 0));
+    assert_eq!(
+        (stats.effective_registrations, stats.puts_total, stats.duplicate_puts),
+        (n as u64, n as u64, 0)
+    );
     assert!(stats.gets_total >= n as u64, "each reclaimed row was reconciled: {stats:?}");
     assert_eq!(outbox::list(&db.pool, Some(OutboxStatus::Done), None, 10).await.unwrap().len(), n);
     for c in &cards {
