@@ -3,8 +3,10 @@
 //! outcome.
 //!
 //! No wait for a full batch: the settler takes what is queued (up to [`SETTLE_BATCH_MAX`]) the
-//! moment it is free, so a lone attempt settles at once, and under load the attempts that finish
-//! while a batch is being written form the next one. The transaction does per batch what a settle
+//! moment one of its [`SETTLE_WRITERS`] writers is free, so a lone attempt settles at once, and
+//! under load the attempts that finish while the writers are busy form the next batch. Batches in
+//! flight together hold distinct rows (one attempt per row), and each takes its cards' locks in one
+//! sorted statement, so they cannot deadlock each other. The transaction does per batch what a settle
 //! did per row: lock every card (sorted, `locks::lock_cards`), lock the rows and check every lease
 //! (`outbox::lock_held`, with PostgreSQL's `now()`), load the records, decide each row's fate with
 //! the pure [`fate::fate`], write the changed records, end the rows and write their results.
@@ -21,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{Instrument, info_span, warn};
 use uuid::Uuid;
 
@@ -33,6 +35,9 @@ use crate::store::{StoreError, cards, locks};
 
 /// Most rows settled in one transaction.
 pub const SETTLE_BATCH_MAX: usize = 64;
+
+/// Most settle transactions in flight at once (each holds a pooled connection while it runs).
+pub const SETTLE_WRITERS: usize = 4;
 
 /// Why an attempt could not be settled; its row is healed by its lease.
 #[derive(Debug, thiserror::Error)]
@@ -117,16 +122,29 @@ impl Settler {
 }
 
 async fn run(pool: PgPool, reconcile_delay: Duration, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let writers = Arc::new(Semaphore::new(SETTLE_WRITERS));
     let mut jobs = Vec::with_capacity(SETTLE_BATCH_MAX);
-    while queue.recv_many(&mut jobs, SETTLE_BATCH_MAX).await > 0 {
+    loop {
+        // A free writer first: while all are busy, the queue fills the next batch.
+        let Ok(writer) = writers.clone().acquire_owned().await else { return };
+        if queue.recv_many(&mut jobs, SETTLE_BATCH_MAX).await == 0 {
+            return;
+        }
         let (replies, work): (Vec<_>, Vec<_>) =
             std::mem::take(&mut jobs).into_iter().map(|j| (j.reply, (j.claim, j.plan))).unzip();
+        let pool = pool.clone();
         let span = info_span!("dispatch.settle", rows = work.len());
-        let outcomes = settle_batch(&pool, reconcile_delay, work).instrument(span).await;
-        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-            // An attempt aborted at the drain deadline no longer listens; its row is settled.
-            let _ = reply.send(outcome);
-        }
+        tokio::spawn(
+            async move {
+                let outcomes = settle_batch(&pool, reconcile_delay, work).await;
+                drop(writer);
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    // An attempt aborted at the drain deadline no longer listens; its row is settled.
+                    let _ = reply.send(outcome);
+                }
+            }
+            .instrument(span),
+        );
     }
 }
 
