@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use apache_avro::Schema;
 use apache_avro::error::Details;
-use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
 
@@ -237,8 +236,8 @@ fn read_value(writer: &ParsedSchema, reader: &ParsedSchema, body: &[u8]) -> Resu
         }
     })?;
     let mut input = ExactReader { rest: body, ran_short: false };
-    let decoded = GenericDatumReader::builder(writer.schema())
-        .build()
+    let decoded = writer
+        .datum_reader()
         .map_err(|_| mismatch("writer schema references types it does not define"))?
         .read_value(&mut input);
     // apache-avro reads some types as null at end of input instead of failing: trust the reader's flag.
@@ -263,9 +262,7 @@ fn read_value(writer: &ParsedSchema, reader: &ParsedSchema, body: &[u8]) -> Resu
             format!("{field} has a symbol the reader schema does not know"),
         ));
     }
-    value
-        .resolve(reader.schema())
-        .map_err(|_| mismatch("datum does not resolve to the topic's reader schema"))
+    reader.resolve(value).map_err(|_| mismatch("datum does not resolve to the topic's reader schema"))
 }
 
 /// The reader field whose enum lacks the symbol the writer's datum holds, if any.

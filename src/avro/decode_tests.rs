@@ -686,3 +686,28 @@ mod profiles {
         );
     }
 }
+
+#[test]
+fn every_kept_version_decodes_and_resolves_as_the_librarys_own_reader_does() {
+    use apache_avro::reader::datum::GenericDatumReader;
+    let set = schemas();
+    for kind in [EventKind::Created, EventKind::Tokenized, EventKind::Ordered] {
+        let reader = &set.reader(kind).schema;
+        for version in set.versions(kind) {
+            let payload =
+                encode_version(&set, &sample(kind), version.version, Framing::SingleObject).unwrap();
+            let body = &payload[10..];
+            let writer = &version.schema;
+            let ours = writer.datum_reader().unwrap().read_value(&mut &body[..]).unwrap();
+            let library = GenericDatumReader::builder(writer.schema()).build().unwrap();
+            let theirs = library.read_value(&mut &body[..]).unwrap();
+            assert_eq!(ours, theirs, "{kind:?} v{}", version.version);
+            assert_eq!(
+                reader.resolve(ours).unwrap(),
+                theirs.resolve(reader.schema()).unwrap(),
+                "{kind:?} v{}",
+                version.version
+            );
+        }
+    }
+}
