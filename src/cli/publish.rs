@@ -114,7 +114,9 @@ const MAX_IN_FLIGHT: usize = 50_000;
 
 /// Checks one delivery report.
 fn delivered(
-    report: Option<Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>>,
+    report: Option<
+        Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    >,
 ) -> Result<(), CliError> {
     match report {
         Some(Ok(Ok(_))) | None => Ok(()),
@@ -143,8 +145,9 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
         let script = generator.card(i, plan).map_err(|e| CliError::context("generate events", e))?;
         // Cards 2k and 2k+1 share a consumer: its profile comes with the first.
         if args.profiles && i % 2 == 0 {
-            let profile =
-                generator.profile(&script.consumer_id).map_err(|e| CliError::context("generate profiles", e))?;
+            let profile = generator
+                .profile(&script.consumer_id)
+                .map_err(|e| CliError::context("generate profiles", e))?;
             phase1.push(profile);
         }
         if script.plan != Plan::PanAsCardId {
