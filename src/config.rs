@@ -245,6 +245,11 @@ pub struct IngestSettings {
     /// sizes the Kafka client's fetches and pre-fetch queue.
     #[arg(long, env = "INGEST_QUEUE_MAX_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
     pub ingest_queue_max_bytes: u64,
+    /// Message bytes buffered by all partitions together (queues and batches in hand) before the
+    /// next partition to receive is paused; also caps the Kafka client's pre-fetch queue at half.
+    /// Keeps memory flat whatever the number of assigned partitions.
+    #[arg(long, env = "INGEST_MEMORY_MAX_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1024..=(4 << 30)))]
+    pub ingest_memory_max_bytes: u64,
 }
 
 /// Dispatch tuning: retries, leases, breaker, retention.

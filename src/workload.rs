@@ -10,11 +10,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
-use crate::avro::encode::{EncodeError, Framing, encode};
+use crate::avro::encode::{EncodeError, Framing, encode, encode_profile};
 use crate::avro::schemas::SchemaSet;
 use crate::core::event::*;
 use crate::core::ids::{CardId, CardProductId, ConsumerId, EventId};
 use crate::core::pan::CardData;
+use crate::core::profile::{ConsumerInfo, ConsumerProfile, MobilePhoneNumber};
 use crate::crypto::{RecipientKey, encrypt_card_data};
 
 /// What happens to one card.
@@ -248,6 +249,33 @@ impl Generator {
             kind,
             key: s.card_id.as_bytes().to_vec(),
             payload: encode(&self.schemas, event, self.framing)?,
+        })
+    }
+
+    /// A `ConsumerProfile` for `consumer` (synthetic personal data), keyed by the consumer id.
+    pub fn profile(&mut self, consumer: &str) -> Result<Outgoing, WorkloadError> {
+        let n: u32 = self.rng.r#gen();
+        let profile = ConsumerProfile {
+            event_id: EventId::from_uuid(Uuid::from_u128(self.rng.r#gen())),
+            occurred_at: chrono::Utc::now(),
+            consumer_id: ConsumerId::parse(consumer).map_err(|_| WorkloadError::Invalid("consumerId"))?,
+            info: ConsumerInfo {
+                language: "en-US".into(),
+                first_name: format!("Test{}", n % 1000),
+                last_name: format!("Consumer{n}"),
+                email: Some(format!("consumer{n}@example.org")),
+                mobile_phone_number: Some(MobilePhoneNumber {
+                    country_code: "+33".into(),
+                    phone_number: format!("6{:08}", n % 100_000_000),
+                }),
+                date_of_birth: Some("1984-02-29".into()),
+                residency_address: None,
+            },
+        };
+        Ok(Outgoing {
+            kind: EventKind::Profile,
+            key: consumer.as_bytes().to_vec(),
+            payload: encode_profile(&self.schemas, &profile, self.framing)?,
         })
     }
 

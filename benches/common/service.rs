@@ -101,6 +101,7 @@ impl Ingest {
             batch_wait: Duration::from_millis(settings.ingest.ingest_batch_wait_ms),
             queue_capacity: settings.ingest.ingest_queue_capacity as usize,
             queue_max_bytes: settings.ingest.ingest_queue_max_bytes as usize,
+            memory_max_bytes: settings.ingest.ingest_memory_max_bytes as usize,
             revoke_wait: Duration::from_secs(10),
             security: Default::default(),
         };

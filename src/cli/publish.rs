@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
@@ -68,6 +69,10 @@ pub struct PublishArgs {
     /// Create the three topics first (this many partitions each) when they do not exist.
     #[arg(long)]
     pub create_topics: Option<i32>,
+    /// Also publish one `ConsumerProfile` per consumer (every two cards share one), in phase 1;
+    /// `--create-topics` then creates the profile topic too.
+    #[arg(long)]
+    pub profiles: bool,
 }
 
 /// Creates the configured topics with `partitions` partitions each; existing ones are kept.
@@ -75,6 +80,7 @@ async fn create_topics(
     kafka: &KafkaSettings,
     security: &KafkaSecurity,
     partitions: i32,
+    profiles: bool,
 ) -> Result<(), CliError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -84,7 +90,10 @@ async fn create_topics(
     security.apply(&mut config);
     let admin: AdminClient<DefaultClientContext> =
         config.create().map_err(|e| CliError::context("create the Kafka admin client", e))?;
-    let names = [&kafka.topic_card_created, &kafka.topic_card_tokenized, &kafka.topic_card_ordered];
+    let mut names = vec![&kafka.topic_card_created, &kafka.topic_card_tokenized, &kafka.topic_card_ordered];
+    if profiles {
+        names.push(&kafka.topic_consumer_profile);
+    }
     let topics: Vec<NewTopic<'_>> =
         names.iter().map(|n| NewTopic::new(n.as_str(), partitions, TopicReplication::Fixed(1))).collect();
     let results = admin
@@ -100,11 +109,27 @@ async fn create_topics(
     Ok(())
 }
 
+/// Most messages awaiting their delivery report (below the producer's 100,000-message queue).
+const MAX_IN_FLIGHT: usize = 50_000;
+
+/// Checks one delivery report.
+fn delivered(
+    report: Option<
+        Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    >,
+) -> Result<(), CliError> {
+    match report {
+        Some(Ok(Ok(_))) | None => Ok(()),
+        Some(Ok(Err((e, _)))) => Err(CliError::context("delivery failed", e)),
+        Some(Err(_)) => Err(CliError::Failed("delivery was cancelled".into())),
+    }
+}
+
 /// Publishes the stream and prints a summary.
 pub async fn run(args: PublishArgs) -> Result<(), CliError> {
     let security = super::run::kafka_security(&args.kafka).await?;
     if let Some(partitions) = args.create_topics {
-        create_topics(&args.kafka, &security, partitions).await?;
+        create_topics(&args.kafka, &security, partitions, args.profiles).await?;
     }
     let key = RecipientKey::from_file(&args.card_data_public_key)
         .map_err(|e| ConfigError { variable: "CARD_DATA_PUBLIC_KEY", problem: e.to_string() })?;
@@ -118,6 +143,13 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
             Mix::Tokenized => Plan::TokenizedOnly,
         };
         let script = generator.card(i, plan).map_err(|e| CliError::context("generate events", e))?;
+        // Cards 2k and 2k+1 share a consumer: its profile comes with the first.
+        if args.profiles && i % 2 == 0 {
+            let profile = generator
+                .profile(&script.consumer_id)
+                .map_err(|e| CliError::context("generate profiles", e))?;
+            phase1.push(profile);
+        }
         if script.plan != Plan::PanAsCardId {
             expectations
                 .push(serde_json::json!({ "cardId": script.card_id, "plan": format!("{:?}", script.plan) }));
@@ -172,6 +204,10 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
                 let due = started + Duration::from_secs_f64(sent as f64 / f64::from(args.rate));
                 tokio::time::sleep_until(due.into()).await;
             }
+            // The producer's queue holds 100,000 messages: wait for deliveries well before.
+            if pending.len() >= MAX_IN_FLIGHT {
+                delivered(pending.next().await)?;
+            }
             let record = FutureRecord::to(topic(m.kind)).key(&m.key).payload(&m.payload);
             let delivery = producer.send_result(record).map_err(|(e, _)| CliError::context("publish", e))?;
             pending.push(delivery);
@@ -183,13 +219,8 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
                 );
             }
         }
-        use futures::StreamExt;
         while let Some(result) = pending.next().await {
-            match result {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(CliError::context("delivery failed", e)),
-                Err(_) => return Err(CliError::Failed("delivery was cancelled".into())),
-            }
+            delivered(Some(result))?;
         }
     }
     producer.flush(Duration::from_secs(30)).map_err(|e| CliError::context("flush", e))?;

@@ -441,6 +441,7 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             batch_wait: Duration::from_millis(args.ingest.ingest_batch_wait_ms),
             queue_capacity: args.ingest.ingest_queue_capacity as usize,
             queue_max_bytes: args.ingest.ingest_queue_max_bytes as usize,
+            memory_max_bytes: args.ingest.ingest_memory_max_bytes as usize,
             revoke_wait: Duration::from_secs(args.shutdown_timeout_secs.saturating_sub(5).max(1)),
             security,
         };

@@ -18,7 +18,9 @@
 //! - Backpressure: each partition task has a queue bounded in messages and in bytes (the bytes
 //!   of its batch in hand count too). When it is full the partition is paused and the overflow
 //!   kept in order; the thread keeps polling, so the consumer never exceeds
-//!   `max.poll.interval.ms`. The partition resumes once its queue takes the overflow. The
+//!   `max.poll.interval.ms`. The partition resumes once its queue takes the overflow. All
+//!   partitions together also hold at most `memory_max_bytes` (one message always enters an
+//!   empty partition), so memory does not grow with the number of partitions assigned. The
 //!   client's fetch sizes and pre-fetch queue are sized from the same byte bounds.
 //! - Revocation waits (bounded) for the partition's batch in hand; correctness does not depend
 //!   on it, because the stored offset fences a late commit.
@@ -69,6 +71,8 @@ pub struct IngestOptions {
     pub queue_capacity: usize,
     /// Message bytes held per partition (queue and batch in hand) before it is paused.
     pub queue_max_bytes: usize,
+    /// Message bytes held by all partitions together before the next one to receive is paused.
+    pub memory_max_bytes: usize,
     /// Longest wait for a revoked partition's batch in hand.
     pub revoke_wait: Duration,
     /// TLS, SASL and pass-through properties (the same for every Kafka client of the process).
@@ -160,6 +164,8 @@ struct Ctx {
     /// A client outside the group, for watermark queries: asked from inside the rebalance
     /// callback, the group's own client can stall on them.
     watermarks: BaseConsumer,
+    /// Message bytes held by every partition task together (see `HeldBytes`).
+    held_total: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Ctx {
@@ -307,7 +313,7 @@ impl Ctx {
             info!(topic, partition, start = ?from, "partition assigned");
             let (tx, rx) = mpsc::channel(self.options.queue_capacity);
             let stop = CancellationToken::new();
-            let held = HeldBytes::default();
+            let held = HeldBytes::sharing(&self.held_total);
             let task = PartitionTask {
                 group: self.options.group_id.clone(),
                 topic: topic.clone(),
@@ -488,11 +494,17 @@ fn client_config(options: &IngestOptions) -> ClientConfig {
         // Fetches sized from the byte bounds, so the client's own buffers stay near them too
         // (a message larger than a fetch limit is still returned, alone).
         .set("max.partition.fetch.bytes", fetch_bytes(options.batch_max_bytes).to_string())
-        .set("fetch.max.bytes", fetch_bytes(options.queue_max_bytes).to_string())
-        .set("queued.max.messages.kbytes", (fetch_bytes(options.queue_max_bytes) / 1024).to_string())
+        // The client's one pre-fetch queue serves every partition: the process budget caps it.
+        .set("fetch.max.bytes", fetch_bytes(client_queue_bytes(options)).to_string())
+        .set("queued.max.messages.kbytes", (fetch_bytes(client_queue_bytes(options)) / 1024).to_string())
         .set("client.id", "card-registrar");
     options.security.apply(&mut c);
     c
+}
+
+/// The client's pre-fetch queue: a partition's bound, at most half the process budget.
+fn client_queue_bytes(options: &IngestOptions) -> usize {
+    options.queue_max_bytes.min(options.memory_max_bytes / 2)
 }
 
 /// A fetch size: the byte bound, within what librdkafka accepts (at least its 1 MB
@@ -526,6 +538,7 @@ fn poll_thread(
             .set("bootstrap.servers", &options.brokers)
             .create()
             .map_err(|source| IngestError::Kafka { op: "create the watermark client", source })?,
+        held_total: Arc::default(),
     };
     let consumer: BaseConsumer<Ctx> = client_config(&options)
         .create_with_context(ctx)
@@ -603,7 +616,7 @@ fn route(consumer: &BaseConsumer<Ctx>, message: &BorrowedMessage<'_>) {
     let key = (message.topic().to_owned(), message.partition());
     let incoming = Incoming { offset: message.offset(), raw: raw_message(message) };
     let ctx = consumer.context();
-    let limit = ctx.options.queue_max_bytes;
+    let (limit, total_limit) = (ctx.options.queue_max_bytes, ctx.options.memory_max_bytes);
     let mut router = ctx.router();
     let Some(slot) = router.slots.get_mut(&key) else {
         // Not (or no longer) ours; it will be read again from the stored offset by its owner.
@@ -615,7 +628,7 @@ fn route(consumer: &BaseConsumer<Ctx>, message: &BorrowedMessage<'_>) {
         return;
     }
     let size = incoming.raw.size();
-    let sent = if slot.held.has_room(size, limit) {
+    let sent = if slot.held.has_room(size, limit, total_limit) {
         slot.tx.try_send(incoming).map(|()| slot.held.add(size))
     } else {
         Err(TrySendError::Full(incoming))
@@ -637,12 +650,12 @@ fn route(consumer: &BaseConsumer<Ctx>, message: &BorrowedMessage<'_>) {
 
 fn flush_overflow(consumer: &BaseConsumer<Ctx>) {
     let ctx = consumer.context();
-    let limit = ctx.options.queue_max_bytes;
+    let (limit, total_limit) = (ctx.options.queue_max_bytes, ctx.options.memory_max_bytes);
     let mut router = ctx.router();
     for (key, slot) in &mut router.slots {
         while let Some(incoming) = slot.overflow.pop_front() {
             let size = incoming.raw.size();
-            if !slot.held.has_room(size, limit) {
+            if !slot.held.has_room(size, limit, total_limit) {
                 slot.overflow.push_front(incoming);
                 break;
             }

@@ -32,32 +32,47 @@ use crate::telemetry::metrics::{
 };
 
 /// Bytes of the messages a partition task holds (queued or in its batch in hand): added by the
-/// poll thread when it hands a message over, released by the task when the batch is done.
+/// poll thread when it hands a message over, released by the task when the batch is done. The
+/// same bytes are also counted in the process-wide total that every partition shares.
 #[derive(Debug, Clone, Default)]
-pub struct HeldBytes(Arc<AtomicUsize>);
+pub struct HeldBytes {
+    own: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
+}
 
 impl HeldBytes {
-    /// Bytes held now.
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::Acquire)
+    /// A new partition's count, adding into `total` (shared by all partitions).
+    pub fn sharing(total: &Arc<AtomicUsize>) -> Self {
+        Self { own: Arc::default(), total: total.clone() }
     }
 
-    /// Whether a message of `size` bytes fits under `limit`. One message always fits into an
-    /// empty queue, so a message larger than the limit still passes, alone.
-    pub fn has_room(&self, size: usize, limit: usize) -> bool {
+    /// Bytes held now by this partition.
+    pub fn get(&self) -> usize {
+        self.own.load(Ordering::Acquire)
+    }
+
+    /// Whether a message of `size` bytes fits under the partition's `limit` and the process's
+    /// `total_limit`. One message always fits into an empty partition, so every partition moves
+    /// on and a message larger than the limits still passes, alone.
+    pub fn has_room(&self, size: usize, limit: usize, total_limit: usize) -> bool {
         let held = self.get();
-        held == 0 || held.saturating_add(size) <= limit
+        held == 0
+            || (held.saturating_add(size) <= limit
+                && self.total.load(Ordering::Acquire).saturating_add(size) <= total_limit)
     }
 
     /// Counts a message handed to the task.
     pub fn add(&self, size: usize) {
-        self.0.fetch_add(size, Ordering::AcqRel);
+        self.own.fetch_add(size, Ordering::AcqRel);
+        self.total.fetch_add(size, Ordering::AcqRel);
     }
 
     fn release(&self, size: usize) {
         // Never below zero, even if the accounting were off: a stuck pause is worse than a
         // briefly loose bound.
-        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| Some(h.saturating_sub(size)));
+        let sub = |h: usize| Some(h.saturating_sub(size));
+        let _ = self.own.fetch_update(Ordering::AcqRel, Ordering::Acquire, sub);
+        let _ = self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, sub);
     }
 }
 
@@ -296,5 +311,29 @@ impl PartitionTask {
             _ = tokio::time::sleep(delay) => true,
             _ = self.stop.cancelled() => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_share_the_process_budget_and_an_empty_partition_always_takes_one_message() {
+        let total = Arc::default();
+        let (a, b) = (HeldBytes::sharing(&total), HeldBytes::sharing(&total));
+        // Partition limit 100, process limit 150.
+        assert!(a.has_room(90, 100, 150));
+        a.add(90);
+        assert!(!a.has_room(20, 100, 150), "over the partition's own limit");
+        b.add(50);
+        assert!(!b.has_room(20, 100, 150), "within b's limit but over the process's");
+        let c = HeldBytes::sharing(&total);
+        assert!(c.has_room(1000, 100, 150), "an empty partition takes one message, however large");
+        a.release(90);
+        assert_eq!(total.load(Ordering::Acquire), 50);
+        assert!(b.has_room(20, 100, 150));
+        b.release(500);
+        assert_eq!((b.get(), total.load(Ordering::Acquire)), (0, 0), "never below zero");
     }
 }

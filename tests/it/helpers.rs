@@ -375,6 +375,7 @@ pub fn test_ingest_options(
         batch_wait: std::time::Duration::from_millis(20),
         queue_capacity: 1000,
         queue_max_bytes: 16 << 20,
+        memory_max_bytes: 16 << 20,
         revoke_wait: std::time::Duration::from_secs(10),
         security: Default::default(),
     }
