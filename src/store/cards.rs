@@ -106,12 +106,7 @@ pub async fn load_for_update(
         let s = call_status_of(&card_id, &status)?;
         call_by_card.insert(card_id, s);
     }
-    let rows: Vec<CardRow> =
-        sqlx::query_as(&format!("SELECT {CARD_COLUMNS} FROM cards c WHERE c.card_id = ANY($1::text[])"))
-            .bind(card_ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| StoreError::db("load cards", e))?;
+    let rows = rows_of(tx, card_ids).await?;
     let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
         let call = call_by_card.remove(&row.card_id);
@@ -130,13 +125,17 @@ pub async fn load(
     if card_ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<CardRow> =
-        sqlx::query_as(&format!("SELECT {CARD_COLUMNS} FROM cards c WHERE c.card_id = ANY($1::text[])"))
-            .bind(card_ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| StoreError::db("load cards", e))?;
+    let rows = rows_of(tx, card_ids).await?;
     Ok(rows.into_iter().map(|row| (row.card_id.clone(), row.into_record())).collect())
+}
+
+/// The cards' rows as stored (no lock of their own).
+async fn rows_of(tx: &mut PgConnection, card_ids: &[&str]) -> Result<Vec<CardRow>, StoreError> {
+    sqlx::query_as(&format!("SELECT {CARD_COLUMNS} FROM cards c WHERE c.card_id = ANY($1::text[])"))
+        .bind(card_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| StoreError::db("load cards", e))
 }
 
 /// Reads one card with its registration call's status (no lock).
