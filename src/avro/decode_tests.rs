@@ -688,7 +688,7 @@ mod profiles {
 }
 
 #[test]
-fn every_kept_version_decodes_and_resolves_as_the_librarys_own_reader_does() {
+fn every_kept_version_decodes_resolves_and_encodes_as_the_librarys_own_reader_and_writer_do() {
     use apache_avro::reader::datum::GenericDatumReader;
     let set = schemas();
     for kind in [EventKind::Created, EventKind::Tokenized, EventKind::Ordered] {
@@ -702,6 +702,11 @@ fn every_kept_version_decodes_and_resolves_as_the_librarys_own_reader_does() {
             let library = GenericDatumReader::builder(writer.schema()).build().unwrap();
             let theirs = library.read_value(&mut &body[..]).unwrap();
             assert_eq!(ours, theirs, "{kind:?} v{}", version.version);
+            let (mut written, mut library_wrote) = (Vec::new(), Vec::new());
+            writer.datum_writer().unwrap().write_value_ref(&mut written, &theirs).unwrap();
+            let library_writer = GenericDatumWriter::builder(writer.schema()).build().unwrap();
+            library_writer.write_value_ref(&mut library_wrote, &theirs).unwrap();
+            assert_eq!(written, library_wrote, "{kind:?} v{}: our writer's bytes", version.version);
             assert_eq!(
                 reader.resolve(ours).unwrap(),
                 theirs.resolve(reader.schema()).unwrap(),

@@ -7,7 +7,6 @@
 use apache_avro::Schema;
 use apache_avro::schema::RecordField;
 use apache_avro::types::Value;
-use apache_avro::writer::datum::GenericDatumWriter;
 
 use super::schemas::{ParsedSchema, SchemaSet, topic_folder};
 use crate::core::event::{CardEvent, EventKind};
@@ -182,8 +181,8 @@ fn framed_record(
 ) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(256);
     frame(&mut out, writer, framing);
-    GenericDatumWriter::builder(writer.schema())
-        .build()
+    writer
+        .datum_writer()
         .and_then(|w| w.write_value_ref(&mut out, &Value::Record(values)))
         .map_err(EncodeError::Avro)?;
     Ok(out)

@@ -14,6 +14,7 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema::ResolvedSchema;
 use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
 
 use super::canonical::{self, CanonicalError, parsing_canonical_form};
 use super::layout::Layout;
@@ -97,6 +98,17 @@ impl ParsedSchema {
             builder.build()
         } else {
             builder.resolved_writer_schemata(ResolvedSchema::new_with_schemata(Vec::new())?).build()
+        }
+    }
+
+    /// A datum writer for this schema, with the same table rule as [`Self::datum_reader`]
+    /// (apache-avro's writer also looks names up only for a reference).
+    pub fn datum_writer(&self) -> apache_avro::AvroResult<GenericDatumWriter<'_>> {
+        let builder = GenericDatumWriter::builder(&self.schema);
+        if self.references {
+            builder.build()
+        } else {
+            builder.resolved_schemata(ResolvedSchema::new_with_schemata(Vec::new())?).build()
         }
     }
 
@@ -385,6 +397,9 @@ mod tests {
             ("b".into(), Value::Union(1, Box::new(Value::Enum(0, "X".into())))),
         ]);
         assert_eq!(value, expected);
+        let mut written = Vec::new();
+        schema.datum_writer().unwrap().write_value_ref(&mut written, &value).unwrap();
+        assert_eq!(written, [0x02, 0x02, 0x00]);
         assert_eq!(schema.resolve(value).unwrap(), expected);
     }
 
