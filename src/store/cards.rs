@@ -97,6 +97,7 @@ pub async fn load_for_update(
          WHERE kind = 'REGISTER_CARD' AND card_id = ANY($1::text[])
          ORDER BY card_id FOR UPDATE",
     )
+    .persistent(false)
     .bind(card_ids)
     .fetch_all(&mut *tx)
     .await
@@ -132,6 +133,7 @@ pub async fn load(
 /// The cards' rows as stored (no lock of their own).
 async fn rows_of(tx: &mut PgConnection, card_ids: &[&str]) -> Result<Vec<CardRow>, StoreError> {
     sqlx::query_as(&format!("SELECT {CARD_COLUMNS} FROM cards c WHERE c.card_id = ANY($1::text[])"))
+        .persistent(false)
         .bind(card_ids)
         .fetch_all(&mut *tx)
         .await
@@ -219,22 +221,6 @@ pub async fn upsert(tx: &mut PgConnection, records: &[&CardRecord]) -> Result<()
     .execute(&mut *tx)
     .await
     .map_err(|e| StoreError::db("write cards", e))?;
-    Ok(())
-}
-
-/// Records consumers seen (first time only).
-pub async fn note_consumers(tx: &mut PgConnection, consumer_ids: &[&str]) -> Result<(), StoreError> {
-    if consumer_ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO consumers (consumer_id) SELECT DISTINCT c FROM unnest($1::text[]) AS c ORDER BY c
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(consumer_ids)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| StoreError::db("record consumers", e))?;
     Ok(())
 }
 

@@ -64,6 +64,7 @@ pub async fn seen(tx: &mut PgConnection, event_ids: &[Uuid]) -> Result<HashMap<U
         "SELECT event_id, card_id, kind, outcome, consumer_id, occurred_at
          FROM card_events WHERE event_id = ANY($1::uuid[])",
     )
+    .persistent(false)
     .bind(event_ids)
     .fetch_all(&mut *tx)
     .await

@@ -102,15 +102,18 @@ pub async fn confirm_from_earlier(
     if card_ids.is_empty() {
         return Ok(Vec::new());
     }
+    // `c.card_id = ANY($1)` too: with only the join, a small or empty `card_notifications`
+    // (assumed ten pages by the planner) made it hash-join the whole `cards` table every batch.
     sqlx::query_as(
         "UPDATE cards c SET d1_confirmed_at = n.received_at, d1_confirmed_by = n.operation,
                  d1_confirmed_operation_id = n.operation_id, updated_at = now()
          FROM (SELECT DISTINCT ON (card_id) card_id, operation, operation_id, correlation_id, received_at
                FROM card_notifications WHERE confirms AND card_id = ANY($1)
                ORDER BY card_id, received_at, operation_id) n
-         WHERE c.card_id = n.card_id AND c.d1_confirmed_at IS NULL
+         WHERE c.card_id = n.card_id AND c.card_id = ANY($1) AND c.d1_confirmed_at IS NULL
          RETURNING c.card_id, c.consumer_id, n.operation, n.operation_id, n.correlation_id",
     )
+    .persistent(false)
     .bind(card_ids)
     .fetch_all(&mut *tx)
     .await

@@ -161,6 +161,7 @@ pub async fn cancel_unclaimed(
                            lease_owner = NULL, lease_expires_at = NULL
          WHERE kind = 'REGISTER_CARD' AND card_id = ANY($1::text[]) AND status IN ('PENDING', 'PARKED')",
     )
+    .persistent(false)
     .bind(card_ids)
     .bind(why)
     .execute(&mut *tx)
@@ -263,6 +264,7 @@ pub async fn lock_held(tx: &mut PgConnection, rows: &[(Uuid, i64)]) -> Result<He
     let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
     let found: Vec<(Uuid, String, i64, DateTime<Utc>)> =
         sqlx::query_as("SELECT id, status, fence, now() FROM outbox WHERE id = ANY($1::uuid[]) FOR UPDATE")
+            .persistent(false)
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await

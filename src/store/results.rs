@@ -103,6 +103,7 @@ pub async fn enqueuing_events(
          WHERE card_id = ANY($1::text[]) AND effect = 'ENQUEUED'
          ORDER BY card_id, recorded_at",
     )
+    .persistent(false)
     .bind(card_ids)
     .fetch_all(&mut *tx)
     .await
