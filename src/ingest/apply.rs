@@ -119,10 +119,6 @@ async fn write(
     plan: BatchPlan<'_>,
 ) -> Result<Applied, ApplyError> {
     let records: Vec<&CardRecord> = plan.records.iter().collect();
-    let mut consumers: Vec<&str> = records.iter().map(|r| r.consumer_id.as_str()).collect();
-    consumers.sort_unstable();
-    consumers.dedup();
-    cards::note_consumers(tx, &consumers).await?;
     cards::upsert(tx, &records).await?;
     history::append(tx, &plan.history).await?;
     let new_rows: Vec<NewRegistration<'_>> = plan
