@@ -70,6 +70,10 @@ struct Latency {
     publish_rate: f64,
     /// Publish -> stored at D1, ms, sorted.
     millis: Vec<f64>,
+    /// Publish -> its outbox row's ingest transaction began, ms, sorted.
+    to_queue: Vec<f64>,
+    /// That transaction began -> stored at D1, ms, sorted.
+    from_queue: Vec<f64>,
     duplicates: u64,
 }
 
@@ -252,14 +256,42 @@ async fn latency(
     running.stop().await?;
     ingest.stop().await?;
 
-    let mut millis = Vec::with_capacity(published.len());
+    // When each row was queued: the start of the ingest transaction that inserted it.
+    let queued: std::collections::HashMap<String, DateTime<Utc>> =
+        sqlx::query_as("SELECT card_id, created_at FROM outbox")
+            .fetch_all(&schema.pool)
+            .await?
+            .into_iter()
+            .collect();
+    let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e3;
+    let (mut millis, mut to_queue, mut from_queue) = (Vec::new(), Vec::new(), Vec::new());
     for (card_id, at) in &published {
         let card = sim.card(card_id).with_context(|| format!("{card_id} is not at D1"))?;
         let stored = DateTime::parse_from_rfc3339(&card.created_at)?.with_timezone(&Utc);
-        millis.push((stored - *at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e3);
+        millis.push(ms(stored - *at));
+        let queued_at = queued.get(card_id).with_context(|| format!("{card_id} has no outbox row"))?;
+        to_queue.push(ms(*queued_at - *at));
+        from_queue.push(ms(stored - *queued_at));
+        if std::env::var("DUMP").is_ok() {
+            eprintln!(
+                "DUMP {} {:.1} {:.1}",
+                at.timestamp_millis(),
+                ms(*queued_at - *at),
+                ms(stored - *queued_at)
+            );
+        }
     }
-    millis.sort_by(f64::total_cmp);
-    Ok(Latency { published: messages.len(), publish_rate, millis, duplicates: sim.stats().duplicate_puts })
+    for v in [&mut millis, &mut to_queue, &mut from_queue] {
+        v.sort_by(f64::total_cmp);
+    }
+    Ok(Latency {
+        published: messages.len(),
+        publish_rate,
+        millis,
+        to_queue,
+        from_queue,
+        duplicates: sim.stats().duplicate_puts,
+    })
 }
 
 /// A dispatcher running in the background until stopped.
@@ -357,8 +389,20 @@ fn print_latency(b: &Latency, rate: usize, seconds: usize) {
         "(b) latency, publish -> stored at D1: created events at {rate}/s for {seconds} s ({} events, published at {:.0}/s)",
         b.published, b.publish_rate
     );
-    let q = |p: f64| quantile(&b.millis, p).unwrap_or(f64::NAN);
-    println!("  p50 {:.1} ms   p90 {:.1} ms   p99 {:.1} ms   max {:.1} ms", q(0.5), q(0.9), q(0.99), q(1.0));
+    for (what, v) in [
+        ("publish -> D1", &b.millis),
+        ("  publish -> ingest transaction", &b.to_queue),
+        ("  ingest transaction -> D1", &b.from_queue),
+    ] {
+        let q = |p: f64| quantile(v, p).unwrap_or(f64::NAN);
+        println!(
+            "  {what:<34} p50 {:.1} ms   p90 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(1.0)
+        );
+    }
     println!("  duplicate PUTs at the simulator: {} (must be 0)", b.duplicates);
 }
 
