@@ -272,14 +272,6 @@ async fn latency(
         let queued_at = queued.get(card_id).with_context(|| format!("{card_id} has no outbox row"))?;
         to_queue.push(ms(*queued_at - *at));
         from_queue.push(ms(stored - *queued_at));
-        if std::env::var("DUMP").is_ok() {
-            eprintln!(
-                "DUMP {} {:.1} {:.1}",
-                at.timestamp_millis(),
-                ms(*queued_at - *at),
-                ms(stored - *queued_at)
-            );
-        }
     }
     for v in [&mut millis, &mut to_queue, &mut from_queue] {
         v.sort_by(f64::total_cmp);
