@@ -250,6 +250,11 @@ pub struct IngestSettings {
     /// Keeps memory flat whatever the number of assigned partitions.
     #[arg(long, env = "INGEST_MEMORY_MAX_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1024..=(4 << 30)))]
     pub ingest_memory_max_bytes: u64,
+    /// Batches prepared and applied at once by all partitions together: bounds the memory of the
+    /// batches being worked on and the database connections ingest holds, so dispatch keeps its
+    /// share of `DATABASE_MAX_CONNECTIONS` while a backlog is ingested.
+    #[arg(long, env = "INGEST_BATCHES_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub ingest_batches_in_flight: u64,
 }
 
 /// Dispatch tuning: retries, leases, breaker, retention.

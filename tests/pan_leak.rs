@@ -203,6 +203,7 @@ async fn no_pan_reaches_a_log_line_a_span_a_metric_or_a_table_on_the_whole_path_
         queue_capacity: 100,
         queue_max_bytes: 16 << 20,
         memory_max_bytes: 16 << 20,
+        batches_in_flight: 4,
         revoke_wait: Duration::from_secs(10),
         security: Default::default(),
     };

@@ -62,10 +62,11 @@ impl ServiceSettings {
     pub fn ingest_line(&self) -> String {
         let i = &self.ingest;
         format!(
-            "INGEST_BATCH_MAX={} INGEST_BATCH_WAIT_MS={} INGEST_QUEUE_CAPACITY={} DATABASE_MAX_CONNECTIONS={}",
+            "INGEST_BATCH_MAX={} INGEST_BATCH_WAIT_MS={} INGEST_QUEUE_CAPACITY={} INGEST_BATCHES_IN_FLIGHT={} DATABASE_MAX_CONNECTIONS={}",
             i.ingest_batch_max,
             i.ingest_batch_wait_ms,
             i.ingest_queue_capacity,
+            i.ingest_batches_in_flight,
             self.database.database_max_connections
         )
     }

@@ -102,6 +102,7 @@ impl Ingest {
             queue_capacity: settings.ingest.ingest_queue_capacity as usize,
             queue_max_bytes: settings.ingest.ingest_queue_max_bytes as usize,
             memory_max_bytes: settings.ingest.ingest_memory_max_bytes as usize,
+            batches_in_flight: settings.ingest.ingest_batches_in_flight as usize,
             revoke_wait: Duration::from_secs(10),
             security: Default::default(),
         };

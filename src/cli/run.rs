@@ -442,6 +442,7 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             queue_capacity: args.ingest.ingest_queue_capacity as usize,
             queue_max_bytes: args.ingest.ingest_queue_max_bytes as usize,
             memory_max_bytes: args.ingest.ingest_memory_max_bytes as usize,
+            batches_in_flight: args.ingest.ingest_batches_in_flight as usize,
             revoke_wait: Duration::from_secs(args.shutdown_timeout_secs.saturating_sub(5).max(1)),
             security,
         };

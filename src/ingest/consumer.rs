@@ -73,6 +73,8 @@ pub struct IngestOptions {
     pub queue_max_bytes: usize,
     /// Message bytes held by all partitions together before the next one to receive is paused.
     pub memory_max_bytes: usize,
+    /// Batches prepared and applied at once by all partitions together.
+    pub batches_in_flight: usize,
     /// Longest wait for a revoked partition's batch in hand.
     pub revoke_wait: Duration,
     /// TLS, SASL and pass-through properties (the same for every Kafka client of the process).
@@ -166,6 +168,8 @@ struct Ctx {
     watermarks: BaseConsumer,
     /// Message bytes held by every partition task together (see `HeldBytes`).
     held_total: Arc<std::sync::atomic::AtomicUsize>,
+    /// Permits to prepare and apply a batch, shared by every partition task.
+    batches: Arc<tokio::sync::Semaphore>,
 }
 
 impl Ctx {
@@ -324,6 +328,7 @@ impl Ctx {
                 batch_max_bytes: self.options.batch_max_bytes,
                 batch_wait: self.options.batch_wait,
                 held: held.clone(),
+                batches: self.batches.clone(),
                 pool: self.pool.clone(),
                 pipeline: self.pipeline.clone(),
                 commits: self.commits.clone(),
@@ -539,6 +544,7 @@ fn poll_thread(
             .create()
             .map_err(|source| IngestError::Kafka { op: "create the watermark client", source })?,
         held_total: Arc::default(),
+        batches: Arc::new(tokio::sync::Semaphore::new(options.batches_in_flight.max(1))),
     };
     let consumer: BaseConsumer<Ctx> = client_config(&options)
         .create_with_context(ctx)

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -87,6 +87,9 @@ pub(crate) struct PartitionTask {
     pub batch_max_bytes: usize,
     pub batch_wait: Duration,
     pub held: HeldBytes,
+    /// Permits to prepare and apply a batch, shared by all partitions: bounds the memory of the
+    /// batches being worked on and the connections ingest takes from the pool (dispatch shares it).
+    pub batches: Arc<Semaphore>,
     pub pool: PgPool,
     pub pipeline: Arc<Pipeline>,
     pub commits: std::sync::mpsc::Sender<Committed>,
@@ -229,9 +232,16 @@ impl PartitionTask {
     async fn process(&mut self, buf: &mut Vec<Incoming>) -> bool {
         let mut delays = backoff();
         loop {
+            // Held only while the batch is worked on, not across a backoff pause.
+            let permit = tokio::select! {
+                // The semaphore is never closed, so the permit is always there.
+                p = self.batches.clone().acquire_owned() => p.ok(),
+                _ = self.stop.cancelled() => return false,
+            };
             let started = Instant::now();
             let messages: Vec<Incoming> = std::mem::take(buf);
             let outcome = self.prepare_and_apply(&messages).await;
+            drop(permit);
             *buf = messages;
             match outcome {
                 Err(Step::Prepare(e)) => {

@@ -373,6 +373,7 @@ pub fn test_ingest_options(
         queue_capacity: 1000,
         queue_max_bytes: 16 << 20,
         memory_max_bytes: 16 << 20,
+        batches_in_flight: 4,
         revoke_wait: std::time::Duration::from_secs(10),
         security: Default::default(),
     }
