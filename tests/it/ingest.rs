@@ -25,8 +25,19 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn start(db: &TestDb, topics: &TestTopics, keys: &TestKeys) -> Self {
+        Self::start_with(db, topics, keys, |_| {})
+    }
+
+    /// Starts with the test options changed by `tune`.
+    pub fn start_with(
+        db: &TestDb,
+        topics: &TestTopics,
+        keys: &TestKeys,
+        tune: impl FnOnce(&mut consumer::IngestOptions),
+    ) -> Self {
         let group = format!("g-{}", uuid::Uuid::new_v4().simple());
-        let options = test_ingest_options(&group, topics);
+        let mut options = test_ingest_options(&group, topics);
+        tune(&mut options);
         let stop = CancellationToken::new();
         let (pool, pipeline, s) = (db.pool.clone(), Arc::new(keys.pipeline()), stop.clone());
         let task = tokio::spawn(async move {
@@ -154,6 +165,33 @@ async fn a_mixed_stream_gives_exactly_the_expected_records_outbox_rows_dead_lett
                 c.plan
             );
         }
+    }
+}
+
+/// `INGEST_BATCHES_IN_FLIGHT=1` over 18 partitions: the partitions take turns with one permit,
+/// none starves, and every message is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_batch_in_flight_for_eighteen_partitions_applies_every_message_once() {
+    let (db, topics, keys) = (TestDb::new().await, TestTopics::new(6).await, TestKeys::new());
+    let cards = scripts(&keys, "one", 150, Generator::realistic_plan);
+    let phase1: Vec<Outgoing> = cards.iter().flat_map(|c| c.phase1.clone()).collect();
+    let phase2: Vec<Outgoing> = cards.iter().flat_map(|c| c.phase2.clone()).collect();
+    let ingest = Ingest::start_with(&db, &topics, &keys, |o| o.batches_in_flight = 1);
+    for (phase, messages) in [("phase 1", &phase1), ("phase 2", &phase2)] {
+        publish(&topics, messages).await;
+        let n = topics.published();
+        wait_until(phase, Duration::from_secs(60), || async { applied(&db.pool, &ingest.group).await == n })
+            .await;
+    }
+    ingest.stop().await;
+
+    let stored = offsets::load_group(&db.pool, &group_of(&db).await).await.unwrap();
+    assert_eq!(stored.len(), 18, "every partition stored its offset: {stored:?}");
+    assert_eq!(stored.iter().map(|(_, _, o)| o).sum::<i64>(), topics.published());
+    for c in cards.iter().filter(|c| c.plan.ends_registered()) {
+        let expected = c.phase1.len() + c.phase2.len() - usize::from(c.plan == Plan::ConsumerMismatch);
+        let history = history::for_card(&db.pool, &c.card_id).await.unwrap();
+        assert_eq!(history.len(), expected, "{:?}: each event applied once", c.plan);
     }
 }
 
