@@ -123,12 +123,17 @@ pub async fn enqueue(tx: &mut PgConnection, rows: &[NewRegistration<'_>]) -> Res
         tracestate.push(r.tracestate);
         correlation.push(CorrelationId::for_outbox_row(row_id).to_string());
     }
+    // One statement: the rows, and the notification (sent at commit) if any row went in.
     sqlx::query(
-        "INSERT INTO outbox (id, kind, card_id, payload, status, traceparent, tracestate, correlation_id)
-         SELECT i, 'REGISTER_CARD', c, p, 'PENDING', tp, ts, cid
-         FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[])
-              AS t(i, c, p, tp, ts, cid)
-         ON CONFLICT (card_id) WHERE kind = 'REGISTER_CARD' DO NOTHING",
+        "WITH ins AS (
+             INSERT INTO outbox (id, kind, card_id, payload, status, traceparent, tracestate, correlation_id)
+             SELECT i, 'REGISTER_CARD', c, p, 'PENDING', tp, ts, cid
+             FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[])
+                  AS t(i, c, p, tp, ts, cid)
+             ON CONFLICT (card_id) WHERE kind = 'REGISTER_CARD' DO NOTHING
+             RETURNING 1
+         )
+         SELECT pg_notify($7, '') WHERE EXISTS (SELECT 1 FROM ins)",
     )
     .bind(&id)
     .bind(&card_id)
@@ -136,14 +141,10 @@ pub async fn enqueue(tx: &mut PgConnection, rows: &[NewRegistration<'_>]) -> Res
     .bind(&traceparent)
     .bind(&tracestate)
     .bind(&correlation)
+    .bind(NOTIFY_CHANNEL)
     .execute(&mut *tx)
     .await
     .map_err(|e| StoreError::db("enqueue registrations", e))?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| StoreError::db("notify dispatchers", e))?;
     Ok(())
 }
 

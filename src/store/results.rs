@@ -61,14 +61,19 @@ pub async fn record(tx: &mut PgConnection, rows: &[NewResult]) -> Result<(), Sto
     let reason: Vec<Option<&str>> = rows.iter().map(|r| r.reason.as_deref()).collect();
     let event_id: Vec<Option<Uuid>> = rows.iter().map(|r| r.event_id).collect();
     let correlation_id: Vec<Option<&str>> = rows.iter().map(|r| r.correlation_id.as_deref()).collect();
-    // ORDER BY the input position: `seq` follows the order the changes were decided in.
+    // ORDER BY the input position: `seq` follows the order the changes were decided in. One
+    // statement: the rows, and the relays' notification (sent at commit).
     sqlx::query(
-        "INSERT INTO registration_results (result_id, card_id, consumer_id, outcome, error_code, reason,
-                                           event_id, correlation_id)
-         SELECT i, c, cs, o, e, r, ev, cid
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[],
-                     $8::text[]) WITH ORDINALITY AS t(i, c, cs, o, e, r, ev, cid, n)
-         ORDER BY n",
+        "WITH ins AS (
+             INSERT INTO registration_results (result_id, card_id, consumer_id, outcome, error_code, reason,
+                                               event_id, correlation_id)
+             SELECT i, c, cs, o, e, r, ev, cid
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[],
+                         $8::text[]) WITH ORDINALITY AS t(i, c, cs, o, e, r, ev, cid, n)
+             ORDER BY n
+             RETURNING 1
+         )
+         SELECT pg_notify($9, '') WHERE EXISTS (SELECT 1 FROM ins)",
     )
     .bind(&id)
     .bind(&card_id)
@@ -78,14 +83,10 @@ pub async fn record(tx: &mut PgConnection, rows: &[NewResult]) -> Result<(), Sto
     .bind(&reason)
     .bind(&event_id)
     .bind(&correlation_id)
+    .bind(NOTIFY_CHANNEL)
     .execute(&mut *tx)
     .await
     .map_err(|e| StoreError::db("record registration results", e))?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| StoreError::db("notify result relays", e))?;
     Ok(())
 }
 

@@ -308,3 +308,48 @@ async fn key_look_ups(conn: &mut sqlx::PgConnection) -> Vec<(String, i64)> {
         .filter(|(_, n)| *n > 0)
         .collect()
 }
+
+/// The wake-ups ride in the inserting statements: a batch that queues a call notifies dispatchers,
+/// one that records a result notifies relays, and a batch that queues nothing wakes no dispatcher.
+/// Channels are database-wide (other tests' schemas notify too), so only notifications from this
+/// test's own backend count.
+#[tokio::test]
+async fn a_batch_wakes_dispatchers_only_when_it_queues_a_call_and_relays_when_it_records_a_result() {
+    use sqlx::postgres::PgListener;
+    let db = TestDb::new().await;
+    let one = card_registrar::store::connect(&db.url, 1).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&one).await.unwrap();
+    let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
+    listener.listen_all([outbox::NOTIFY_CHANNEL, results::NOTIFY_CHANNEL]).await.unwrap();
+    // The channels of this backend's notifications, in order, up to and including `until`'s.
+    let mut ours_until = async |until: &str| {
+        let mut seen = Vec::new();
+        loop {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if n.process_id() as i32 == pid {
+                seen.push(n.channel().to_owned());
+                if n.channel() == until {
+                    return seen;
+                }
+            }
+        }
+    };
+
+    let queued = batch("card-created", None, vec![valid(created("card-n", "nina"))]);
+    assert_eq!(
+        apply_batch(&one, &PlainSealer, &queued, Utc::now()).await.unwrap().effects,
+        vec![Effect::Enqueued]
+    );
+    assert_eq!(ours_until(outbox::NOTIFY_CHANNEL).await, vec![outbox::NOTIFY_CHANNEL]);
+
+    // An implicit registration: a result, and no call queued.
+    let implicit = batch("t", None, vec![valid(tokenized("card-m", "max", TokenizationOutcome::Approved))]);
+    assert_eq!(
+        apply_batch(&one, &PlainSealer, &implicit, Utc::now()).await.unwrap().effects,
+        vec![Effect::RegisteredImplicitly]
+    );
+    assert_eq!(ours_until(results::NOTIFY_CHANNEL).await, vec![results::NOTIFY_CHANNEL]);
+}
