@@ -33,22 +33,35 @@ use crate::telemetry::metrics::{
 
 /// Bytes of the messages a partition task holds (queued or in its batch in hand): added by the
 /// poll thread when it hands a message over, released by the task when the batch is done. The
-/// same bytes are also counted in the process-wide total that every partition shares.
-#[derive(Debug, Clone, Default)]
-pub struct HeldBytes {
-    own: Arc<AtomicUsize>,
+/// same bytes are also counted in the process-wide total that every partition shares; when the
+/// partition goes away (revoked, stopped, its task dead) with messages still queued, the last
+/// copy to drop gives them back to that total.
+#[derive(Debug, Clone)]
+pub struct HeldBytes(Arc<Counts>);
+
+#[derive(Debug)]
+struct Counts {
+    own: AtomicUsize,
     total: Arc<AtomicUsize>,
+}
+
+impl Drop for Counts {
+    fn drop(&mut self) {
+        let left = *self.own.get_mut();
+        let _ =
+            self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| Some(t.saturating_sub(left)));
+    }
 }
 
 impl HeldBytes {
     /// A new partition's count, adding into `total` (shared by all partitions).
     pub fn sharing(total: &Arc<AtomicUsize>) -> Self {
-        Self { own: Arc::default(), total: total.clone() }
+        Self(Arc::new(Counts { own: AtomicUsize::new(0), total: total.clone() }))
     }
 
     /// Bytes held now by this partition.
     pub fn get(&self) -> usize {
-        self.own.load(Ordering::Acquire)
+        self.0.own.load(Ordering::Acquire)
     }
 
     /// Whether a message of `size` bytes fits under the partition's `limit` and the process's
@@ -58,21 +71,23 @@ impl HeldBytes {
         let held = self.get();
         held == 0
             || (held.saturating_add(size) <= limit
-                && self.total.load(Ordering::Acquire).saturating_add(size) <= total_limit)
+                && self.0.total.load(Ordering::Acquire).saturating_add(size) <= total_limit)
     }
 
     /// Counts a message handed to the task.
     pub fn add(&self, size: usize) {
-        self.own.fetch_add(size, Ordering::AcqRel);
-        self.total.fetch_add(size, Ordering::AcqRel);
+        self.0.own.fetch_add(size, Ordering::AcqRel);
+        self.0.total.fetch_add(size, Ordering::AcqRel);
     }
 
     fn release(&self, size: usize) {
-        // Never below zero, even if the accounting were off: a stuck pause is worse than a
-        // briefly loose bound.
+        // Never below zero, even if the accounting were off, and the total loses only what this
+        // partition held: a stuck pause is worse than a briefly loose bound.
         let sub = |h: usize| Some(h.saturating_sub(size));
-        let _ = self.own.fetch_update(Ordering::AcqRel, Ordering::Acquire, sub);
-        let _ = self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, sub);
+        let before = self.0.own.fetch_update(Ordering::AcqRel, Ordering::Acquire, sub).unwrap_or_default();
+        let taken = before.min(size);
+        let _ =
+            self.0.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| Some(t.saturating_sub(taken)));
     }
 }
 
@@ -345,5 +360,23 @@ mod tests {
         assert!(b.has_room(20, 100, 150));
         b.release(500);
         assert_eq!((b.get(), total.load(Ordering::Acquire)), (0, 0), "never below zero");
+    }
+
+    #[test]
+    fn a_partition_that_goes_away_gives_its_bytes_back_to_the_process_budget() {
+        let total = Arc::default();
+        let stays = HeldBytes::sharing(&total);
+        stays.add(10);
+        // Revoked with messages still queued: the router's copy and the task's both drop.
+        let revoked = HeldBytes::sharing(&total);
+        let in_task = revoked.clone();
+        revoked.add(90);
+        drop(revoked);
+        assert_eq!(total.load(Ordering::Acquire), 100, "the task still holds its queue");
+        drop(in_task);
+        assert_eq!(total.load(Ordering::Acquire), 10, "only what live partitions hold");
+        // An over-release (the accounting off) never takes another partition's bytes.
+        stays.release(500);
+        assert_eq!(total.load(Ordering::Acquire), 0);
     }
 }
