@@ -199,10 +199,10 @@ impl SimState {
         f(&mut lock(&self.stats))
     }
 
-    /// A snapshot of the counters.
-    pub(crate) fn stats(&self) -> Stats {
+    /// A snapshot of the counters; `per_card` includes `puts_by_card`.
+    pub(crate) fn stats(&self, per_card: bool) -> Stats {
         let cards_stored = lock(&self.cards).len() as u64;
-        let mut stats = lock(&self.stats).snapshot(cards_stored);
+        let mut stats = lock(&self.stats).snapshot(cards_stored, per_card);
         if let Some(callbacks) = &self.callbacks {
             stats.issuer_calls = callbacks.stats();
         }

@@ -14,7 +14,8 @@ pub struct Stats {
     pub puts_total: u64,
     /// PUTs per cardId, for cardIds known not to reveal a PAN: a card already stored, or a request
     /// whose card data was decrypted and checked. Requests refused earlier count only in
-    /// `puts_total` and `rejected_by_reason`.
+    /// `puts_total` and `rejected_by_reason`. Empty in `GET /_sim/counts`.
+    #[serde(default)]
     pub puts_by_card: BTreeMap<String, u64>,
     /// Cards stored by a PUT.
     pub effective_registrations: u64,
@@ -151,10 +152,15 @@ impl Recorder {
         &mut self.faults
     }
 
-    pub(crate) fn snapshot(&self, cards_stored: u64) -> Stats {
+    /// The counters; `per_card` adds `puts_by_card`, whose copy grows with every card seen.
+    pub(crate) fn snapshot(&self, cards_stored: u64, per_card: bool) -> Stats {
         Stats {
             puts_total: self.puts_total,
-            puts_by_card: self.puts_by_card.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            puts_by_card: if per_card {
+                self.puts_by_card.iter().map(|(k, v)| (k.clone(), *v)).collect()
+            } else {
+                BTreeMap::new()
+            },
             effective_registrations: self.effective_registrations,
             late_commits_pending: self.late_commits_pending,
             duplicate_puts: self.duplicate_puts,

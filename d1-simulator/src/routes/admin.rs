@@ -1,4 +1,5 @@
-//! The unauthenticated `/_sim` admin routes: health, stats, faults (read and replace), reset,
+//! The unauthenticated `/_sim` admin routes: health, stats (and the same without the per-card
+//! counts, for polling), faults (read and replace), reset,
 //! token expiry, and seeding/reading cards. For tests and demos only; never exposes a PAN
 //! (the simulator holds none).
 
@@ -19,7 +20,8 @@ use crate::faults::Faults;
 pub(super) fn router() -> Router<Shared> {
     Router::new()
         .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
-        .route("/stats", get(|State(state): State<Shared>| async move { axum::Json(state.stats()) }))
+        .route("/stats", get(|State(state): State<Shared>| async move { axum::Json(state.stats(true)) }))
+        .route("/counts", get(|State(state): State<Shared>| async move { axum::Json(state.stats(false)) }))
         .route("/faults", get(get_faults).put(put_faults))
         .route("/reset", post(reset))
         .route("/tokens/expire", post(expire_tokens))

@@ -132,7 +132,16 @@ impl TestSim {
 
     /// The stats as the admin endpoint serves them (raw text and parsed).
     pub async fn admin_stats(&self) -> (String, Stats) {
-        let text = self.http.get(self.url("/_sim/stats")).send().await.unwrap().text().await.unwrap();
+        self.admin_get("/_sim/stats").await
+    }
+
+    /// The counters without the per-card map, as `GET /_sim/counts` serves them.
+    pub async fn admin_counts(&self) -> (String, Stats) {
+        self.admin_get("/_sim/counts").await
+    }
+
+    async fn admin_get(&self, path: &str) -> (String, Stats) {
+        let text = self.http.get(self.url(path)).send().await.unwrap().text().await.unwrap();
         let stats = serde_json::from_str(&text).unwrap();
         (text, stats)
     }

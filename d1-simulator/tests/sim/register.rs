@@ -1,6 +1,6 @@
 //! Register Card and Get Card: storing without the PAN, duplicates, seeding, and refusals.
 
-use d1_simulator::{CardState, DuplicateAnswer, SeedCard};
+use d1_simulator::{CardState, DuplicateAnswer, SeedCard, Stats};
 use serde_json::{Value, json};
 
 use crate::helpers::{PAN, TestSim, error_code};
@@ -38,6 +38,11 @@ async fn register_stores_the_card_and_get_returns_it_without_the_pan() {
     assert_eq!(stats.gets_total, 1);
     assert_eq!(stats.cards_stored, 1);
     assert_eq!(stats, t.sim.stats());
+    // The polling counters are the same figures without the per-card map.
+    let (counts_text, counts) = t.admin_counts().await;
+    assert!(!counts_text.contains("card-1"), "{counts_text}");
+    assert_eq!(counts, Stats { puts_by_card: Default::default(), ..stats });
+    assert_eq!(counts, t.sim.counts());
 }
 
 #[tokio::test]
