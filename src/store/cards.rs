@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgConnection, PgExecutor, Row};
 
-use super::StoreError;
+use super::{PgQuery, StoreError};
 use crate::core::event::{EncryptedCard, InitialState};
 use crate::core::ids::{CardId, CardProductId, ConsumerId};
 use crate::core::record::{CallStatus, CardRecord, CardState, RegistrationSource};
@@ -25,7 +26,8 @@ struct CardRow {
     version: i64,
 }
 
-const CARD_COLUMNS: &str = "c.card_id, c.consumer_id, c.state, c.source, c.card_product_id, c.encrypted_card, \
+/// The record columns, of `cards c`, as [`record_of`] reads them.
+pub(crate) const CARD_COLUMNS: &str = "c.card_id, c.consumer_id, c.state, c.source, c.card_product_id, c.encrypted_card, \
      c.initial_state, c.implicit_while_in_flight, c.failure, c.registered_at, c.version";
 
 fn corrupt(key: &str, detail: impl Into<String>) -> StoreError {
@@ -66,6 +68,17 @@ impl CardRow {
             version: self.version,
         })
     }
+}
+
+/// The record in a row that selected [`CARD_COLUMNS`] from an outer join: `None` when the row
+/// has no card; an unreadable record is an error of its card only.
+pub(crate) fn record_of(row: &PgRow) -> Result<Option<CardRecord>, StoreError> {
+    let absent = row.try_get::<Option<String>, _>("card_id").map_err(|e| StoreError::db("read a card", e))?;
+    if absent.is_none() {
+        return Ok(None);
+    }
+    let card = CardRow::from_row(row).map_err(|e| StoreError::db("read a card", e))?;
+    card.into_record().map(Some)
 }
 
 /// The stable text of an outbox status, as the decision sees it.
@@ -117,19 +130,6 @@ pub async fn load_for_update(
     Ok(out)
 }
 
-/// Reads the given cards' records, by card id; an unreadable record is an error of its card only,
-/// so one bad row does not stop the others. The caller holds their locks (`locks::lock_cards`).
-pub async fn load(
-    tx: &mut PgConnection,
-    card_ids: &[&str],
-) -> Result<HashMap<String, Result<CardRecord, StoreError>>, StoreError> {
-    if card_ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows = rows_of(tx, card_ids).await?;
-    Ok(rows.into_iter().map(|row| (row.card_id.clone(), row.into_record())).collect())
-}
-
 /// The cards' rows as stored (no lock of their own).
 async fn rows_of(tx: &mut PgConnection, card_ids: &[&str]) -> Result<Vec<CardRow>, StoreError> {
     sqlx::query_as(&format!("SELECT {CARD_COLUMNS} FROM cards c WHERE c.card_id = ANY($1::text[])"))
@@ -167,60 +167,82 @@ struct CardRowWithCall {
     call_status: Option<String>,
 }
 
+/// The bulk upsert of records, bumping each version; `$1..$10` are [`CardArrays`].
+pub(crate) const UPSERT: &str =
+    "INSERT INTO cards (card_id, consumer_id, state, source, card_product_id, encrypted_card,
+                        initial_state, implicit_while_in_flight, failure, registered_at)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                          $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+     ON CONFLICT (card_id) DO UPDATE SET
+         consumer_id = EXCLUDED.consumer_id, state = EXCLUDED.state, source = EXCLUDED.source,
+         card_product_id = EXCLUDED.card_product_id, encrypted_card = EXCLUDED.encrypted_card,
+         initial_state = EXCLUDED.initial_state,
+         implicit_while_in_flight = EXCLUDED.implicit_while_in_flight,
+         failure = EXCLUDED.failure, registered_at = EXCLUDED.registered_at,
+         version = cards.version + 1, updated_at = now()";
+
+/// Records as the column arrays of [`UPSERT`].
+pub(crate) struct CardArrays<'a> {
+    card_id: Vec<&'a str>,
+    consumer_id: Vec<&'a str>,
+    state: Vec<&'a str>,
+    source: Vec<Option<&'a str>>,
+    product: Vec<Option<&'a str>>,
+    jwe: Vec<Option<&'a str>>,
+    initial: Vec<Option<&'a str>>,
+    implicit: Vec<Option<&'a str>>,
+    failure: Vec<Option<&'a str>>,
+    registered_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> CardArrays<'a> {
+    /// The arrays of these records.
+    pub(crate) fn of(records: &[&'a CardRecord]) -> Self {
+        Self {
+            card_id: records.iter().map(|r| r.card_id.as_str()).collect(),
+            consumer_id: records.iter().map(|r| r.consumer_id.as_str()).collect(),
+            state: records.iter().map(|r| r.state.as_str()).collect(),
+            source: records.iter().map(|r| r.source.map(RegistrationSource::as_str)).collect(),
+            product: records.iter().map(|r| r.card_product_id.as_ref().map(CardProductId::as_str)).collect(),
+            jwe: records.iter().map(|r| r.encrypted_card.as_ref().map(EncryptedCard::as_str)).collect(),
+            initial: records.iter().map(|r| r.initial_state.map(InitialState::as_str)).collect(),
+            implicit: records
+                .iter()
+                .map(|r| r.implicit_while_in_flight.map(RegistrationSource::as_str))
+                .collect(),
+            failure: records.iter().map(|r| r.failure.as_deref()).collect(),
+            registered_at: records.iter().map(|r| r.registered_at).collect(),
+        }
+    }
+
+    /// Binds the ten arrays, in [`UPSERT`]'s order.
+    pub(crate) fn bind<'q>(self, q: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'a: 'q,
+    {
+        q.bind(self.card_id)
+            .bind(self.consumer_id)
+            .bind(self.state)
+            .bind(self.source)
+            .bind(self.product)
+            .bind(self.jwe)
+            .bind(self.initial)
+            .bind(self.implicit)
+            .bind(self.failure)
+            .bind(self.registered_at)
+    }
+}
+
 /// Inserts or updates records in one statement, bumping each version.
 pub async fn upsert(tx: &mut PgConnection, records: &[&CardRecord]) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
     }
-    let n = records.len();
-    let mut card_id = Vec::with_capacity(n);
-    let mut consumer_id = Vec::with_capacity(n);
-    let mut state = Vec::with_capacity(n);
-    let mut source = Vec::with_capacity(n);
-    let mut product = Vec::with_capacity(n);
-    let mut jwe = Vec::with_capacity(n);
-    let mut initial = Vec::with_capacity(n);
-    let mut implicit = Vec::with_capacity(n);
-    let mut failure = Vec::with_capacity(n);
-    let mut registered_at = Vec::with_capacity(n);
-    for r in records {
-        card_id.push(r.card_id.as_str());
-        consumer_id.push(r.consumer_id.as_str());
-        state.push(r.state.as_str());
-        source.push(r.source.map(RegistrationSource::as_str));
-        product.push(r.card_product_id.as_ref().map(CardProductId::as_str));
-        jwe.push(r.encrypted_card.as_ref().map(EncryptedCard::as_str));
-        initial.push(r.initial_state.map(InitialState::as_str));
-        implicit.push(r.implicit_while_in_flight.map(RegistrationSource::as_str));
-        failure.push(r.failure.as_deref());
-        registered_at.push(r.registered_at);
-    }
-    sqlx::query(
-        "INSERT INTO cards (card_id, consumer_id, state, source, card_product_id, encrypted_card,
-                            initial_state, implicit_while_in_flight, failure, registered_at)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                              $7::text[], $8::text[], $9::text[], $10::timestamptz[])
-         ON CONFLICT (card_id) DO UPDATE SET
-             consumer_id = EXCLUDED.consumer_id, state = EXCLUDED.state, source = EXCLUDED.source,
-             card_product_id = EXCLUDED.card_product_id, encrypted_card = EXCLUDED.encrypted_card,
-             initial_state = EXCLUDED.initial_state,
-             implicit_while_in_flight = EXCLUDED.implicit_while_in_flight,
-             failure = EXCLUDED.failure, registered_at = EXCLUDED.registered_at,
-             version = cards.version + 1, updated_at = now()",
-    )
-    .bind(&card_id)
-    .bind(&consumer_id)
-    .bind(&state)
-    .bind(&source)
-    .bind(&product)
-    .bind(&jwe)
-    .bind(&initial)
-    .bind(&implicit)
-    .bind(&failure)
-    .bind(&registered_at)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| StoreError::db("write cards", e))?;
+    CardArrays::of(records)
+        .bind(sqlx::query(UPSERT))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::db("write cards", e))?;
     Ok(())
 }
 

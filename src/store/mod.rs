@@ -10,7 +10,7 @@
 //! by an array of keys stayed a sequential scan as the table grew (4 ms a settle instead of 0.1 ms
 //! after 15,000 cards). Those look-ups are therefore sent unprepared (`persistent(false)`), planned
 //! for the table as it is at each run; writes and the claim keep their cached plans, which stay on
-//! their indexes. `store_apply::key_look_ups_first_run_on_empty_tables_still_use_their_indexes_after_growth`
+//! their indexes (the same test runs them). `store_apply::key_look_ups_first_run_on_empty_tables_still_use_their_indexes_after_growth`
 //! checks every hot look-up.
 
 pub mod cards;
@@ -24,6 +24,7 @@ pub mod outbox;
 pub mod profiles;
 pub mod rate_bucket;
 pub mod results;
+pub mod settle;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -76,7 +77,41 @@ pub async fn unapplied_migrations(pool: &PgPool) -> Result<usize, StoreError> {
     Ok(MIGRATOR.iter().filter(|m| applied.binary_search(&m.version).is_err()).count())
 }
 
+/// A statement being bound (the fragments that settle's single write composes bind through it).
+pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// `sql` with every parameter `$n` renumbered `$(n + by)`, to place a statement's text after
+/// another's parameters in one composed statement. Our SQL has no dollar quoting.
+pub(crate) fn shift_params(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Whether PostgreSQL answers (for `/readyz`).
 pub async fn ping(pool: &PgPool) -> bool {
     pool.execute("SELECT 1").await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shift_params_renumbers_every_parameter_and_nothing_else() {
+        assert_eq!(
+            super::shift_params("SELECT $1::text[], $10, x$2 FROM t WHERE a = '$' AND b = $9", 10),
+            "SELECT $11::text[], $20, x$12 FROM t WHERE a = '$' AND b = $19"
+        );
+        assert_eq!(super::shift_params("no parameters", 3), "no parameters");
+    }
 }

@@ -9,7 +9,6 @@
 //! Every scheduling time is computed by PostgreSQL (`now() + interval`), never from a worker's
 //! clock, so a worker whose clock is off cannot shorten a wait.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{PgQuery, StoreError};
 use crate::core::decide::RegistrationRequest;
 use crate::core::ids::CorrelationId;
 
@@ -243,45 +242,6 @@ pub async fn claim(
     .map_err(|e| StoreError::db("claim outbox rows", e))
 }
 
-/// Locks a claimed row and checks the lease is still ours (status `IN_FLIGHT`, same fence).
-/// Call after locking the card. False means another worker took the row over.
-pub async fn lock_if_held(tx: &mut PgConnection, id: Uuid, fence: i64) -> Result<bool, StoreError> {
-    Ok(!lock_held(tx, &[(id, fence)]).await?.held.is_empty())
-}
-
-/// Which of a batch's claimed rows are still ours, and PostgreSQL's clock.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    /// The rows whose lease is still ours (status `IN_FLIGHT`, same fence), now locked.
-    pub held: HashSet<Uuid>,
-    /// PostgreSQL's `now()` in this transaction (the timestamps a settle writes); `None` when none
-    /// of the rows exists any more.
-    pub now: Option<DateTime<Utc>>,
-}
-
-/// Locks claimed rows (`FOR UPDATE`) and tells which leases are still ours, in one statement.
-/// Call after locking their cards.
-pub async fn lock_held(tx: &mut PgConnection, rows: &[(Uuid, i64)]) -> Result<Held, StoreError> {
-    let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
-    let found: Vec<(Uuid, String, i64, DateTime<Utc>)> =
-        sqlx::query_as("SELECT id, status, fence, now() FROM outbox WHERE id = ANY($1::uuid[]) FOR UPDATE")
-            .persistent(false)
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| StoreError::db("lock claimed rows", e))?;
-    let fences: HashMap<Uuid, i64> = rows.iter().copied().collect();
-    let now = found.first().map(|(_, _, _, now)| *now);
-    let held = found
-        .into_iter()
-        .filter(|(id, status, fence, _)| {
-            status == OutboxStatus::InFlight.as_str() && fences.get(id) == Some(fence)
-        })
-        .map(|(id, ..)| id)
-        .collect();
-    Ok(Held { held, now })
-}
-
 /// How a held row ends an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
@@ -314,17 +274,7 @@ pub enum Finish {
     },
 }
 
-/// Ends the attempt on a row locked with `lock_if_held` (see [`finish_all`]).
-pub async fn finish(
-    tx: &mut PgConnection,
-    id: Uuid,
-    how: &Finish,
-    reconcile_delay: Duration,
-) -> Result<(), StoreError> {
-    finish_all(tx, &[(id, how)], reconcile_delay).await
-}
-
-/// The columns of one row's end, as [`finish_all`] sends them: the new status, whether it is
+/// The columns of one row's end, as [`FINISH_ALL`] sends them: the new status, whether it is
 /// final (`finished_at`), the error to record (`None`: keep `last_error`; `Some(None)`: clear it),
 /// `needs_reconcile` (`None`: keep), the wait before the next attempt (`None`: keep
 /// `next_attempt_at`), and whether the reconcile floor is stamped.
@@ -374,67 +324,82 @@ impl<'a> Ending<'a> {
     }
 }
 
-/// Ends the attempts on rows locked with [`lock_held`], in one statement; the lease columns are
-/// cleared. Any request an attempt sent is settled at D1 within `reconcile_delay`: a row that stays
-/// in play or is parked records that time (`reconcile_after`) so that no later action, an
-/// operator's retry included, asks D1 about it earlier.
-pub async fn finish_all(
-    tx: &mut PgConnection,
-    rows: &[(Uuid, &Finish)],
-    reconcile_delay: Duration,
-) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
+/// Ends the attempts on locked rows whose leases are ours, in one statement; `$1..$9` are
+/// [`FinishArrays`]. The lease columns are cleared. Any request an attempt sent is settled at D1
+/// within the reconcile delay: a row that stays in play or is parked records that time
+/// (`reconcile_after`) so that no later action, an operator's retry included, asks D1 about it
+/// earlier.
+pub(crate) const FINISH_ALL: &str = "UPDATE outbox o SET
+         status = t.status, updated_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+         finished_at = CASE WHEN t.finished THEN now() ELSE o.finished_at END,
+         last_error = CASE WHEN t.set_error THEN t.error ELSE o.last_error END,
+         needs_reconcile = coalesce(t.reconcile, o.needs_reconcile),
+         next_attempt_at = CASE WHEN t.after_ms IS NULL THEN o.next_attempt_at
+                           ELSE now() + make_interval(secs => t.after_ms::double precision / 1000.0) END,
+         reconcile_after = CASE WHEN t.stamp_floor
+                           THEN now() + make_interval(secs => $9::double precision / 1000.0)
+                           ELSE o.reconcile_after END
+     FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bool[], $5::text[], $6::bool[], $7::bigint[],
+                 $8::bool[]) AS t(id, status, finished, set_error, error, reconcile, after_ms, stamp_floor)
+     WHERE o.id = t.id";
+
+/// Rows' ends as the arrays of [`FINISH_ALL`], with the reconcile delay.
+pub(crate) struct FinishArrays<'a> {
+    id: Vec<Uuid>,
+    status: Vec<&'static str>,
+    finished: Vec<bool>,
+    set_error: Vec<bool>,
+    error: Vec<Option<&'a str>>,
+    reconcile: Vec<Option<bool>>,
+    after_ms: Vec<Option<i64>>,
+    stamp_floor: Vec<bool>,
+    reconcile_delay_ms: i64,
+}
+
+impl<'a> FinishArrays<'a> {
+    /// The arrays of these ends.
+    pub(crate) fn of(rows: &[(Uuid, &'a Finish)], reconcile_delay: Duration) -> Self {
+        let n = rows.len();
+        let mut arrays = Self {
+            id: Vec::with_capacity(n),
+            status: Vec::with_capacity(n),
+            finished: Vec::with_capacity(n),
+            set_error: Vec::with_capacity(n),
+            error: Vec::with_capacity(n),
+            reconcile: Vec::with_capacity(n),
+            after_ms: Vec::with_capacity(n),
+            stamp_floor: Vec::with_capacity(n),
+            reconcile_delay_ms: millis(reconcile_delay),
+        };
+        for (row_id, how) in rows {
+            let e = Ending::of(how);
+            arrays.id.push(*row_id);
+            arrays.status.push(e.status.as_str());
+            arrays.finished.push(e.finished);
+            arrays.set_error.push(e.error.is_some());
+            arrays.error.push(e.error.flatten());
+            arrays.reconcile.push(e.reconcile);
+            arrays.after_ms.push(e.after_ms);
+            arrays.stamp_floor.push(e.stamp_floor);
+        }
+        arrays
     }
-    let n = rows.len();
-    let (mut id, mut status, mut finished, mut set_error, mut error) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut reconcile, mut after_ms, mut stamp_floor) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for (row_id, how) in rows {
-        let e = Ending::of(how);
-        id.push(*row_id);
-        status.push(e.status.as_str());
-        finished.push(e.finished);
-        set_error.push(e.error.is_some());
-        error.push(e.error.flatten());
-        reconcile.push(e.reconcile);
-        after_ms.push(e.after_ms);
-        stamp_floor.push(e.stamp_floor);
+
+    /// Binds the nine parameters, in [`FINISH_ALL`]'s order.
+    pub(crate) fn bind<'q>(self, q: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'a: 'q,
+    {
+        q.bind(self.id)
+            .bind(self.status)
+            .bind(self.finished)
+            .bind(self.set_error)
+            .bind(self.error)
+            .bind(self.reconcile)
+            .bind(self.after_ms)
+            .bind(self.stamp_floor)
+            .bind(self.reconcile_delay_ms)
     }
-    sqlx::query(
-        "UPDATE outbox o SET
-             status = t.status, updated_at = now(), lease_owner = NULL, lease_expires_at = NULL,
-             finished_at = CASE WHEN t.finished THEN now() ELSE o.finished_at END,
-             last_error = CASE WHEN t.set_error THEN t.error ELSE o.last_error END,
-             needs_reconcile = coalesce(t.reconcile, o.needs_reconcile),
-             next_attempt_at = CASE WHEN t.after_ms IS NULL THEN o.next_attempt_at
-                               ELSE now() + make_interval(secs => t.after_ms::double precision / 1000.0) END,
-             reconcile_after = CASE WHEN t.stamp_floor
-                               THEN now() + make_interval(secs => $9::double precision / 1000.0)
-                               ELSE o.reconcile_after END
-         FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bool[], $5::text[], $6::bool[], $7::bigint[],
-                     $8::bool[]) AS t(id, status, finished, set_error, error, reconcile, after_ms, stamp_floor)
-         WHERE o.id = t.id",
-    )
-    .bind(&id)
-    .bind(&status)
-    .bind(&finished)
-    .bind(&set_error)
-    .bind(&error)
-    .bind(&reconcile)
-    .bind(&after_ms)
-    .bind(&stamp_floor)
-    .bind(millis(reconcile_delay))
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| StoreError::db("finish outbox rows", e))?;
-    Ok(())
 }
 
 /// A row as operators see it.

@@ -11,14 +11,14 @@
 //! A row whose lease ended is claimed again and may be published twice, always with the same
 //! `result_id`.
 
-use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{PgQuery, StoreError};
 use crate::core::result::{RegistrationResult, ResultOutcome};
 
 /// The `NOTIFY` channel that wakes relays when results are written.
@@ -47,69 +47,79 @@ pub struct NewResult {
     pub correlation_id: Option<String>,
 }
 
+/// The insert of results, in their order (`seq` follows the order the changes were decided in);
+/// `$1..$8` are [`ResultArrays`]. The caller must hold the advisory lock of every card among them
+/// (see the module doc).
+pub(crate) const INSERT: &str =
+    "INSERT INTO registration_results (result_id, card_id, consumer_id, outcome, error_code, reason,
+                                       event_id, correlation_id)
+     SELECT i, c, cs, o, e, r, ev, cid
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[],
+                 $8::text[]) WITH ORDINALITY AS t(i, c, cs, o, e, r, ev, cid, n)
+     ORDER BY n";
+
+/// Results as the arrays of [`INSERT`], each with a new `result_id`.
+pub(crate) struct ResultArrays<'a> {
+    id: Vec<Uuid>,
+    card_id: Vec<Option<&'a str>>,
+    consumer_id: Vec<Option<&'a str>>,
+    outcome: Vec<&'static str>,
+    error_code: Vec<Option<&'a str>>,
+    reason: Vec<Option<&'a str>>,
+    event_id: Vec<Option<Uuid>>,
+    correlation_id: Vec<Option<&'a str>>,
+}
+
+impl<'a> ResultArrays<'a> {
+    /// The arrays of these results.
+    pub(crate) fn of(rows: &'a [NewResult]) -> Self {
+        Self {
+            id: rows.iter().map(|_| Uuid::now_v7()).collect(),
+            card_id: rows.iter().map(|r| r.card_id.as_deref()).collect(),
+            consumer_id: rows.iter().map(|r| r.consumer_id.as_deref()).collect(),
+            outcome: rows.iter().map(|r| r.outcome.as_str()).collect(),
+            error_code: rows.iter().map(|r| r.error_code.as_deref()).collect(),
+            reason: rows.iter().map(|r| r.reason.as_deref()).collect(),
+            event_id: rows.iter().map(|r| r.event_id).collect(),
+            correlation_id: rows.iter().map(|r| r.correlation_id.as_deref()).collect(),
+        }
+    }
+
+    /// Binds the eight arrays, in [`INSERT`]'s order.
+    pub(crate) fn bind<'q>(self, q: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'a: 'q,
+    {
+        q.bind(self.id)
+            .bind(self.card_id)
+            .bind(self.consumer_id)
+            .bind(self.outcome)
+            .bind(self.error_code)
+            .bind(self.reason)
+            .bind(self.event_id)
+            .bind(self.correlation_id)
+    }
+}
+
 /// Writes results inside the caller's transaction, in order, and wakes relays when it commits.
 /// The caller must hold the advisory lock of every card among them (see the module doc).
 pub async fn record(tx: &mut PgConnection, rows: &[NewResult]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let id: Vec<Uuid> = rows.iter().map(|_| Uuid::now_v7()).collect();
-    let card_id: Vec<Option<&str>> = rows.iter().map(|r| r.card_id.as_deref()).collect();
-    let consumer_id: Vec<Option<&str>> = rows.iter().map(|r| r.consumer_id.as_deref()).collect();
-    let outcome: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
-    let error_code: Vec<Option<&str>> = rows.iter().map(|r| r.error_code.as_deref()).collect();
-    let reason: Vec<Option<&str>> = rows.iter().map(|r| r.reason.as_deref()).collect();
-    let event_id: Vec<Option<Uuid>> = rows.iter().map(|r| r.event_id).collect();
-    let correlation_id: Vec<Option<&str>> = rows.iter().map(|r| r.correlation_id.as_deref()).collect();
-    // ORDER BY the input position: `seq` follows the order the changes were decided in. One
-    // statement: the rows, and the relays' notification (sent at commit).
-    sqlx::query(
-        "WITH ins AS (
-             INSERT INTO registration_results (result_id, card_id, consumer_id, outcome, error_code, reason,
-                                               event_id, correlation_id)
-             SELECT i, c, cs, o, e, r, ev, cid
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[],
-                         $8::text[]) WITH ORDINALITY AS t(i, c, cs, o, e, r, ev, cid, n)
-             ORDER BY n
-             RETURNING 1
-         )
-         SELECT pg_notify($9, '') WHERE EXISTS (SELECT 1 FROM ins)",
-    )
-    .bind(&id)
-    .bind(&card_id)
-    .bind(&consumer_id)
-    .bind(&outcome)
-    .bind(&error_code)
-    .bind(&reason)
-    .bind(&event_id)
-    .bind(&correlation_id)
-    .bind(NOTIFY_CHANNEL)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| StoreError::db("record registration results", e))?;
+    // One statement: the rows, and the relays' notification (sent at commit).
+    static RECORD: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH ins AS ({INSERT} RETURNING 1) SELECT pg_notify($9, '') WHERE EXISTS (SELECT 1 FROM ins)"
+        )
+    });
+    ResultArrays::of(rows)
+        .bind(sqlx::query(RECORD.as_str()))
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::db("record registration results", e))?;
     Ok(())
-}
-
-/// The eventIds that enqueued the cards' registration calls (the causes of explicit results), by
-/// card; a card without one is absent.
-pub async fn enqueuing_events(
-    tx: &mut PgConnection,
-    card_ids: &[&str],
-) -> Result<HashMap<String, Uuid>, StoreError> {
-    if card_ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows: Vec<(String, Uuid)> = sqlx::query_as(
-        "SELECT DISTINCT ON (card_id) card_id, event_id FROM card_events
-         WHERE card_id = ANY($1::text[]) AND effect = 'ENQUEUED'
-         ORDER BY card_id, recorded_at",
-    )
-    .persistent(false)
-    .bind(card_ids)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(|e| StoreError::db("find the events that enqueued the registrations", e))?;
-    Ok(rows.into_iter().collect())
 }
 
 /// A result row the relay holds a lease on.

@@ -9,7 +9,8 @@ use card_registrar::core::validate::{CardIdPolicy, validate_created, validate_li
 use card_registrar::crypto::Sealer;
 use card_registrar::ingest::apply::{ApplyError, apply_batch};
 use card_registrar::ingest::message::{Batch, Prepared, RawMessage, Rejection};
-use card_registrar::store::{cards, dead_letters, history, notifications, offsets, outbox, results};
+use card_registrar::store::outbox::Finish;
+use card_registrar::store::{cards, dead_letters, history, notifications, offsets, outbox, results, settle};
 use chrono::Utc;
 
 use crate::helpers::*;
@@ -290,13 +291,14 @@ async fn key_look_ups(conn: &mut sqlx::PgConnection) -> Vec<(String, i64)> {
     let before: Vec<(String, i64)> = sqlx::query_as(SCANS).fetch_all(&mut *tx).await.unwrap();
     history::seen(&mut tx, &[uuid::Uuid::new_v4()]).await.unwrap();
     cards::load_for_update(&mut tx, &cards_).await.unwrap();
-    cards::load(&mut tx, &cards_).await.unwrap();
-    results::enqueuing_events(&mut tx, &cards_).await.unwrap();
-    outbox::lock_held(&mut tx, &claimed).await.unwrap();
+    settle::read(&mut tx, &claimed).await.unwrap();
     outbox::cancel_unclaimed(&mut tx, &cards_, "test").await.unwrap();
     notifications::confirm_from_earlier(&mut tx, &cards_).await.unwrap();
     let (lease, delay) = (std::time::Duration::from_secs(30), std::time::Duration::from_secs(5));
     outbox::claim(&mut *tx, "w", 10, lease, delay).await.unwrap();
+    // The settle's write: its outbox update joins the rows by id.
+    let done = [(claimed[0].0, &Finish::Done), (claimed[1].0, &Finish::Done)];
+    settle::write(&mut tx, &[], &done, delay, &[]).await.unwrap();
     let after: Vec<(String, i64)> = sqlx::query_as(SCANS).fetch_all(&mut *tx).await.unwrap();
     tx.rollback().await.unwrap();
     after

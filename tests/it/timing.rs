@@ -14,6 +14,7 @@ use card_registrar::dispatch::limiter::Limiter;
 use card_registrar::dispatch::policy::RetryPolicy;
 use card_registrar::dispatch::{DispatchOptions, Dispatcher, StepOutcome, operator};
 use card_registrar::store::outbox::{self, Finish, OutboxStatus};
+use card_registrar::store::settle;
 use card_registrar::workload::{CardScript, Plan};
 use d1_simulator::Faults;
 use d1_simulator::faults::Latency;
@@ -301,9 +302,10 @@ async fn an_operator_retry_keeps_the_reconcile_floor() {
     let claimed = outbox::claim(&db.pool, "w", 1, Duration::from_secs(10), delay).await.unwrap();
     // The attempt timed out after sending and was parked: its PUT may still commit within 30 s.
     let mut tx = db.pool.begin().await.unwrap();
-    assert!(outbox::lock_if_held(&mut tx, claimed[0].id, claimed[0].fence).await.unwrap());
+    let settling = settle::read(&mut tx, &[(claimed[0].id, claimed[0].fence)]).await.unwrap();
+    assert!(settling.held.contains(&claimed[0].id));
     let parked = Finish::Parked { error: "D1 register failed (timeout)".into() };
-    outbox::finish(&mut tx, claimed[0].id, &parked, delay).await.unwrap();
+    settle::write(&mut tx, &[], &[(claimed[0].id, &parked)], delay, &[]).await.unwrap();
     tx.commit().await.unwrap();
     operator::retry(&db.pool, claimed[0].id).await.unwrap();
     let (status, wait, reconcile): (String, f64, bool) = sqlx::query_as(
