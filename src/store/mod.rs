@@ -30,7 +30,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Executor, PgPool};
+use sqlx::{Connection, Executor, PgPool};
 
 pub use error::StoreError;
 
@@ -40,8 +40,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Opens a pool. The URL may carry `?options=-c search_path=...` to use another schema.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let options = connect_options(url)?;
-    PgPoolOptions::new()
-        .max_connections(max_connections)
+    pool_options(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
@@ -51,10 +50,19 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
 /// Opens a pool without connecting yet, so a worker can start while PostgreSQL is down.
 pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let options = connect_options(url)?;
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options))
+    Ok(pool_options(max_connections).acquire_timeout(Duration::from_secs(5)).connect_lazy_with(options))
+}
+
+/// A pool of at most `max_connections`. A connection's buffers keep the size of the largest message
+/// it carried (an ingest batch: megabytes) until shrunk, and sqlx never shrinks them itself: each
+/// connection gives the excess back when it returns to the pool (a no-op below 8 KiB).
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new().max_connections(max_connections).after_release(|conn, _| {
+        Box::pin(async move {
+            conn.shrink_buffers();
+            Ok(true)
+        })
+    })
 }
 
 fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
