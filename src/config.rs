@@ -237,15 +237,15 @@ pub struct IngestSettings {
     /// Messages buffered per partition before it is paused (backpressure).
     #[arg(long, env = "INGEST_QUEUE_CAPACITY", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
     pub ingest_queue_capacity: u32,
-    /// Most message bytes (key + value) applied in one PostgreSQL transaction, per partition. A
-    /// single larger message still forms a batch of one.
+    /// Most message memory (`RawMessage::size`: bytes and what holding them costs) applied in one
+    /// PostgreSQL transaction, per partition. A single larger message still forms a batch of one.
     #[arg(long, env = "INGEST_BATCH_MAX_BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1024..=(256 << 20)))]
     pub ingest_batch_max_bytes: u64,
-    /// Message bytes buffered per partition (queue and batch in hand) before it is paused; also
+    /// Message memory buffered per partition (queue and batch in hand) before it is paused; also
     /// sizes the Kafka client's fetches and pre-fetch queue.
     #[arg(long, env = "INGEST_QUEUE_MAX_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
     pub ingest_queue_max_bytes: u64,
-    /// Message bytes buffered by all partitions together (queues and batches in hand) before the
+    /// Message memory buffered by all partitions together (queues and batches in hand) before the
     /// next partition to receive is paused; also caps the Kafka client's pre-fetch queue at half.
     /// Keeps memory flat whatever the number of assigned partitions.
     #[arg(long, env = "INGEST_MEMORY_MAX_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1024..=(4 << 30)))]

@@ -17,6 +17,11 @@ use crate::core::dead_letter::DeadLetterReason;
 use crate::core::decide::Effect;
 use crate::core::validate::ValidEvent;
 
+/// What a heap block costs besides its bytes, as [`RawMessage::size`] counts it: glibc's malloc
+/// adds an 8-byte header and rounds each block up to a multiple of 16 (32 at least), so a small
+/// block costs 8 to 39 bytes more than it holds.
+pub const ALLOCATION_OVERHEAD: usize = 24;
+
 /// A Kafka message as received.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct RawMessage {
@@ -79,13 +84,22 @@ impl RawMessage {
         })
     }
 
-    /// Bytes held: key, header names and values, value. What the byte bounds of queues and
-    /// batches count.
+    /// Memory held: key, header names and values, value, and what holding them costs (the struct,
+    /// the header list, and [`ALLOCATION_OVERHEAD`] for each heap block). What the byte bounds of
+    /// queues and batches count: for a small message the bytes alone were under half of it, so a
+    /// 16 MiB budget held more than 40 MiB.
     pub fn size(&self) -> usize {
-        let len = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
-        len(&self.key)
+        let block = |len: usize| len + ALLOCATION_OVERHEAD;
+        let len = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, |v| block(v.len()));
+        let list = match self.headers.capacity() {
+            0 => 0,
+            n => block(n * std::mem::size_of::<(String, Option<Vec<u8>>)>()),
+        };
+        std::mem::size_of::<Self>()
+            + len(&self.key)
             + len(&self.payload)
-            + self.headers.iter().map(|(k, v)| k.len() + len(v)).sum::<usize>()
+            + list
+            + self.headers.iter().map(|(k, v)| block(k.len()) + len(v)).sum::<usize>()
     }
 
     /// The value of the first header with this name, as UTF-8.
@@ -188,6 +202,21 @@ mod tests {
         assert_eq!(RawMessage::from_bytes(&m.to_bytes()).unwrap(), m);
         assert_eq!(m.header_str("TraceParent"), Some("00-abc"));
         assert!(RawMessage::from_bytes(b"{").is_err());
+    }
+
+    #[test]
+    fn size_counts_the_struct_and_every_block_not_only_the_bytes() {
+        let m = RawMessage {
+            key: Some(b"card-1".to_vec()),
+            headers: vec![("traceparent".into(), Some(vec![b'0'; 55])), ("empty".into(), None)],
+            payload: Some(vec![0; 100]),
+        };
+        let bytes = 6 + 11 + 55 + 5 + 100;
+        // Blocks: key, payload, the header list, two names, one value.
+        let list = 2 * std::mem::size_of::<(String, Option<Vec<u8>>)>();
+        assert_eq!(m.size(), std::mem::size_of::<RawMessage>() + bytes + list + 6 * ALLOCATION_OVERHEAD);
+        assert!(m.size() > 2 * bytes, "a small message costs about twice its bytes");
+        assert_eq!(RawMessage::default().size(), std::mem::size_of::<RawMessage>());
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //! keeps it. Planned while a table was small (a fresh deployment, the start of a backlog), a look-up
 //! by an array of keys stayed a sequential scan as the table grew (4 ms a settle instead of 0.1 ms
 //! after 15,000 cards). Those look-ups are therefore sent unprepared (`persistent(false)`), planned
-//! for the table as it is at each run; writes and the claim keep their cached plans, which stay on
-//! their indexes (the same test runs them). `store_apply::key_look_ups_first_run_on_empty_tables_still_use_their_indexes_after_growth`
+//! for the table as it is at each run, and so is the settle's one-statement write (its outbox update
+//! joins an array of ids, which a plan cached on an empty outbox did with a full scan); the other
+//! writes and the claim keep their cached plans, which stay on their indexes (the same test runs
+//! them). `store_apply::key_look_ups_first_run_on_empty_tables_still_use_their_indexes_after_growth`
 //! checks every hot look-up.
 
 pub mod cards;
