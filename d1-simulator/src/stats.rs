@@ -189,7 +189,7 @@ mod tests {
         }
         recorder.duplicate_put(false);
         recorder.rejected("INVALID_PAN");
-        let stats = recorder.snapshot(2);
+        let stats = recorder.snapshot(2, true);
         assert_eq!(stats.puts_total, 3);
         assert_eq!(stats.puts_for("a"), 2);
         assert_eq!(stats.puts_for("zzz"), 0);
