@@ -73,8 +73,9 @@ impl CardRow {
 /// The record in a row that selected [`CARD_COLUMNS`] from an outer join: `None` when the row
 /// has no card; an unreadable record is an error of its card only.
 pub(crate) fn record_of(row: &PgRow) -> Result<Option<CardRecord>, StoreError> {
-    let absent = row.try_get::<Option<String>, _>("card_id").map_err(|e| StoreError::db("read a card", e))?;
-    if absent.is_none() {
+    let card_id =
+        row.try_get::<Option<String>, _>("card_id").map_err(|e| StoreError::db("read a card", e))?;
+    if card_id.is_none() {
         return Ok(None);
     }
     let card = CardRow::from_row(row).map_err(|e| StoreError::db("read a card", e))?;
