@@ -502,6 +502,16 @@ async fn one_settle_batch_writes_each_rows_own_fate_and_skips_a_row_whose_lease_
     assert_eq!(row(0).await, ("DONE".into(), None, None));
     assert_eq!(state(0).await, CardState::Registered);
     assert_eq!(results(0).await, [(ResultOutcome::RegisteredExplicit.as_str().into(), None, true)]);
+    // The cause is the event that enqueued the call: the card's CardCreated.
+    let created: uuid::Uuid =
+        sqlx::query_scalar("SELECT event_id FROM card_events WHERE card_id = $1 AND kind = 'CREATED'")
+            .bind(&cards[0].card_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let cause =
+        card_registrar::store::results::for_card(&db.pool, &cards[0].card_id).await.unwrap()[0].event_id;
+    assert_eq!(cause, Some(created));
 
     let (status, owner, error) = row(1).await;
     assert_eq!((status.as_str(), owner), ("PENDING", None));
@@ -520,6 +530,60 @@ async fn one_settle_batch_writes_each_rows_own_fate_and_skips_a_row_whose_lease_
     assert_eq!(row(3).await, ("IN_FLIGHT".into(), Some("other".into()), None));
     assert_eq!(state(3).await, CardState::Pending);
     assert!(results(3).await.is_empty());
+}
+
+/// A row whose card record is gone fails alone, with an error naming the row; the batch's other
+/// rows commit, and the failed row keeps its lease (healed by it, as a failed settle's row).
+#[tokio::test]
+async fn a_settle_row_without_a_card_record_fails_alone_and_the_others_commit() {
+    use card_registrar::dispatch::fate::{Conclusion, plan};
+    use card_registrar::dispatch::settle::{Claim, SettleError, settle_batch};
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let cards = scripts(&keys, "gone", 2, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    let delay = Duration::from_secs(30);
+    let mut claimed = outbox::claim(&db.pool, "w", 10, Duration::from_secs(30), delay).await.unwrap();
+    claimed.sort_by_key(|r| cards.iter().position(|c| c.card_id == r.card_id));
+    assert_eq!(claimed.len(), 2);
+    sqlx::query("DELETE FROM cards WHERE card_id = $1")
+        .bind(&cards[0].card_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let policy = RetryPolicy { reconcile_delay: delay, ..Default::default() };
+    let mut rng = rand::thread_rng();
+    let work = claimed
+        .iter()
+        .map(|row| (Claim::from(row), plan(Conclusion::Registered, &policy, 1, Duration::ZERO, &mut rng)))
+        .collect();
+    let outcomes = settle_batch(&db.pool, delay, work).await;
+    match &outcomes[0] {
+        Err(SettleError::Row(e)) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&claimed[0].id.to_string()) && text.contains("without a card record"),
+                "{text}"
+            );
+        }
+        other => panic!("expected the row's own error, got {other:?}"),
+    }
+    assert_eq!(outcomes[1].as_ref().unwrap(), &"done");
+    let status = |id: uuid::Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM outbox WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(status(claimed[0].id).await, "IN_FLIGHT");
+    assert_eq!(status(claimed[1].id).await, "DONE");
+    assert_eq!(
+        cards::get(&db.pool, &cards[1].card_id).await.unwrap().unwrap().0.state,
+        CardState::Registered
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
