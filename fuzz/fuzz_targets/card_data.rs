@@ -1,16 +1,17 @@
 //! Card data on untrusted bytes: `encryptedCard` as any compact JWE text, and any plaintext
 //! properly encrypted to our key, through decryption, `{"pan","exp"}` parsing and the cardId
-//! checks. Must never panic.
+//! checks, and any text as the content key stored beside it. Must never panic, and the content
+//! key sealed at decryption must open the same card data.
 
 #![no_main]
 
 use std::sync::LazyLock;
 
-use card_registrar::core::event::{CardCreated, EncryptedCard, EventMeta, InitialState};
+use card_registrar::core::event::{CardCreated, EncryptedCard, EventMeta, InitialState, SealedCardKey};
 use card_registrar::core::ids::{CardId, CardProductId, ConsumerId, EventId};
 use card_registrar::core::pan::CardData;
 use card_registrar::core::validate::{CardIdPolicy, validate_created};
-use card_registrar::crypto::{CardDataKeys, RecipientKey, encrypt_bytes};
+use card_registrar::crypto::{CardDataKeys, RecipientKey, StoredOpening, encrypt_bytes};
 use josekit::jwk::alg::ec::{EcCurve, EcKeyPair};
 use libfuzzer_sys::fuzz_target;
 
@@ -59,9 +60,14 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let encrypted = EncryptedCard::new(jwe.clone());
-    if let Ok(card) = keys.decrypt(&encrypted)
-        && let Some(event) = created(&card_id, jwe)
-    {
-        let _ = validate_created(event, &card, policy);
+    // The first line also stands for a stored `cardKey`: any text beside any JWE.
+    let _ = keys.open_stored(&encrypted, Some(&SealedCardKey::new(card_id.clone())));
+    if let Ok((card, sealed)) = keys.decrypt_sealing_key(&encrypted) {
+        let (stored, how) = keys.open_stored(&encrypted, Some(&sealed)).expect("its own sealed key opens it");
+        assert_eq!(how, StoredOpening::SealedKey);
+        assert_eq!((stored.pan.expose(), stored.exp.as_mmyy()), (card.pan.expose(), card.exp.as_mmyy()));
+        if let Some(event) = created(&card_id, jwe) {
+            let _ = validate_created(event, &card, policy);
+        }
     }
 });

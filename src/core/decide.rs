@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::dead_letter::DeadLetterReason;
-use super::event::{CardCreated, CardEvent, EncryptedCard, InitialState, OrderOutcome, TokenizationOutcome};
+use super::event::{
+    CardCreated, CardEvent, EncryptedCard, InitialState, OrderOutcome, SealedCardKey, TokenizationOutcome,
+};
 use super::ids::{CardId, CardProductId, ConsumerId};
 use super::record::{CallStatus, CardRecord, CardState, RegistrationSource};
 use super::validate::ValidEvent;
@@ -26,6 +28,10 @@ pub struct RegistrationRequest {
     pub card_product_id: CardProductId,
     /// The JWE we received; decrypted and re-encrypted for D1 only at send time.
     pub encrypted_card: EncryptedCard,
+    /// Its content key sealed for storage (absent in rows queued before it existed: those are
+    /// opened by key agreement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_key: Option<SealedCardKey>,
     /// Body `state`.
     pub state: InitialState,
 }
@@ -120,6 +126,7 @@ pub fn decide(
     event: &ValidEvent,
     now: DateTime<Utc>,
 ) -> Decision {
+    let sealed_card_key = event.sealed_card_key();
     let event = event.event();
     let meta = event.meta();
     if let Some(r) = record
@@ -131,7 +138,7 @@ pub fn decide(
         };
     }
     match event {
-        CardEvent::Created(c) => on_created(record, c),
+        CardEvent::Created(c) => on_created(record, c, sealed_card_key),
         CardEvent::Tokenized(t) => match t.outcome {
             TokenizationOutcome::Approved => {
                 on_implicit(record, call, event, RegistrationSource::ImplicitTokenization, None, now)
@@ -152,7 +159,7 @@ pub fn decide(
     }
 }
 
-fn on_created(record: Option<&CardRecord>, c: &CardCreated) -> Decision {
+fn on_created(record: Option<&CardRecord>, c: &CardCreated, card_key: Option<&SealedCardKey>) -> Decision {
     match record {
         None => {
             let mut r =
@@ -165,6 +172,7 @@ fn on_created(record: Option<&CardRecord>, c: &CardCreated) -> Decision {
                 consumer_id: c.meta.consumer_id.clone(),
                 card_product_id: c.card_product_id.clone(),
                 encrypted_card: c.encrypted_card.clone(),
+                card_key: card_key.cloned(),
                 state: c.initial_state,
             };
             Decision::write(r, vec![Action::EnqueueRegistration(request)], Effect::Enqueued)

@@ -89,6 +89,22 @@ fn no_record_plus_created_records_pending_and_enqueues_one_explicit_registration
 }
 
 #[test]
+fn the_queued_request_carries_the_sealed_card_key_and_a_payload_without_one_still_reads() {
+    let sealed = SealedCardKey::new("v1.sealed".into());
+    let d = apply(None, None, &created().with_sealed_card_key(sealed.clone()));
+    let Some(Action::EnqueueRegistration(req)) = d.actions.first() else { panic!("no enqueue") };
+    assert_eq!(req.card_key, Some(sealed));
+    let payload = serde_json::to_value(req).unwrap();
+    assert_eq!(payload["cardKey"], "v1.sealed");
+    // A row queued before sealed keys existed has no `cardKey`: it reads, and writes none back.
+    let mut old = payload.clone();
+    old.as_object_mut().unwrap().remove("cardKey");
+    let read: super::decide::RegistrationRequest = serde_json::from_value(old.clone()).unwrap();
+    assert_eq!(read.card_key, None);
+    assert_eq!(serde_json::to_value(&read).unwrap(), old);
+}
+
+#[test]
 fn no_record_plus_approved_tokenization_records_implicit_registration_without_a_call() {
     let d = apply(None, None, &tokenized(TokenizationOutcome::Approved));
     let r = d.record.unwrap();

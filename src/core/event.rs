@@ -81,6 +81,31 @@ impl fmt::Debug for EncryptedCard {
     }
 }
 
+/// The content key of an [`EncryptedCard`], sealed to our own storage key by the crypto layer at
+/// ingest, so dispatch can open the stored JWE without a key agreement. Opaque here; `Debug` shows
+/// only its length.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SealedCardKey(String);
+
+impl SealedCardKey {
+    /// Wraps the text form.
+    pub fn new(text: String) -> Self {
+        Self(text)
+    }
+
+    /// The text form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SealedCardKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedCardKey({} bytes)", self.0.len())
+    }
+}
+
 /// `CardCreated` (topic `card-created`), published by core banking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CardCreated {

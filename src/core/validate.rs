@@ -5,12 +5,12 @@
 //! expiry, and the `cardId` must not be the PAN, contain it, or be a digest of it.
 
 use super::dead_letter::DeadLetterReason;
-use super::event::{CardCreated, CardEvent};
+use super::event::{CardCreated, CardEvent, SealedCardKey};
 use super::pan::{CardData, CardDataError, card_id_derivation, luhn_valid};
 
 /// An event that passed validation: the only input `decide` accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidEvent(CardEvent);
+pub struct ValidEvent(CardEvent, Option<SealedCardKey>);
 
 impl ValidEvent {
     /// The event.
@@ -23,10 +23,21 @@ impl ValidEvent {
         self.0
     }
 
+    /// The content key of a `CardCreated`'s `encryptedCard`, sealed for storage, when the crypto
+    /// layer gave one.
+    pub fn sealed_card_key(&self) -> Option<&SealedCardKey> {
+        self.1.as_ref()
+    }
+
+    /// The same event with the sealed content key of its `encryptedCard`.
+    pub fn with_sealed_card_key(self, key: SealedCardKey) -> Self {
+        Self(self.0, Some(key))
+    }
+
     /// Test-only door, for decision tests that need no card data.
     #[cfg(test)]
     pub(crate) fn assume_valid(event: CardEvent) -> Self {
-        Self(event)
+        Self(event, None)
     }
 }
 
@@ -78,7 +89,7 @@ pub fn validate_created(
     if policy.refuses(card_id) || card_id_derivation(card_id, &card.pan).is_some() {
         return Err(DeadLetterReason::CardIdDerivedFromPan);
     }
-    Ok(ValidEvent(CardEvent::Created(created)))
+    Ok(ValidEvent(CardEvent::Created(created), None))
 }
 
 /// Validates a tokenized or ordered event (no card data to check). A `CardCreated` passed here
@@ -87,7 +98,7 @@ pub fn validate_lifecycle(event: CardEvent, policy: CardIdPolicy) -> Result<Vali
     match event {
         CardEvent::Created(_) => Err(DeadLetterReason::InvalidCardData),
         e if policy.refuses(e.meta().card_id.as_str()) => Err(DeadLetterReason::CardIdDerivedFromPan),
-        e => Ok(ValidEvent(e)),
+        e => Ok(ValidEvent(e, None)),
     }
 }
 

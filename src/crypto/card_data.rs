@@ -13,8 +13,9 @@ use josekit::jwe::ECDH_ES;
 
 use super::ecdh_es::{Checked, PrivateScalar};
 use super::key_file::{self, KeyError, KeyProblem, Part};
+use super::sealed_key::StorageKey;
 use crate::core::dead_letter::DeadLetterReason;
-use crate::core::event::EncryptedCard;
+use crate::core::event::{EncryptedCard, SealedCardKey};
 use crate::core::pan::{CardData, CardDataError};
 
 /// The only key-management algorithm accepted for card data.
@@ -24,7 +25,26 @@ pub const JWE_ENC: &str = "A256GCM";
 
 /// Our P-256 private key(s) for `encryptedCard`, by `kid`. `Debug` shows the kids only.
 pub struct CardDataKeys {
-    keys: Vec<(String, PrivateScalar)>,
+    keys: Vec<Key>,
+}
+
+/// One private key, and the storage key derived from it for sealed content keys.
+struct Key {
+    kid: String,
+    scalar: PrivateScalar,
+    storage: StorageKey,
+}
+
+/// How [`CardDataKeys::open_stored`] opened a stored JWE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredOpening {
+    /// With its sealed content key: no key agreement.
+    SealedKey,
+    /// By key agreement, there being no sealed content key (a row queued before they existed).
+    KeyAgreement,
+    /// By key agreement, because the sealed content key did not open for this JWE (malformed,
+    /// or not made for it): the stored data was altered, yet the JWE itself decides.
+    SealedKeyRefused,
 }
 
 /// What is wrong with a JWE that cannot be decrypted.
@@ -95,39 +115,78 @@ impl CardDataKeys {
 
     /// Parses the content of such a file.
     pub fn from_jwk_bytes(bytes: &[u8]) -> Result<Self, KeyProblem> {
-        let mut keys: Vec<(String, PrivateScalar)> = Vec::new();
+        let mut keys: Vec<Key> = Vec::new();
         for (index, jwk) in key_file::parse_jwks(bytes)?.iter().enumerate() {
             let kid = key_file::require_kid(jwk, index)?;
             key_file::check_p256(jwk, Part::Private)?;
-            if keys.iter().any(|(k, _)| *k == kid) {
+            if keys.iter().any(|k| k.kid == kid) {
                 return Err(KeyProblem::DuplicateKid { kid });
             }
             // josekit judges whether the key may decrypt (`use`, `key_ops`, `alg`, parameters);
             // the scalar itself is then used by the fast path.
             ECDH_ES.decrypter_from_jwk(jwk).map_err(|_| KeyProblem::Unusable { kid: kid.clone() })?;
-            let secret = PrivateScalar::from_jwk(&serde_json::Value::Object(jwk.as_ref().clone()))
+            let scalar = PrivateScalar::from_jwk(&serde_json::Value::Object(jwk.as_ref().clone()))
                 .ok_or_else(|| KeyProblem::Unusable { kid: kid.clone() })?;
-            keys.push((kid, secret));
+            let d = scalar.to_bytes().ok_or_else(|| KeyProblem::Unusable { kid: kid.clone() })?;
+            let storage = StorageKey::derive(d.as_slice());
+            keys.push(Key { kid, scalar, storage });
         }
         Ok(Self { keys })
     }
 
     /// The key ids, for start-up logs.
     pub fn kids(&self) -> impl Iterator<Item = &str> {
-        self.keys.iter().map(|(k, _)| k.as_str())
+        self.keys.iter().map(|k| k.kid.as_str())
     }
 
     /// Decrypts `encryptedCard` and parses `{"pan","exp"}`.
     pub fn decrypt(&self, card: &EncryptedCard) -> Result<CardData, CardDataDecryptError> {
-        let jwe = Checked::parse(card.as_str()).map_err(CardDataDecryptError::Undecryptable)?;
-        let key = self
-            .keys
-            .iter()
-            .find(|(k, _)| k == jwe.kid())
-            .map(|(_, key)| key)
-            .ok_or(CardDataDecryptError::UnknownKey)?;
-        let plaintext = jwe.decrypt(key).map_err(CardDataDecryptError::Undecryptable)?;
+        let (jwe, key) = self.parse(card)?;
+        let plaintext = jwe.decrypt(&key.scalar).map_err(CardDataDecryptError::Undecryptable)?;
         CardData::from_json(&plaintext).map_err(CardDataDecryptError::Invalid)
+    }
+
+    /// Decrypts `encryptedCard` like [`Self::decrypt`], and seals its content key for storage
+    /// beside it, so that [`Self::open_stored`] needs no key agreement.
+    pub fn decrypt_sealing_key(
+        &self,
+        card: &EncryptedCard,
+    ) -> Result<(CardData, SealedCardKey), CardDataDecryptError> {
+        let (jwe, key) = self.parse(card)?;
+        let cek = jwe.content_key(&key.scalar).map_err(CardDataDecryptError::Undecryptable)?;
+        let plaintext = jwe.open(&cek).map_err(CardDataDecryptError::Undecryptable)?;
+        let data = CardData::from_json(&plaintext).map_err(CardDataDecryptError::Invalid)?;
+        // AES-GCM fails only beyond 64 GiB: refuse rather than store a JWE without its key.
+        let sealed = key
+            .storage
+            .seal(jwe.header_b64(), &cek)
+            .ok_or(CardDataDecryptError::Undecryptable(JweDefect::Decryption))?;
+        Ok((data, sealed))
+    }
+
+    /// Opens a stored `encryptedCard` with its sealed content key when there is one that opens
+    /// for it, else by key agreement; says which.
+    pub fn open_stored(
+        &self,
+        card: &EncryptedCard,
+        sealed: Option<&SealedCardKey>,
+    ) -> Result<(CardData, StoredOpening), CardDataDecryptError> {
+        let (jwe, key) = self.parse(card)?;
+        let cek = sealed.and_then(|s| key.storage.open(jwe.header_b64(), s));
+        let (plaintext, how) = match (cek, sealed) {
+            (Some(cek), _) => (jwe.open(&cek), StoredOpening::SealedKey),
+            (None, None) => (jwe.decrypt(&key.scalar), StoredOpening::KeyAgreement),
+            (None, Some(_)) => (jwe.decrypt(&key.scalar), StoredOpening::SealedKeyRefused),
+        };
+        let plaintext = plaintext.map_err(CardDataDecryptError::Undecryptable)?;
+        Ok((CardData::from_json(&plaintext).map_err(CardDataDecryptError::Invalid)?, how))
+    }
+
+    /// The token's checked header and the key its `kid` names.
+    fn parse<'a>(&self, card: &'a EncryptedCard) -> Result<(Checked<'a>, &Key), CardDataDecryptError> {
+        let jwe = Checked::parse(card.as_str()).map_err(CardDataDecryptError::Undecryptable)?;
+        let key = self.keys.iter().find(|k| k.kid == jwe.kid()).ok_or(CardDataDecryptError::UnknownKey)?;
+        Ok((jwe, key))
     }
 }
 

@@ -73,6 +73,13 @@ impl PrivateScalar {
     }
 }
 
+impl PrivateScalar {
+    /// `d` as 32 big-endian bytes, zeroized when dropped (`None` only if OpenSSL fails).
+    pub fn to_bytes(&self) -> Option<Zeroizing<Vec<u8>>> {
+        self.0.to_vec_padded(32).ok().map(Zeroizing::new)
+    }
+}
+
 impl Drop for PrivateScalar {
     fn drop(&mut self) {
         self.0.clear();
@@ -123,6 +130,9 @@ fn shared_secret(secret: &BigNumRef, peer: &PublicPoint) -> Option<Zeroizing<Vec
     (encoded.len() == 65).then(|| Zeroizing::new(encoded[1..33].to_vec()))
 }
 
+/// IV, ciphertext (zeroized when dropped, as it is decrypted in place) and tag of a token.
+type Parts = ([u8; 12], Zeroizing<Vec<u8>>, [u8; 16]);
+
 /// A compact JWE whose protected header passed the checks that need no key.
 pub struct Checked<'a> {
     header_b64: &'a str,
@@ -171,13 +181,14 @@ impl<'a> Checked<'a> {
 
     /// Opens the token with `key`. The plaintext is zeroized when dropped.
     pub fn decrypt(&self, key: &PrivateScalar) -> Result<Zeroizing<Vec<u8>>, JweDefect> {
-        let [encrypted_key, iv, ciphertext, tag] = self.rest;
-        // Direct key agreement: there is no wrapped key.
-        if !encrypted_key.is_empty() {
-            return Err(JweDefect::NotCompact);
-        }
-        let iv: [u8; 12] = decode_exact(iv)?;
-        let tag: [u8; 16] = decode_exact(tag)?;
+        self.open(&*self.content_key(key)?)
+    }
+
+    /// The content key: the key agreement with `key` and the Concat KDF, the costly half of
+    /// opening. It opens only this token (its IV and tag are checked by [`Self::open`]).
+    pub fn content_key(&self, key: &PrivateScalar) -> Result<Zeroizing<[u8; 32]>, JweDefect> {
+        // Every check that needs no key comes before the multiplication.
+        self.parts()?;
         let epk = self.header.get("epk").and_then(PublicPoint::from_jwk).ok_or(JweDefect::Parameter)?;
         let party = |name: &str| -> Result<Vec<u8>, JweDefect> {
             match self.header.get(name) {
@@ -187,10 +198,15 @@ impl<'a> Checked<'a> {
             }
         };
         let (apu, apv) = (party("apu")?, party("apv")?);
-        let mut buffer = Zeroizing::new(B64.decode(ciphertext).map_err(|_| JweDefect::NotCompact)?);
         let z = shared_secret(&key.0, &epk).ok_or(JweDefect::Decryption)?;
-        let cek = concat_kdf(&z, &apu, &apv);
-        Aes256Gcm::new_from_slice(cek.as_slice())
+        Ok(concat_kdf(&z, &apu, &apv))
+    }
+
+    /// Opens the token with its content key: AES-256-GCM over the ciphertext, the protected
+    /// header as additional data. The plaintext is zeroized when dropped.
+    pub fn open(&self, cek: &[u8; 32]) -> Result<Zeroizing<Vec<u8>>, JweDefect> {
+        let (iv, mut buffer, tag) = self.parts()?;
+        Aes256Gcm::new_from_slice(cek)
             .map_err(|_| JweDefect::Decryption)?
             .decrypt_in_place_detached(
                 &Nonce::from(iv),
@@ -200,6 +216,24 @@ impl<'a> Checked<'a> {
             )
             .map_err(|_| JweDefect::Decryption)?;
         Ok(buffer)
+    }
+
+    /// IV, ciphertext and tag, decoded; refused if there is a wrapped key (direct key agreement
+    /// has none) or a size is wrong.
+    fn parts(&self) -> Result<Parts, JweDefect> {
+        let [encrypted_key, iv, ciphertext, tag] = self.rest;
+        if !encrypted_key.is_empty() {
+            return Err(JweDefect::NotCompact);
+        }
+        let iv: [u8; 12] = decode_exact(iv)?;
+        let tag: [u8; 16] = decode_exact(tag)?;
+        let ciphertext = Zeroizing::new(B64.decode(ciphertext).map_err(|_| JweDefect::NotCompact)?);
+        Ok((iv, ciphertext, tag))
+    }
+
+    /// The protected header as sent (base64url): what binds a sealed content key to this token.
+    pub fn header_b64(&self) -> &str {
+        self.header_b64
     }
 }
 

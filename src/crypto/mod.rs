@@ -11,6 +11,7 @@ mod card_data;
 mod ecdh_es;
 mod key_file;
 mod recipient;
+mod sealed_key;
 mod sealer;
 mod token_key;
 
@@ -20,7 +21,7 @@ pub(crate) mod test_keys;
 mod tests;
 
 pub use assertion::{ASSERTION_LIFETIME, AssertionKey, SignError};
-pub use card_data::{CardDataDecryptError, CardDataKeys, JWE_ALG, JWE_ENC, JweDefect};
+pub use card_data::{CardDataDecryptError, CardDataKeys, JWE_ALG, JWE_ENC, JweDefect, StoredOpening};
 pub use key_file::{KeyError, KeyProblem};
 pub use recipient::{D1EncryptionKey, EncryptError, RecipientKey, encrypt_bytes, encrypt_card_data};
 pub use sealer::{EnvelopeSealer, SealError, Sealer};

@@ -8,7 +8,7 @@ use josekit::jwk::alg::ec::{EcCurve, EcKeyPair};
 use super::test_keys::{TestKey, jwk_set, write};
 use super::*;
 use crate::core::dead_letter::DeadLetterReason;
-use crate::core::event::EncryptedCard;
+use crate::core::event::{EncryptedCard, SealedCardKey};
 use crate::core::ids::IssuerId;
 use crate::core::pan::CardData;
 
@@ -141,6 +141,82 @@ fn a_jwk_set_with_two_kids_decrypts_for_both() {
         let jwe = encrypt_card_data(&card(), &recipient_for(key)).unwrap();
         assert_eq!(keys.decrypt(&EncryptedCard::new(jwe)).unwrap().exp.as_mmyy(), "1229");
     }
+}
+
+#[test]
+fn the_content_key_sealed_at_ingest_opens_the_stored_jwe_in_another_process_without_key_agreement() {
+    let (old, new) = (TestKey::generate("2024"), TestKey::generate("2025"));
+    let file = jwk_set(&[new.private_jwk(), old.private_jwk()]);
+    let ingest = CardDataKeys::from_jwk_bytes(file.as_bytes()).unwrap();
+    // Another worker (or this one after a restart) loads the same file: the same storage keys.
+    let dispatch = CardDataKeys::from_jwk_bytes(file.as_bytes()).unwrap();
+    for key in [&old, &new] {
+        let jwe = EncryptedCard::new(encrypt_card_data(&card(), &recipient_for(key)).unwrap());
+        let (at_ingest, sealed) = ingest.decrypt_sealing_key(&jwe).unwrap();
+        assert_eq!(at_ingest.pan.expose(), "4111111111111111");
+        // "v1." and base64url of nonce, key and tag; nothing of the key or the PAN in Debug.
+        assert!(sealed.as_str().starts_with("v1.") && sealed.as_str().len() == 83, "{sealed:?}");
+        assert_eq!(format!("{sealed:?}"), "SealedCardKey(83 bytes)");
+        let (card, how) = dispatch.open_stored(&jwe, Some(&sealed)).unwrap();
+        assert_eq!(how, StoredOpening::SealedKey);
+        assert_eq!((card.pan.expose(), card.exp.as_mmyy()), ("4111111111111111", "1229".to_owned()));
+        // A row queued before sealed keys existed is opened by key agreement.
+        let (card, how) = dispatch.open_stored(&jwe, None).unwrap();
+        assert_eq!((how, card.pan.last4()), (StoredOpening::KeyAgreement, "1111"));
+    }
+    // Each seal has its own nonce.
+    let jwe = EncryptedCard::new(encrypt_card_data(&card(), &recipient_for(&new)).unwrap());
+    let (first, second) =
+        (ingest.decrypt_sealing_key(&jwe).unwrap().1, ingest.decrypt_sealing_key(&jwe).unwrap().1);
+    assert_ne!(first, second);
+}
+
+#[test]
+fn a_sealed_content_key_opens_only_its_own_jwe_and_an_altered_one_falls_back_to_key_agreement() {
+    let key = TestKey::generate("k1");
+    let keys = keys_for(&key);
+    let seal = |jwe: &EncryptedCard| keys.decrypt_sealing_key(jwe).unwrap().1;
+    let other_card = CardData::from_json(br#"{"pan":"5555555555554444","exp":"0731"}"#).unwrap();
+    let (a, b) = (
+        EncryptedCard::new(encrypt_card_data(&card(), &recipient_for(&key)).unwrap()),
+        EncryptedCard::new(encrypt_card_data(&other_card, &recipient_for(&key)).unwrap()),
+    );
+    let sealed_a = seal(&a);
+    // A's key moved onto B's row: refused (bound to A's header), and B opens by key agreement.
+    let (opened, how) = keys.open_stored(&b, Some(&sealed_a)).unwrap();
+    assert_eq!((how, opened.pan.last4()), (StoredOpening::SealedKeyRefused, "4444"));
+    // Altered, truncated, padded, unversioned or sealed by another private key: refused alike.
+    let text = sealed_a.as_str();
+    let flipped = format!("{}{}", &text[..10], if &text[10..11] == "A" { "B" } else { "A" }) + &text[11..];
+    let by_another_key = {
+        let impostor = TestKey::generate("k1");
+        let jwe = EncryptedCard::new(encrypt_card_data(&card(), &recipient_for(&impostor)).unwrap());
+        keys_for(&impostor).decrypt_sealing_key(&jwe).unwrap().1
+    };
+    for bad in [
+        SealedCardKey::new(flipped),
+        SealedCardKey::new(text[..text.len() - 4].to_owned()),
+        SealedCardKey::new(format!("{text}AAAA")),
+        SealedCardKey::new(text.replacen("v1.", "v2.", 1)),
+        SealedCardKey::new(text[3..].to_owned()),
+        SealedCardKey::new(String::new()),
+        by_another_key,
+    ] {
+        let (opened, how) = keys.open_stored(&a, Some(&bad)).unwrap();
+        assert_eq!((how, opened.pan.last4()), (StoredOpening::SealedKeyRefused, "1111"), "{bad:?}");
+    }
+    // The sealed key does not make an altered ciphertext readable.
+    let mut parts: Vec<String> = a.as_str().split('.').map(str::to_owned).collect();
+    parts[3] = format!("{}A", &parts[3][..parts[3].len() - 1]);
+    let tampered = EncryptedCard::new(parts.join("."));
+    assert_ne!(tampered, a);
+    assert_eq!(
+        keys.open_stored(&tampered, Some(&sealed_a)).unwrap_err(),
+        CardDataDecryptError::Undecryptable(JweDefect::Decryption)
+    );
+    // A kid we no longer hold is an unknown key whatever is stored beside it.
+    let retired = keys_for(&TestKey::generate("k2"));
+    assert_eq!(retired.open_stored(&a, Some(&sealed_a)).unwrap_err(), CardDataDecryptError::UnknownKey);
 }
 
 #[test]

@@ -23,7 +23,7 @@ use super::policy::{RetryPolicy, Verdict, classify};
 use super::settle::Settler;
 use crate::core::decide::RegistrationRequest;
 use crate::core::ids::CorrelationId;
-use crate::crypto::CardDataKeys;
+use crate::crypto::{CardDataKeys, StoredOpening};
 use crate::d1::{Clock, D1Card, D1Client, D1Error, Deadline, Operation, RegisterCard};
 use crate::store::outbox::ClaimedRow;
 use crate::telemetry::metrics::{DISPATCH_OUTCOMES, DISPATCH_RETRIES};
@@ -121,8 +121,16 @@ async fn conclude(deps: &Deps, row: &ClaimedRow, deadline: &Deadline) -> (Conclu
             Asked::Failed(c, s) => return (c, s),
         }
     }
-    let card = match deps.keys.decrypt(&request.encrypted_card) {
-        Ok(card) => card,
+    let card = match deps.keys.open_stored(&request.encrypted_card, request.card_key.as_ref()) {
+        Ok((card, how)) => {
+            if how == StoredOpening::SealedKeyRefused {
+                warn!(
+                    row_id = %row.id,
+                    "the row's sealed card key does not open its card data (altered at rest?); opened by key agreement"
+                );
+            }
+            card
+        }
         Err(e) => {
             let why =
                 format!("stored card data cannot be opened ({}); check CARD_DATA_KEYS", e.reason().code());

@@ -147,13 +147,13 @@ pub fn validate_one(
     };
     match event {
         CardEvent::Created(created) => {
-            let card = keys.decrypt(&created.encrypted_card).map_err(|e| {
+            let (card, sealed_key) = keys.decrypt_sealing_key(&created.encrypted_card).map_err(|e| {
                 // Without the PAN we cannot tell whether the cardId is derived from it.
                 reject(e.reason(), e.to_string(), None)
             })?;
             let result = validate_created(created, &card, policy);
             drop(card);
-            result.map_err(|reason| {
+            result.map(|valid| valid.with_sealed_card_key(sealed_key)).map_err(|reason| {
                 let shown = match reason {
                     DeadLetterReason::CardIdDerivedFromPan if id_refused => Some(masked_card_id.clone()),
                     // The PAN itself or a digest of it: nothing of the id is safe to show.

@@ -181,6 +181,49 @@ async fn a_created_card_is_registered_once_and_becomes_registered_explicitly() {
     assert!(outbox::list(&db.pool, Some(OutboxStatus::Done), None, 10).await.unwrap().len() == 3);
 }
 
+/// Ingest keeps each JWE's content key sealed in the row (`cardKey`), so dispatch opens the card
+/// data without a key agreement; a row queued before that (no `cardKey`) and a row whose sealed key
+/// was altered at rest (another row's) still send their own card, by key agreement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_with_sealed_card_keys_without_one_or_with_another_rows_register_their_own_card() {
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let d1 = TestD1::start(&keys).await;
+    let cards = scripts(&keys, "sealed", 3, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    let sealed: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT card_id, payload->>'cardKey' FROM outbox ORDER BY card_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(sealed.len(), 3);
+    for (card_id, key) in &sealed {
+        let key = key.as_deref().unwrap_or_default();
+        assert!(key.starts_with("v1.") && key.len() == 83, "{card_id}: {key:?}");
+    }
+    // The first row as a row queued before sealed keys; the second carrying the third's key.
+    sqlx::query("UPDATE outbox SET payload = payload - 'cardKey' WHERE card_id = $1")
+        .bind(&sealed[0].0)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE outbox SET payload = jsonb_set(payload, '{cardKey}', to_jsonb($2::text)) WHERE card_id = $1",
+    )
+    .bind(&sealed[1].0)
+    .bind(&sealed[2].1)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let d = dispatcher(&db, &d1, &keys, None);
+    drain(&d).await;
+    let stats = d1.sim.stats();
+    assert_eq!((stats.effective_registrations, stats.duplicate_puts, stats.puts_total), (3, 0, 3));
+    for c in &cards {
+        let stored = d1.sim.card(&c.card_id).unwrap();
+        assert_eq!(stored.last_four_digits.as_deref(), Some(&c.pan[c.pan.len() - 4..]), "{}", c.card_id);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_then_timeout_is_reconciled_with_get_card_and_never_sent_twice() {
     let (db, keys) = (TestDb::new().await, TestKeys::new());

@@ -9,7 +9,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use card_registrar::core::dead_letter::DeadLetterReason;
 use card_registrar::core::event::EncryptedCard;
 use card_registrar::core::pan::CardData;
-use card_registrar::crypto::{CardDataDecryptError, CardDataKeys, RecipientKey, encrypt_card_data};
+use card_registrar::crypto::{
+    CardDataDecryptError, CardDataKeys, RecipientKey, StoredOpening, encrypt_card_data,
+};
 use p256::elliptic_curve::sec1::FromEncodedPoint as _;
 use p256::{EncodedPoint, PublicKey, SecretKey};
 use rand::RngCore as _;
@@ -128,10 +130,15 @@ fn a_jwe_from_an_independent_implementation_decrypts_with_card_data_keys() {
     let key = Key::generate("card-2025");
     let keys = keys_file(&dir, &key.private_jwk());
     for (apu, apv) in [(&b""[..], &b""[..]), (b"core-banking", b"card-registrar")] {
-        let jwe = independent_encrypt(&key.public_jwk(), PLAINTEXT, apu, apv);
-        let card = keys.decrypt(&EncryptedCard::new(jwe)).unwrap();
+        let jwe = EncryptedCard::new(independent_encrypt(&key.public_jwk(), PLAINTEXT, apu, apv));
+        let card = keys.decrypt(&jwe).unwrap();
         assert_eq!(card.pan.expose(), "5555555555554444");
         assert_eq!(card.exp.as_mmyy(), "0731");
+        // Ingest's path, then dispatch's with the content key it sealed (apu/apv in its KDF).
+        let (card, sealed) = keys.decrypt_sealing_key(&jwe).unwrap();
+        assert_eq!(card.pan.expose(), "5555555555554444");
+        let (card, how) = keys.open_stored(&jwe, Some(&sealed)).unwrap();
+        assert_eq!((how, card.exp.as_mmyy()), (StoredOpening::SealedKey, "0731".to_owned()));
     }
 }
 
@@ -289,7 +296,14 @@ fn jwe_made_by_python_jwcrypto_decrypts_with_card_data_keys_and_tampered_ones_ar
     for token in &tokens {
         let card = keys.decrypt(&EncryptedCard::new(token.clone())).unwrap();
         assert_eq!((card.pan.expose(), card.exp.as_mmyy()), ("5555555555554444", "0731".to_owned()));
+        // The content key kept at ingest opens jwcrypto's token at dispatch, with no key agreement.
+        let token = EncryptedCard::new(token.clone());
+        let (_, sealed) = keys.decrypt_sealing_key(&token).unwrap();
+        let (card, how) = keys.open_stored(&token, Some(&sealed)).unwrap();
+        assert_eq!(how, StoredOpening::SealedKey);
+        assert_eq!((card.pan.expose(), card.exp.as_mmyy()), ("5555555555554444", "0731".to_owned()));
     }
+    let (_, sealed) = keys.decrypt_sealing_key(&EncryptedCard::new(tokens[0].clone())).unwrap();
     // Every part altered in turn (a header byte, the IV, the ciphertext, the tag), and the
     // header's epk replaced by another point on the curve: all refused, none decrypts.
     let parts: Vec<String> = tokens[0].split('.').map(str::to_owned).collect();
@@ -299,8 +313,12 @@ fn jwe_made_by_python_jwcrypto_decrypts_with_card_data_keys_and_tampered_ones_ar
         bytes[last] ^= 0x01;
         let mut altered = parts.clone();
         altered[i] = B64.encode(bytes);
-        let err = keys.decrypt(&EncryptedCard::new(altered.join("."))).unwrap_err();
+        let altered = EncryptedCard::new(altered.join("."));
+        let err = keys.decrypt(&altered).unwrap_err();
         assert_eq!(err.reason(), DeadLetterReason::UndecryptableCardData, "part {i} altered");
+        // Nor does the genuine token's sealed content key open it.
+        let err = keys.open_stored(&altered, Some(&sealed)).unwrap_err();
+        assert_eq!(err.reason(), DeadLetterReason::UndecryptableCardData, "part {i} altered, sealed key");
     }
     let mut header: Value = serde_json::from_slice(&B64.decode(&parts[0]).unwrap()).unwrap();
     header["epk"] = Key::generate("other").public_jwk();
