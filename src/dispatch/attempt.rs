@@ -18,7 +18,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use serde::Deserialize as _;
 
 use super::fate::{self, Conclusion};
-use super::limiter::Limiter;
+use super::limiter::{Limiter, Slot};
 use super::policy::{RetryPolicy, Verdict, classify};
 use super::settle::Settler;
 use crate::core::decide::RegistrationRequest;
@@ -56,9 +56,16 @@ pub enum Signal {
     Silent,
 }
 
-/// Runs one attempt and settles the row. Errors are logged; the lease expiry heals a row that
-/// could not be settled (it is reclaimed and reconciled).
-pub async fn run(deps: &Deps, settler: &Settler, row: ClaimedRow, deadline: Deadline) -> Signal {
+/// Runs one attempt and settles the row, giving back `slot`'s D1 call slot as soon as no more
+/// calls are needed and its row place once settled. Errors are logged; the lease expiry heals a
+/// row that could not be settled (it is reclaimed and reconciled).
+pub async fn run(
+    deps: &Deps,
+    settler: &Settler,
+    row: ClaimedRow,
+    deadline: Deadline,
+    mut slot: Slot,
+) -> Signal {
     let span = info_span!("dispatch.attempt", outbox_id = %row.id, card_id = %row.card_id,
                           correlation_id = %row.correlation_id, attempt = row.attempts,
                           reconcile = row.needs_reconcile, outcome = tracing::field::Empty);
@@ -71,6 +78,7 @@ pub async fn run(deps: &Deps, settler: &Settler, row: ClaimedRow, deadline: Dead
     }
     async move {
         let (conclusion, signal) = conclude(deps, &row, &deadline).await;
+        slot.call_done();
         let attempts = u32::try_from(row.attempts).unwrap_or(u32::MAX);
         let age = Duration::from_millis(u64::try_from(row.age_ms).unwrap_or(0));
         let plan = fate::plan(conclusion, &deps.policy, attempts, age, &mut rand::thread_rng());

@@ -4,6 +4,11 @@
 //!
 //! The worker uses the fleet rate; the per-process rate remains for tests and benchmarks that run
 //! a dispatcher alone. The concurrency cap is per process either way.
+//!
+//! A call's slot is free again as soon as D1 has answered; its row then waits for the next settle
+//! batch holding only a row place ([`ROWS_PER_SLOT`] per slot). Holding the call slot until the
+//! settle committed made D1 concurrency fall with every millisecond a settle took (32 slots over
+//! 30 ms settles is about 1,000 calls/s, whatever D1 could take).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +22,25 @@ use super::fleet_rate::FleetRate;
 #[derive(Debug, Clone)]
 pub struct Limiter {
     slots: Arc<Semaphore>,
+    rows: Arc<Semaphore>,
     rate: Arc<RateCap>,
+}
+
+/// Rows between claim and settle per concurrency slot: bounds the settle queue and the leases held.
+pub const ROWS_PER_SLOT: usize = 4;
+
+/// One attempt's hold: a D1 call slot until [`Slot::call_done`], and a row place until dropped.
+#[derive(Debug)]
+pub struct Slot {
+    call: Option<OwnedSemaphorePermit>,
+    _row: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// The attempt makes no more D1 calls: its call slot goes to the next row.
+    pub fn call_done(&mut self) {
+        self.call = None;
+    }
 }
 
 #[derive(Debug)]
@@ -72,18 +95,26 @@ impl Limiter {
     }
 
     fn with_rate(max_concurrency: u32, rate: RateCap) -> Self {
-        Self { slots: Arc::new(Semaphore::new(max_concurrency.max(1) as usize)), rate: Arc::new(rate) }
+        let slots = max_concurrency.max(1) as usize;
+        Self {
+            slots: Arc::new(Semaphore::new(slots)),
+            rows: Arc::new(Semaphore::new(slots * ROWS_PER_SLOT)),
+            rate: Arc::new(rate),
+        }
     }
 
-    /// Calls that may start now without waiting for a slot.
+    /// Attempts that may start now without waiting for a call slot or a row place.
     pub fn free_slots(&self) -> usize {
-        self.slots.available_permits()
+        self.slots.available_permits().min(self.rows.available_permits())
     }
 
-    /// Waits for a concurrency slot; the call holds it until the permit is dropped. `None` only
-    /// if the limiter was closed (it never is while the dispatcher runs).
-    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone().acquire_owned().await.ok()
+    /// Waits for a row place, then a call slot. `None` only if the limiter was closed (it never is
+    /// while the dispatcher runs).
+    pub async fn slot(&self) -> Option<Slot> {
+        // The row place first, so no call slot is held idle while waiting for one.
+        let row = self.rows.clone().acquire_owned().await.ok()?;
+        let call = self.slots.clone().acquire_owned().await.ok()?;
+        Some(Slot { call: Some(call), _row: row })
     }
 
     /// Waits until the rate allows one more request.
@@ -120,5 +151,29 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(20), l.slot()).await.is_err());
         drop(a);
         assert!(tokio::time::timeout(Duration::from_millis(200), l.slot()).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_slot_is_free_once_the_call_is_done_and_unsettled_rows_are_capped_per_slot() {
+        let l = Limiter::new(2, 1000);
+        let mut held = Vec::new();
+        // Calls finish, their rows wait to be settled: 2 slots carry 2 x ROWS_PER_SLOT rows.
+        for _ in 0..2 * ROWS_PER_SLOT {
+            let mut slot = tokio::time::timeout(Duration::from_millis(20), l.slot()).await.unwrap().unwrap();
+            slot.call_done();
+            held.push(slot);
+        }
+        assert_eq!(l.free_slots(), 0);
+        assert!(tokio::time::timeout(Duration::from_millis(20), l.slot()).await.is_err());
+        // One row settled: one more attempt may start.
+        held.pop();
+        assert_eq!(l.free_slots(), 1);
+        let calling = l.slot().await.unwrap();
+        // A call still in flight keeps its slot while the rows are free.
+        held.clear();
+        let _second = l.slot().await.unwrap();
+        assert_eq!(l.free_slots(), 0, "both call slots are held by calls in flight");
+        drop(calling);
+        assert_eq!(l.free_slots(), 1);
     }
 }

@@ -148,14 +148,10 @@ impl Dispatcher {
     async fn launch(&self, tasks: &mut JoinSet<Signal>, rows: Vec<ClaimedRow>, deadline: &Deadline) {
         for row in rows {
             // None only while the limiter is closed (shutdown): the row's lease heals it.
-            let Some(permit) = self.deps.limiter.slot().await else { break };
+            let Some(slot) = self.deps.limiter.slot().await else { break };
             let (deps, settler) = (self.deps.clone(), self.settler.clone());
             let deadline = deadline.clone();
-            tasks.spawn(async move {
-                let signal = attempt::run(&deps, &settler, row, deadline).await;
-                drop(permit);
-                signal
-            });
+            tasks.spawn(async move { attempt::run(&deps, &settler, row, deadline, slot).await });
         }
     }
 

@@ -109,7 +109,7 @@ impl Settler {
     }
 
     /// Settles the attempt on `row` with `plan`, in the next batch. The queue needs no bound: every
-    /// queued row holds a concurrency slot of the limiter until it is answered.
+    /// queued row holds a row place of the limiter until it is answered.
     pub async fn settle(&self, row: &ClaimedRow, plan: Plan) -> Settled {
         let (reply, answer) = oneshot::channel();
         let job = Job { claim: row.into(), plan, reply };
