@@ -218,7 +218,7 @@ fn crypto_per_registration(keys: &Keys, n: usize) -> anyhow::Result<Crypto> {
         .into_iter()
         .map(|jwe| {
             let jwe = EncryptedCard::new(jwe);
-            let (_, key) = ours.decrypt_sealing_key(&jwe)?;
+            let key = ours.decrypt_sealing_key(&jwe)?.1.context("no sealed content key")?;
             Ok((jwe, key))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -91,7 +91,7 @@ fn no_record_plus_created_records_pending_and_enqueues_one_explicit_registration
 #[test]
 fn the_queued_request_carries_the_sealed_card_key_and_a_payload_without_one_still_reads() {
     let sealed = SealedCardKey::new("v1.sealed".into());
-    let d = apply(None, None, &created().with_sealed_card_key(sealed.clone()));
+    let d = apply(None, None, &created().with_sealed_card_key(Some(sealed.clone())));
     let Some(Action::EnqueueRegistration(req)) = d.actions.first() else { panic!("no enqueue") };
     assert_eq!(req.card_key, Some(sealed));
     let payload = serde_json::to_value(req).unwrap();

@@ -29,9 +29,9 @@ impl ValidEvent {
         self.1.as_ref()
     }
 
-    /// The same event with the sealed content key of its `encryptedCard`.
-    pub fn with_sealed_card_key(self, key: SealedCardKey) -> Self {
-        Self(self.0, Some(key))
+    /// The same event with the sealed content key of its `encryptedCard`, if there is one.
+    pub fn with_sealed_card_key(self, key: Option<SealedCardKey>) -> Self {
+        Self(self.0, key)
     }
 
     /// Test-only door, for decision tests that need no card data.

@@ -128,7 +128,8 @@ impl CardDataKeys {
             let scalar = PrivateScalar::from_jwk(&serde_json::Value::Object(jwk.as_ref().clone()))
                 .ok_or_else(|| KeyProblem::Unusable { kid: kid.clone() })?;
             let d = scalar.to_bytes().ok_or_else(|| KeyProblem::Unusable { kid: kid.clone() })?;
-            let storage = StorageKey::derive(d.as_slice());
+            let storage =
+                StorageKey::derive(d.as_slice()).ok_or_else(|| KeyProblem::Unusable { kid: kid.clone() })?;
             keys.push(Key { kid, scalar, storage });
         }
         Ok(Self { keys })
@@ -147,21 +148,17 @@ impl CardDataKeys {
     }
 
     /// Decrypts `encryptedCard` like [`Self::decrypt`], and seals its content key for storage
-    /// beside it, so that [`Self::open_stored`] needs no key agreement.
+    /// beside it, so that [`Self::open_stored`] needs no key agreement. No sealed key (the system's
+    /// random source failed) only costs dispatch that key agreement: the event is not refused.
     pub fn decrypt_sealing_key(
         &self,
         card: &EncryptedCard,
-    ) -> Result<(CardData, SealedCardKey), CardDataDecryptError> {
+    ) -> Result<(CardData, Option<SealedCardKey>), CardDataDecryptError> {
         let (jwe, key) = self.parse(card)?;
         let cek = jwe.content_key(&key.scalar).map_err(CardDataDecryptError::Undecryptable)?;
         let plaintext = jwe.open(&cek).map_err(CardDataDecryptError::Undecryptable)?;
         let data = CardData::from_json(&plaintext).map_err(CardDataDecryptError::Invalid)?;
-        // AES-GCM fails only beyond 64 GiB: refuse rather than store a JWE without its key.
-        let sealed = key
-            .storage
-            .seal(jwe.header_b64(), &cek)
-            .ok_or(CardDataDecryptError::Undecryptable(JweDefect::Decryption))?;
-        Ok((data, sealed))
+        Ok((data, key.storage.seal(jwe.header_b64(), &cek)))
     }
 
     /// Opens a stored `encryptedCard` with its sealed content key when there is one that opens

@@ -31,18 +31,19 @@ const SEALED_LEN: usize = 12 + 32 + 16;
 pub struct StorageKey(Aes256Gcm);
 
 impl StorageKey {
-    /// Derives the storage key from the private scalar `d` (32 bytes, big-endian).
-    pub fn derive(d: &[u8]) -> Self {
+    /// Derives the storage key from the private scalar `d` (32 bytes, big-endian). `None` only if
+    /// HKDF refuses the length (it allows up to 8,160 bytes; this asks 32).
+    pub fn derive(d: &[u8]) -> Option<Self> {
         let mut okm = Zeroizing::new([0u8; 32]);
-        // 32 bytes is far below HKDF-SHA256's limit (8,160), so expand cannot fail.
-        let _ = Hkdf::<Sha256>::new(None, d).expand(INFO, okm.as_mut_slice());
-        Self(Aes256Gcm::new(&(*okm).into()))
+        Hkdf::<Sha256>::new(None, d).expand(INFO, okm.as_mut_slice()).ok()?;
+        Some(Self(Aes256Gcm::new(&(*okm).into())))
     }
 
-    /// Seals the content key of the JWE whose protected header is `header_b64`.
+    /// Seals the content key of the JWE whose protected header is `header_b64`. `None` only if the
+    /// system's random source fails.
     pub fn seal(&self, header_b64: &str, cek: &[u8; 32]) -> Option<SealedCardKey> {
         let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        rand::rngs::OsRng.try_fill_bytes(&mut nonce).ok()?;
         let mut buffer = Zeroizing::new(*cek);
         let tag = self
             .0

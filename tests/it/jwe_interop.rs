@@ -136,6 +136,7 @@ fn a_jwe_from_an_independent_implementation_decrypts_with_card_data_keys() {
         assert_eq!(card.exp.as_mmyy(), "0731");
         // Ingest's path, then dispatch's with the content key it sealed (apu/apv in its KDF).
         let (card, sealed) = keys.decrypt_sealing_key(&jwe).unwrap();
+        let sealed = sealed.unwrap();
         assert_eq!(card.pan.expose(), "5555555555554444");
         let (card, how) = keys.open_stored(&jwe, Some(&sealed)).unwrap();
         assert_eq!((how, card.exp.as_mmyy()), (StoredOpening::SealedKey, "0731".to_owned()));
@@ -298,12 +299,12 @@ fn jwe_made_by_python_jwcrypto_decrypts_with_card_data_keys_and_tampered_ones_ar
         assert_eq!((card.pan.expose(), card.exp.as_mmyy()), ("5555555555554444", "0731".to_owned()));
         // The content key kept at ingest opens jwcrypto's token at dispatch, with no key agreement.
         let token = EncryptedCard::new(token.clone());
-        let (_, sealed) = keys.decrypt_sealing_key(&token).unwrap();
+        let sealed = keys.decrypt_sealing_key(&token).unwrap().1.unwrap();
         let (card, how) = keys.open_stored(&token, Some(&sealed)).unwrap();
         assert_eq!(how, StoredOpening::SealedKey);
         assert_eq!((card.pan.expose(), card.exp.as_mmyy()), ("5555555555554444", "0731".to_owned()));
     }
-    let (_, sealed) = keys.decrypt_sealing_key(&EncryptedCard::new(tokens[0].clone())).unwrap();
+    let sealed = keys.decrypt_sealing_key(&EncryptedCard::new(tokens[0].clone())).unwrap().1.unwrap();
     // Every part altered in turn (a header byte, the IV, the ciphertext, the tag), and the
     // header's epk replaced by another point on the curve: all refused, none decrypts.
     let parts: Vec<String> = tokens[0].split('.').map(str::to_owned).collect();
