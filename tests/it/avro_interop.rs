@@ -256,7 +256,8 @@ impl Run {
     }
 }
 
-/// What ingest wrote, without what depends on the producer's partitioner or the topic's name.
+/// What ingest wrote, without what depends on the producer's partitioner or the topic's name (nor
+/// the bytes of the sealed content key, random per sealing: whether it is there counts).
 async fn outcome(pool: &PgPool) -> Vec<Vec<serde_json::Value>> {
     let mut all = Vec::new();
     for sql in [
@@ -264,7 +265,8 @@ async fn outcome(pool: &PgPool) -> Vec<Vec<serde_json::Value>> {
          implicit_while_in_flight, failure FROM cards ORDER BY card_id",
         "SELECT event_id, card_id, kind, outcome, consumer_id, effect, split_part(topic, '-', 2) AS topic \
          FROM card_events ORDER BY event_id",
-        "SELECT card_id, kind, status, payload FROM outbox ORDER BY card_id",
+        "SELECT card_id, kind, status, payload - 'cardKey' AS payload, payload ? 'cardKey' AS has_sealed_card_key \
+         FROM outbox ORDER BY card_id",
         "SELECT split_part(topic, '-', 2) AS topic, reason, detail, card_id, event_id FROM dead_letters \
          ORDER BY card_id, event_id, reason",
     ] {

@@ -332,7 +332,10 @@ impl Snapshot {
                                initial_state, implicit_while_in_flight, failure FROM cards ORDER BY card_id").await,
             history: rows(pool, "SELECT event_id, card_id, kind, outcome, consumer_id, effect, topic, partition, \"offset\" \
                                  FROM card_events ORDER BY event_id").await,
-            outbox: rows(pool, "SELECT card_id, kind, status, payload FROM outbox ORDER BY card_id").await,
+            // The sealed content key is random per sealing (its nonce): whether it is there counts,
+            // not its bytes.
+            outbox: rows(pool, "SELECT card_id, kind, status, payload - 'cardKey' AS payload, \
+                                payload ? 'cardKey' AS has_sealed_card_key FROM outbox ORDER BY card_id").await,
             dead_letters: rows(pool, "SELECT topic, partition, \"offset\", reason, detail, card_id, event_id \
                                       FROM dead_letters ORDER BY topic, partition, \"offset\"").await,
             offsets: rows(pool, "SELECT topic, partition, next_offset FROM consumer_offsets ORDER BY topic, partition").await,
