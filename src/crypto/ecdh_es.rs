@@ -238,8 +238,8 @@ impl<'a> Checked<'a> {
 }
 
 /// Encrypts `plaintext` to `recipient` as a compact JWE (`ECDH-ES`, `A256GCM`, `kid`, `epk`) with a
-/// fresh ephemeral key and IV. `None` only if OpenSSL fails or the plaintext exceeds AES-GCM's
-/// limit (64 GiB).
+/// fresh ephemeral key and IV. `None` only if OpenSSL or the system's random source fails, or the
+/// plaintext exceeds AES-GCM's limit (64 GiB).
 pub fn encrypt(recipient: &PublicPoint, kid: &str, plaintext: &[u8]) -> Option<String> {
     let group = P256.as_ref()?;
     // EC_KEY_free wipes the ephemeral private key.
@@ -257,7 +257,7 @@ pub fn encrypt(recipient: &PublicPoint, kid: &str, plaintext: &[u8]) -> Option<S
     let z = shared_secret(ephemeral.private_key(), recipient)?;
     let cek = concat_kdf(&z, b"", b"");
     let mut iv = [0u8; 12];
-    rand::rngs::OsRng.fill_bytes(&mut iv);
+    rand::rngs::OsRng.try_fill_bytes(&mut iv).ok()?;
     let mut buffer = Zeroizing::new(plaintext.to_vec());
     let tag = Aes256Gcm::new_from_slice(cek.as_slice())
         .ok()?

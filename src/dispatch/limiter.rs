@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::fleet_rate::FleetRate;
@@ -23,6 +23,7 @@ use super::fleet_rate::FleetRate;
 pub struct Limiter {
     slots: Arc<Semaphore>,
     rows: Arc<Semaphore>,
+    call_freed: Arc<Notify>,
     rate: Arc<RateCap>,
 }
 
@@ -33,13 +34,17 @@ pub const ROWS_PER_SLOT: usize = 4;
 #[derive(Debug)]
 pub struct Slot {
     call: Option<OwnedSemaphorePermit>,
+    call_freed: Arc<Notify>,
     _row: OwnedSemaphorePermit,
 }
 
 impl Slot {
-    /// The attempt makes no more D1 calls: its call slot goes to the next row.
+    /// The attempt makes no more D1 calls: its call slot goes to the next row, and the dispatch
+    /// loop waiting for one is woken (see [`Limiter::call_freed`]).
     pub fn call_done(&mut self) {
-        self.call = None;
+        if self.call.take().is_some() {
+            self.call_freed.notify_one();
+        }
     }
 }
 
@@ -99,6 +104,7 @@ impl Limiter {
         Self {
             slots: Arc::new(Semaphore::new(slots)),
             rows: Arc::new(Semaphore::new(slots * ROWS_PER_SLOT)),
+            call_freed: Arc::new(Notify::new()),
             rate: Arc::new(rate),
         }
     }
@@ -114,7 +120,14 @@ impl Limiter {
         // The row place first, so no call slot is held idle while waiting for one.
         let row = self.rows.clone().acquire_owned().await.ok()?;
         let call = self.slots.clone().acquire_owned().await.ok()?;
-        Some(Slot { call: Some(call), _row: row })
+        Some(Slot { call: Some(call), call_freed: self.call_freed.clone(), _row: row })
+    }
+
+    /// Resolves once an attempt gave its call slot back while its row waits to be settled (a
+    /// slot freed while nobody waited wakes the next wait). The attempt task has not finished
+    /// then, so waiting on the tasks alone would leave the slot idle until the poll.
+    pub async fn call_freed(&self) {
+        self.call_freed.notified().await;
     }
 
     /// Waits until the rate allows one more request.
@@ -165,6 +178,8 @@ mod tests {
         }
         assert_eq!(l.free_slots(), 0);
         assert!(tokio::time::timeout(Duration::from_millis(20), l.slot()).await.is_err());
+        // The slots given back woke whoever waits for one (a waiter that came later, here).
+        assert!(tokio::time::timeout(Duration::from_millis(20), l.call_freed()).await.is_ok());
         // One row settled: one more attempt may start.
         held.pop();
         assert_eq!(l.free_slots(), 1);

@@ -262,11 +262,13 @@ impl Dispatcher {
         }
     }
 
-    /// Waits for a notification, a finished call, the deadline (or the poll interval), or shutdown.
+    /// Waits for a notification, a call slot given back, a finished attempt, the deadline (or the
+    /// poll interval), or shutdown.
     async fn wait(&self, tasks: &mut JoinSet<Signal>, until: Option<Instant>, shutdown: &CancellationToken) {
         let until = until.unwrap_or_else(|| self.deps.clock.now() + self.options.poll_interval);
         tokio::select! {
             _ = self.wake.notified() => {}
+            _ = self.deps.limiter.call_freed() => {}
             Some(done) = tasks.join_next(), if !tasks.is_empty() => self.record(done.unwrap_or(Signal::Silent)).await,
             _ = tokio::time::sleep_until(until) => {}
             _ = shutdown.cancelled() => {}

@@ -98,12 +98,25 @@ pub fn dispatcher_leasing(
     client: Option<D1Client>,
     lease: Duration,
 ) -> Dispatcher {
+    dispatcher_with(db, d1, keys, client, lease, Limiter::new(32, 10_000), Duration::from_millis(50))
+}
+
+/// [`dispatcher_leasing`] with its own limiter and poll interval.
+fn dispatcher_with(
+    db: &TestDb,
+    d1: &TestD1,
+    keys: &TestKeys,
+    client: Option<D1Client>,
+    lease: Duration,
+    limiter: Limiter,
+    poll_interval: Duration,
+) -> Dispatcher {
     let timeout = Duration::from_millis(800);
     let deps = Deps {
         pool: db.pool.clone(),
         client: client.unwrap_or_else(|| d1.client(keys, timeout)),
         keys: Arc::new(CardDataKeys::from_file(&keys.files.card_data_private_jwks).unwrap()),
-        limiter: Limiter::new(32, 10_000),
+        limiter,
         policy: RetryPolicy {
             min_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(50),
@@ -119,7 +132,7 @@ pub fn dispatcher_leasing(
             claim_batch: 32,
             lease,
             margin: Duration::from_secs(1),
-            poll_interval: Duration::from_millis(50),
+            poll_interval,
             breaker_threshold: 1000,
             breaker_cool_down: Duration::from_millis(100),
             drain_timeout: Duration::from_secs(5),
@@ -222,6 +235,59 @@ async fn rows_with_sealed_card_keys_without_one_or_with_another_rows_register_th
         let stored = d1.sim.card(&c.card_id).unwrap();
         assert_eq!(stored.last_four_digits.as_deref(), Some(&c.pan[c.pan.len() - 4..]), "{}", c.card_id);
     }
+}
+
+/// A call's slot is free once D1 has answered, and the loop uses it at once: with one slot, a
+/// second card is sent while the first card's settle still waits for its card's lock (held here by
+/// another transaction), long before the poll would look again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_slot_serves_the_next_row_while_the_previous_rows_settle_waits() {
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let d1 = TestD1::start(&keys).await;
+    let cards = scripts(&keys, "slot", 2, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    let first: String = sqlx::query_scalar("SELECT card_id FROM outbox ORDER BY next_attempt_at, id LIMIT 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let second = cards.iter().map(|c| c.card_id.clone()).find(|c| *c != first).unwrap();
+    let mut blocker = db.pool.begin().await.unwrap();
+    card_registrar::store::locks::lock_cards(&mut blocker, &[first.as_str()]).await.unwrap();
+
+    let d = Arc::new(dispatcher_with(
+        &db,
+        &d1,
+        &keys,
+        None,
+        Duration::from_secs(30),
+        Limiter::new(1, 10_000),
+        Duration::from_secs(60),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(d.clone().run(stop.clone()));
+    wait_until("the second card at D1", Duration::from_secs(15), || async { d1.sim.card(&second).is_some() })
+        .await;
+    assert!(d1.sim.card(&first).is_some(), "the first card was sent before");
+    let status = |card: String| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM outbox WHERE card_id = $1")
+                .bind(card)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(status(first.clone()).await, "IN_FLIGHT", "its settle still waits for the card's lock");
+    blocker.rollback().await.unwrap();
+    wait_until("both rows settled", Duration::from_secs(15), || async {
+        status(first.clone()).await == "DONE" && status(second.clone()).await == "DONE"
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap();
+    let stats = d1.sim.stats();
+    assert_eq!((stats.effective_registrations, stats.duplicate_puts, stats.puts_total), (2, 0, 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
