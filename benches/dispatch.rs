@@ -37,9 +37,9 @@ use chrono::{DateTime, Utc};
 use common::db::{Schema, durability};
 use common::kafka::{GroupWatch, Topic, producer};
 use common::service::{Ingest, Keys, apply_directly, d1_caps, d1_client, dispatcher, start_simulator};
-use common::{Knobs, ServiceSettings, cpu_seconds, per_second, poll_until, quantile};
+use common::{Knobs, ServiceSettings, cpu_seconds, per_second, poll_until, postgres_cpu_seconds, quantile};
 use d1_simulator::RunningSimulator;
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,8 @@ struct Throughput {
     elapsed: Duration,
     service_cpu: f64,
     sim_cpu: f64,
+    /// PostgreSQL's CPU in the drain (`None`: not on this machine).
+    postgres_cpu: Option<f64>,
     duplicates: u64,
     crypto: Crypto,
 }
@@ -77,6 +79,8 @@ struct Latency {
     to_queue: Vec<f64>,
     /// That transaction began -> stored at D1, ms, sorted.
     from_queue: Vec<f64>,
+    /// Per event in publish order: seconds since the first publish, then the three figures above.
+    timeline: Vec<[f64; 4]>,
     duplicates: u64,
 }
 
@@ -87,6 +91,7 @@ fn main() -> anyhow::Result<()> {
     let seconds = knobs.usize("BENCH_SECONDS", 30);
     let partitions = knobs.usize("BENCH_PARTITIONS", 6);
     let callgrind = knobs.usize("BENCH_CALLGRIND", 0) == 1;
+    let timeline = knobs.usize("BENCH_TIMELINE", 0) == 1;
     let settings = ServiceSettings::from_env()?;
     let keys = Keys::generate()?;
     // The simulator gets a runtime of its own, so its CPU can be read apart from the service's.
@@ -114,6 +119,9 @@ fn main() -> anyhow::Result<()> {
         sim.reset();
         let b = service_rt.block_on(latency(&settings, &keys, &sim, rate, seconds, partitions))?;
         print_latency(&b, rate, seconds);
+        if timeline {
+            print_timeline(&b);
+        }
     }
     drop(sim);
     shut_down(service_rt, sim_rt);
@@ -147,6 +155,7 @@ async fn throughput(
         callgrind_control("--zero")?;
     }
     let (cpu_before, sim_before) = cpu_seconds(SIM_THREADS);
+    let postgres_before = postgres_cpu_seconds();
     let started = Instant::now();
     let running = Running::start(dispatcher);
     // Under valgrind everything runs about 50 times slower.
@@ -166,6 +175,7 @@ async fn throughput(
     .await?;
     let elapsed = started.elapsed();
     let (cpu_after, sim_after) = cpu_seconds(SIM_THREADS);
+    let postgres_cpu = postgres_cpu_seconds().zip(postgres_before).map(|(after, before)| after - before);
     if callgrind {
         callgrind_control("--dump=dispatch")?;
     }
@@ -184,6 +194,7 @@ async fn throughput(
         elapsed,
         service_cpu: cpu_after - cpu_before - sim_cpu,
         sim_cpu,
+        postgres_cpu,
         duplicates: stats.duplicate_puts,
         crypto: crypto_per_registration(keys, 500)?,
     })
@@ -271,11 +282,14 @@ async fn latency(
         Ok(watch.is_stable(&ingest.group).await?.then_some(()))
     })
     .await?;
-    publish_paced(&topic, &warm_up, 1).await?;
+    // One producer throughout: a new one would make the first measured events wait for its
+    // connection and the topic's metadata, which a service's long-lived producer has.
+    let producer = producer()?;
+    publish_paced(&producer, &topic, &warm_up, 1).await?;
     wait_registered(sim, &warm_up, Duration::from_secs(60)).await?;
 
     let started = Instant::now();
-    let published = publish_paced(&topic, &messages, rate).await?;
+    let published = publish_paced(&producer, &topic, &messages, rate).await?;
     let publish_rate = per_second(messages.len(), started.elapsed());
     wait_registered(sim, &messages, Duration::from_secs(120)).await?;
     running.stop().await?;
@@ -290,6 +304,8 @@ async fn latency(
             .collect();
     let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e3;
     let (mut millis, mut to_queue, mut from_queue) = (Vec::new(), Vec::new(), Vec::new());
+    let mut timeline = Vec::with_capacity(published.len());
+    let first = published.first().map(|(_, at)| *at);
     for (card_id, at) in &published {
         let card = sim.card(card_id).with_context(|| format!("{card_id} is not at D1"))?;
         let stored = DateTime::parse_from_rfc3339(&card.created_at)?.with_timezone(&Utc);
@@ -297,6 +313,8 @@ async fn latency(
         let queued_at = queued.get(card_id).with_context(|| format!("{card_id} has no outbox row"))?;
         to_queue.push(ms(*queued_at - *at));
         from_queue.push(ms(stored - *queued_at));
+        let since = first.map_or(0.0, |first| ms(*at - first) / 1e3);
+        timeline.push([since, ms(stored - *at), ms(*queued_at - *at), ms(stored - *queued_at)]);
     }
     for v in [&mut millis, &mut to_queue, &mut from_queue] {
         v.sort_by(f64::total_cmp);
@@ -307,6 +325,7 @@ async fn latency(
         millis,
         to_queue,
         from_queue,
+        timeline,
         duplicates: sim.stats().duplicate_puts,
     })
 }
@@ -336,11 +355,11 @@ impl Running {
 /// Publishes `messages` at `rate` per second on average (a late send is not made up by a pause,
 /// the next ones catch up), recording each card's publish time; waits for every delivery.
 async fn publish_paced(
+    producer: &FutureProducer,
     topic: &Topic,
     messages: &[Outgoing],
     rate: usize,
 ) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
-    let producer = producer()?;
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let start = tokio::time::Instant::now();
     let mut published = Vec::with_capacity(messages.len());
@@ -387,10 +406,12 @@ fn print_throughput(a: &Throughput) {
         per_second(a.registrations, a.elapsed),
         a.elapsed.as_secs_f64()
     );
+    let per = |cpu: f64| cpu / n * 1e6;
+    let postgres = a.postgres_cpu.map_or("not on this machine".to_owned(), |p| format!("{:.0} µs", per(p)));
     println!(
-        "  CPU per registration: service {:.0} µs, simulator {:.0} µs (PostgreSQL not counted)",
-        a.service_cpu / n * 1e6,
-        a.sim_cpu / n * 1e6
+        "  CPU per registration: service {:.0} µs, simulator {:.0} µs, PostgreSQL {postgres} (all its processes)",
+        per(a.service_cpu),
+        per(a.sim_cpu)
     );
     println!(
         "    of which JOSE (timed apart, one thread): open the stored JWE {:.1} µs (by key agreement instead: {:.0} µs) + encrypt for D1 {:.0} µs",
@@ -398,6 +419,16 @@ fn print_throughput(a: &Throughput) {
         a.crypto.agreement.as_secs_f64() * 1e6,
         a.crypto.encrypt.as_secs_f64() * 1e6
     );
+    // The ceiling: these costs on every core of this machine, nothing idle.
+    if let Some(postgres) = a.postgres_cpu {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let ceiling = |cpu: f64| cores * n / cpu;
+        println!(
+            "  ceiling on {cores:.0} cores at these costs: {:.0} registrations/s; without the simulator (D1's own machines): {:.0}/s",
+            ceiling(a.service_cpu + a.sim_cpu + postgres),
+            ceiling(a.service_cpu + postgres)
+        );
+    }
     println!("  duplicate PUTs at the simulator: {} (must be 0)", a.duplicates);
 }
 
@@ -422,6 +453,31 @@ fn print_latency(b: &Latency, rate: usize, seconds: usize) {
         );
     }
     println!("  duplicate PUTs at the simulator: {} (must be 0)", b.duplicates);
+}
+
+/// Part (b) second by second of publishing (BENCH_TIMELINE=1), to place the tail in time (a stall
+/// shows in every event of a second, a slow event alone in one).
+fn print_timeline(b: &Latency) {
+    println!(
+        "  by second of publishing: events, publish -> D1 p50 / p99 / max, max publish -> ingest transaction, max ingest transaction -> D1 (ms)"
+    );
+    let mut seconds: std::collections::BTreeMap<u64, Vec<[f64; 4]>> = std::collections::BTreeMap::new();
+    for event in &b.timeline {
+        seconds.entry(event[0] as u64).or_default().push(*event);
+    }
+    for (second, mut events) in seconds {
+        let max = |i: usize| events.iter().map(|e| e[i]).fold(f64::NAN, f64::max);
+        let (to_queue, from_queue) = (max(2), max(3));
+        events.sort_by(|a, b| a[1].total_cmp(&b[1]));
+        let q = |p: f64| quantile(&events, p).map_or(f64::NAN, |e| e[1]);
+        println!(
+            "  {second:>4} s {:>5}  {:>7.1} {:>7.1} {:>7.1}  {to_queue:>7.1}  {from_queue:>7.1}",
+            events.len(),
+            q(0.5),
+            q(0.99),
+            q(1.0)
+        );
+    }
 }
 
 /// Drops both runtimes outside any async context (dropping one inside another panics).

@@ -43,6 +43,10 @@ pub struct DatabaseSettings {
     /// Largest number of pooled connections.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, global = true)]
     pub database_max_connections: u32,
+    /// Connections `run` keeps open, idle or not (default: `DATABASE_MAX_CONNECTIONS`, a
+    /// fixed-size pool).
+    #[arg(long, env = "DATABASE_MIN_CONNECTIONS", global = true)]
+    pub database_min_connections: Option<u32>,
 }
 
 /// Kafka and the event contract's topics. `Debug` redacts credentials in the registry URL.
@@ -597,6 +601,7 @@ impl std::fmt::Debug for DatabaseSettings {
         f.debug_struct("DatabaseSettings")
             .field("database_url", &redact_url(&self.database_url))
             .field("database_max_connections", &self.database_max_connections)
+            .field("database_min_connections", &self.database_min_connections)
             .finish()
     }
 }
@@ -700,7 +705,28 @@ impl DatabaseSettings {
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(ConfigError::new("DATABASE_URL", "scheme must be postgres:// or postgresql://"));
         }
-        Ok(())
+        if self.database_max_connections == 0 {
+            return Err(ConfigError::new("DATABASE_MAX_CONNECTIONS", "must be at least 1"));
+        }
+        self.min_connections().map(drop)
+    }
+
+    /// Connections the worker keeps open: `DATABASE_MIN_CONNECTIONS`, by default all of
+    /// `DATABASE_MAX_CONNECTIONS`. A connection opened under load costs its connect, its
+    /// authentication and its first statements' preparation while events wait: a pool that grew
+    /// on demand made the first second of a burst after a quiet spell several times slower.
+    pub fn min_connections(&self) -> Result<u32, ConfigError> {
+        match self.database_min_connections {
+            None => Ok(self.database_max_connections),
+            Some(min) if min <= self.database_max_connections => Ok(min),
+            Some(min) => Err(ConfigError::new(
+                "DATABASE_MIN_CONNECTIONS",
+                format!(
+                    "must not exceed DATABASE_MAX_CONNECTIONS ({min} > {})",
+                    self.database_max_connections
+                ),
+            )),
+        }
     }
 }
 
@@ -1052,6 +1078,25 @@ mod tests {
         assert_eq!(
             parse(&["--database-url", "mysql://x/y"]).db.validate().unwrap_err().variable,
             "DATABASE_URL"
+        );
+    }
+
+    #[test]
+    fn the_pool_is_fixed_size_unless_a_smaller_minimum_is_set() {
+        let min = |args: &[&str]| parse(args).db.min_connections();
+        assert_eq!(min(&[]).unwrap(), 16);
+        assert_eq!(min(&["--database-max-connections", "8"]).unwrap(), 8);
+        assert_eq!(min(&["--database-min-connections", "2"]).unwrap(), 2);
+        let err = min(&["--database-min-connections", "17"]).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_MIN_CONNECTIONS");
+        assert!(err.to_string().contains("17 > 16"), "{err}");
+        assert_eq!(
+            parse(&["--database-min-connections", "17"]).db.validate().unwrap_err().variable,
+            "DATABASE_MIN_CONNECTIONS"
+        );
+        assert_eq!(
+            parse(&["--database-max-connections", "0"]).db.validate().unwrap_err().variable,
+            "DATABASE_MAX_CONNECTIONS"
         );
     }
 

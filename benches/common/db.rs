@@ -17,7 +17,7 @@ pub struct Schema {
 }
 
 impl Schema {
-    /// Creates and migrates `b_<random>` in the database at `base`, with a pool of `connections`.
+    /// Creates and migrates `b_<random>` in the database at `base`, with a pool of `connections`, all open.
     pub async fn create(base: &str, connections: u32) -> anyhow::Result<Self> {
         let name = format!("b_{}", Uuid::new_v4().simple());
         let admin = store::connect(base, 1).await?;
@@ -27,6 +27,8 @@ impl Schema {
         let url = format!("{base}{sep}options=-c%20search_path%3D{name}");
         let pool = store::connect(&url, connections).await?;
         store::migrate(&pool).await?;
+        // All open before any figure, as `card-registrar run` keeps its pool (DATABASE_MIN_CONNECTIONS).
+        store::open_connections(&pool, connections).await?;
         Ok(Self { pool, name, url, base: base.to_owned() })
     }
 

@@ -116,25 +116,56 @@ where
     }
 }
 
+/// Kernel clock ticks per second for /proc CPU times (USER_HZ, 100 on Linux).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// Fields of a /proc `stat` line after the process name: state is index 0, utime (field 14) is 11,
+/// stime 12, cutime (children reaped) 13, cstime 14.
+fn stat_ticks(stat: &str) -> Vec<f64> {
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_name.split_whitespace().map(|v| v.parse::<f64>().unwrap_or(0.0)).collect()
+}
+
+/// CPU seconds (user + system) in a /proc `stat` line, with its reaped children's if `children`.
+fn stat_cpu(stat: &str, children: bool) -> f64 {
+    let fields = stat_ticks(stat);
+    let ticks = |i: usize| fields.get(i).copied().unwrap_or(0.0);
+    let own = ticks(11) + ticks(12);
+    (if children { own + ticks(13) + ticks(14) } else { own }) / TICKS_PER_SEC
+}
+
 /// CPU seconds (user + system) of this process, and of its threads whose name starts with
 /// `prefix`, from /proc (Linux only; zeros elsewhere).
 pub fn cpu_seconds(prefix: &str) -> (f64, f64) {
-    // Kernel clock ticks per second for /proc CPU times (USER_HZ, 100 on Linux).
-    const TICKS_PER_SEC: f64 = 100.0;
-    let stat_cpu = |stat: &str| {
-        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // After the name, state is index 0: utime (field 14) is 11 and stime (field 15) is 12.
-        (ticks(11) + ticks(12)) / TICKS_PER_SEC
-    };
-    let process = std::fs::read_to_string("/proc/self/stat").map(|s| stat_cpu(&s)).unwrap_or(0.0);
+    let process = std::fs::read_to_string("/proc/self/stat").map(|s| stat_cpu(&s, false)).unwrap_or(0.0);
     let mut threads = 0.0;
     for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if comm.starts_with(prefix) {
-            threads += std::fs::read_to_string(task.path().join("stat")).map(|s| stat_cpu(&s)).unwrap_or(0.0);
+            threads +=
+                std::fs::read_to_string(task.path().join("stat")).map(|s| stat_cpu(&s, false)).unwrap_or(0.0);
         }
     }
     (process, threads)
+}
+
+/// CPU seconds used so far by a PostgreSQL running on this machine: every live `postgres` process,
+/// plus the postmaster's reaped children (backends that exited). `None` when no local postgres
+/// process is visible (a remote server, or another PID namespace).
+pub fn postgres_cpu_seconds() -> Option<f64> {
+    let mut total = 0.0;
+    let mut seen = false;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let path = entry.path();
+        if std::fs::read_to_string(path.join("comm")).map_or(true, |c| c.trim_end() != "postgres") {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else { continue };
+        seen = true;
+        // The postmaster's parent is not postgres; only its reaped children are PostgreSQL's own.
+        let parent = stat_ticks(&stat).get(1).copied().unwrap_or(0.0) as u64;
+        let parent_comm = std::fs::read_to_string(format!("/proc/{parent}/comm")).unwrap_or_default();
+        total += stat_cpu(&stat, parent_comm.trim_end() != "postgres");
+    }
+    seen.then_some(total)
 }

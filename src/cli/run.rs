@@ -279,14 +279,20 @@ impl IssuerApiParts {
     }
 }
 
-fn owner_id() -> String {
+/// This process as `<host>-<pid>`.
+fn process_id() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".into());
-    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+    format!("{host}-{}", std::process::id())
+}
+
+/// A lease owner's name: this process and a random tag.
+fn owner_id() -> String {
+    format!("{}-{:04x}", process_id(), rand::random::<u16>())
 }
 
 /// Runs the worker until a signal (or `stop`) and a bounded drain.
@@ -359,8 +365,16 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
     };
     tokio::spawn(telemetry::prometheus::run_metrics_upkeep(metrics, admin_stop.clone()));
 
-    let pool = store::connect_lazy(&db.database_url, db.database_max_connections)
-        .map_err(|e| CliError::context("database", error_chain(&e)))?;
+    let min_connections = db.min_connections()?;
+    // PostgreSQL keeps the first 63 bytes of the name.
+    let application_name = format!("card-registrar/{}", process_id());
+    let pool = store::connect_lazy(
+        &db.database_url,
+        db.database_max_connections,
+        min_connections,
+        &application_name,
+    )
+    .map_err(|e| CliError::context("database", error_chain(&e)))?;
     let signals = tokio::spawn(shutdown::on_signal(work.clone(), stop));
     let migrate = args.migrate_on_start && !args.no_migrate;
     if !schema_when_ready(&pool, migrate, &readiness, &work).await {
@@ -374,6 +388,10 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             signals,
         )
         .await;
+    }
+    // Before any work: a connect under load delays the events that wait for it.
+    if let Err(e) = store::open_connections(&pool, min_connections).await {
+        warn!(error = %error_chain(&e), "could not open DATABASE_MIN_CONNECTIONS connections yet; the pool grows on demand");
     }
     let mut tasks = Vec::new();
     // Set by a task that failed for good: the stop that follows exits non-zero.

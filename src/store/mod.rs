@@ -49,10 +49,35 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         .map_err(|e| StoreError::db("connect to PostgreSQL", e))
 }
 
-/// Opens a pool without connecting yet, so a worker can start while PostgreSQL is down.
-pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    let options = connect_options(url)?;
-    Ok(pool_options(max_connections).acquire_timeout(Duration::from_secs(5)).connect_lazy_with(options))
+/// Opens a pool without connecting yet, so a worker can start while PostgreSQL is down. Once
+/// [`open_connections`] has filled it, the pool replaces connections it closes (idle or past their
+/// lifetime) so that `min_connections` stay open.
+/// Its connections carry `application_name` unless the URL names one, so `pg_stat_activity` shows
+/// which worker holds which connection.
+pub fn connect_lazy(
+    url: &str,
+    max_connections: u32,
+    min_connections: u32,
+    application_name: &str,
+) -> Result<PgPool, StoreError> {
+    let mut options = connect_options(url)?;
+    if options.get_application_name().is_none() {
+        options = options.application_name(application_name);
+    }
+    Ok(pool_options(max_connections)
+        .min_connections(min_connections.min(max_connections))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options))
+}
+
+/// Opens `n` connections of `pool` at once (as many as it allows) and puts them back idle, so that
+/// the first burst of work does not wait for connects (a lazy pool opens none until asked).
+pub async fn open_connections(pool: &PgPool, n: u32) -> Result<(), StoreError> {
+    let opened = futures::future::join_all((0..n).map(|_| pool.acquire())).await;
+    for connection in opened {
+        connection.map_err(|e| StoreError::db("open the pool's connections", e))?;
+    }
+    Ok(())
 }
 
 /// A pool of at most `max_connections`. A connection's buffers keep the size of the largest message

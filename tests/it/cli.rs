@@ -125,6 +125,37 @@ async fn migrate_applies_and_a_missing_setting_stops_start_up_with_one_line_nami
     assert!(err.starts_with("error: CARD_DATA_KEYS: cannot read /nonexistent.jwks"), "{err}");
 }
 
+/// A pool that grew on demand made the first second of a burst after a quiet spell several times
+/// slower (connects, authentication, first preparations while events waited): the worker opens
+/// its connections before any work, and names them so `pg_stat_activity` shows whose they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_holds_database_min_connections_open_under_its_application_name() {
+    let (db, topics, keys) = (TestDb::new().await, TestTopics::new(1).await, TestKeys::new());
+    let mut env =
+        WorkerEnv::new(&db, &topics, &keys, &format!("pool-{}", uuid::Uuid::new_v4().simple()), None);
+    env.set("DATABASE_MAX_CONNECTIONS", "9");
+    env.set("DATABASE_MIN_CONNECTIONS", "7");
+    let worker = Worker::spawn(&env, "pool");
+    worker.wait_ready(Duration::from_secs(60)).await;
+    let name = format!("card-registrar/%-{}", worker.pid());
+    let count = || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1")
+                .bind(&name)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        n
+    };
+    // No event was published: only the start-up opened them. At least the seven (LISTEN
+    // connections leave the pool and are replaced), never more than the pool and its listeners.
+    wait_until("the worker's connections to open", Duration::from_secs(20), || async { count().await >= 7 })
+        .await;
+    let n = count().await;
+    assert!(n <= 9 + 2, "{n} connections; log:\n{}", tail(&worker.log));
+    worker.terminate(Duration::from_secs(20));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_false_while_kafka_is_unreachable_and_the_worker_keeps_trying() {
     let (db, topics, keys) = (TestDb::new().await, TestTopics::new(1).await, TestKeys::new());
