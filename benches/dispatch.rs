@@ -81,6 +81,11 @@ struct Latency {
     from_queue: Vec<f64>,
     /// Per event in publish order: seconds since the first publish, then the three figures above.
     timeline: Vec<[f64; 4]>,
+    /// CPU seconds while streaming: this process (ingest, dispatch, the bench's producer and
+    /// polling), the simulator's threads within it, and PostgreSQL (`None`: not on this machine).
+    cpu: (f64, f64, Option<f64>),
+    /// Wall seconds of the streaming the CPU figures cover.
+    streamed: f64,
     duplicates: u64,
 }
 
@@ -288,10 +293,16 @@ async fn latency(
     publish_paced(&producer, &topic, &warm_up, 1).await?;
     wait_registered(sim, &warm_up, Duration::from_secs(60)).await?;
 
+    let (cpu_before, sim_before) = cpu_seconds(SIM_THREADS);
+    let postgres_before = postgres_cpu_seconds();
     let started = Instant::now();
     let published = publish_paced(&producer, &topic, &messages, rate).await?;
     let publish_rate = per_second(messages.len(), started.elapsed());
     wait_registered(sim, &messages, Duration::from_secs(120)).await?;
+    let streamed = started.elapsed().as_secs_f64();
+    let (cpu_after, sim_after) = cpu_seconds(SIM_THREADS);
+    let postgres = postgres_cpu_seconds().zip(postgres_before).map(|(after, before)| after - before);
+    let cpu = (cpu_after - cpu_before - (sim_after - sim_before), sim_after - sim_before, postgres);
     running.stop().await?;
     ingest.stop().await?;
 
@@ -326,6 +337,8 @@ async fn latency(
         to_queue,
         from_queue,
         timeline,
+        cpu,
+        streamed,
         duplicates: sim.stats().duplicate_puts,
     })
 }
@@ -452,6 +465,19 @@ fn print_latency(b: &Latency, rate: usize, seconds: usize) {
             q(1.0)
         );
     }
+    let (service, sim, postgres) = b.cpu;
+    let per = |cpu: f64| cpu / b.published as f64 * 1e6;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let busy = |cpu: f64| cpu / b.streamed / cores * 100.0;
+    let postgres_text = postgres.map_or("not on this machine".to_owned(), |p| {
+        format!("{:.0} µs ({:.0} % of the machine)", per(p), busy(p))
+    });
+    println!(
+        "  CPU per event while streaming: service {:.0} µs (ingest, dispatch and the bench's producer; {:.0} % of the machine), simulator {:.0} µs, PostgreSQL {postgres_text}",
+        per(service),
+        busy(service),
+        per(sim)
+    );
     println!("  duplicate PUTs at the simulator: {} (must be 0)", b.duplicates);
 }
 
