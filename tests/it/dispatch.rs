@@ -542,6 +542,39 @@ async fn retention_deletes_only_finished_rows_older_than_the_limit_in_bounded_ba
     );
 }
 
+/// Attempts that finish a little apart settle together: the settler waits its gather window after
+/// a batch's first row (at a moderate rate, settles of one or two rows were most of PostgreSQL's
+/// time). One transaction shows as one `now()` in every row it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_answered_within_the_gather_window_settle_in_one_transaction() {
+    use card_registrar::dispatch::fate::{Conclusion, plan};
+    use card_registrar::dispatch::settle::Settler;
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let cards = scripts(&keys, "gather", 3, |_| Plan::CreatedOnly);
+    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    let delay = Duration::from_secs(30);
+    let claimed = outbox::claim(&db.pool, "w", 10, Duration::from_secs(30), delay).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let settler = Arc::new(Settler::new(db.pool.clone(), delay).with_gather(Duration::from_secs(1)));
+    let policy = RetryPolicy { reconcile_delay: delay, ..Default::default() };
+    let mut settles = tokio::task::JoinSet::new();
+    for row in claimed.clone() {
+        let (settler, policy) = (settler.clone(), policy.clone());
+        settles.spawn(async move {
+            let plan = plan(Conclusion::Registered, &policy, 1, Duration::ZERO, &mut rand::thread_rng());
+            settler.settle(&row, plan).await.unwrap()
+        });
+        // Each answer comes after the previous row was handed to the settler.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let labels: Vec<&str> = settles.join_all().await;
+    assert_eq!(labels, ["done", "done", "done"]);
+    let ends: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT DISTINCT status, updated_at FROM outbox").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(ends.len(), 1, "rows ended in more than one transaction: {ends:?}");
+    assert_eq!(ends[0].0, "DONE");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_settle_batch_writes_each_rows_own_fate_and_skips_a_row_whose_lease_was_lost() {
     use card_registrar::core::result::ResultOutcome;
