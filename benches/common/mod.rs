@@ -149,9 +149,10 @@ pub fn cpu_seconds(prefix: &str) -> (f64, f64) {
     (process, threads)
 }
 
-/// CPU seconds used so far by a PostgreSQL running on this machine: every live `postgres` process,
-/// plus the postmaster's reaped children (backends that exited). `None` when no local postgres
-/// process is visible (a remote server, or another PID namespace).
+/// CPU seconds used so far by PostgreSQL on this machine: every live `postgres` process, plus the
+/// postmaster's reaped children (backends that exited). Every server counts, so run benches with
+/// no other PostgreSQL busy (`scripts/services` starts one). `None` when no postgres process is
+/// visible (a remote server, or another PID namespace).
 pub fn postgres_cpu_seconds() -> Option<f64> {
     let mut total = 0.0;
     let mut seen = false;
