@@ -52,6 +52,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
 /// Opens a pool without connecting yet, so a worker can start while PostgreSQL is down. Once
 /// [`open_connections`] has filled it, the pool replaces connections it closes (idle or past their
 /// lifetime) so that `min_connections` stay open.
+///
 /// Its connections carry `application_name` unless the URL names one, so `pg_stat_activity` shows
 /// which worker holds which connection.
 pub fn connect_lazy(
