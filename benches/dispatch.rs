@@ -3,13 +3,15 @@
 //!
 //! (a) Throughput: N created cards are queued in the outbox through ingest's own apply path,
 //!     then `Dispatcher::run` drains it; prints registrations/s, the CPU per registration of the
-//!     service and of the simulator (read from /proc by thread name), and the simulator's
-//!     duplicate PUT count, which must be 0.
+//!     service and of the simulator (read from /proc by thread name) and of PostgreSQL (its
+//!     processes, when it runs on this machine), the machine's ceiling at those costs with and
+//!     without the simulator's share, and the simulator's duplicate PUT count, which must be 0.
 //! (b) Latency: ingest and dispatch run together; created events are published at a steady rate
 //!     and each card's publish time is compared with the time the simulator stored it. That time
 //!     is the simulator's `createdAt`: the wall clock of this same process, in milliseconds, taken
 //!     when it commits the card after its token, JWE and card checks (so each figure may be up to
-//!     1 ms short from the truncation, and includes the simulator's own checks).
+//!     1 ms short from the truncation, and includes the simulator's own checks). Also prints the
+//!     CPU per event while streaming, and with BENCH_TIMELINE=1 the figures second by second.
 //!
 //! Needs the real services: `eval "$(scripts/services env)"`. Run: `cargo bench --bench dispatch`;
 //! sizes: BENCH_REGISTRATIONS (20,000), BENCH_RATE (500 events/s), BENCH_SECONDS (30; 0 skips
