@@ -542,6 +542,24 @@ async fn retention_deletes_only_finished_rows_older_than_the_limit_in_bounded_ba
     );
 }
 
+/// `n` created cards queued through ingest and all claimed by worker `w` (30-s leases), in the
+/// cards' order.
+async fn created_and_claimed(
+    db: &TestDb,
+    keys: &TestKeys,
+    prefix: &str,
+    n: usize,
+    reconcile_delay: Duration,
+) -> (Vec<card_registrar::workload::CardScript>, Vec<outbox::ClaimedRow>) {
+    let cards = scripts(keys, prefix, n, |_| Plan::CreatedOnly);
+    ingest_directly(db, keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
+    let mut claimed =
+        outbox::claim(&db.pool, "w", 10, Duration::from_secs(30), reconcile_delay).await.unwrap();
+    claimed.sort_by_key(|r| cards.iter().position(|c| c.card_id == r.card_id));
+    assert_eq!(claimed.len(), n);
+    (cards, claimed)
+}
+
 /// Attempts that finish a little apart settle together: the settler waits its gather window after
 /// a batch's first row (at a moderate rate, settles of one or two rows were most of PostgreSQL's
 /// time). One transaction shows as one `now()` in every row it ended.
@@ -550,11 +568,8 @@ async fn attempts_answered_within_the_gather_window_settle_in_one_transaction() 
     use card_registrar::dispatch::fate::{Conclusion, plan};
     use card_registrar::dispatch::settle::Settler;
     let (db, keys) = (TestDb::new().await, TestKeys::new());
-    let cards = scripts(&keys, "gather", 3, |_| Plan::CreatedOnly);
-    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
     let delay = Duration::from_secs(30);
-    let claimed = outbox::claim(&db.pool, "w", 10, Duration::from_secs(30), delay).await.unwrap();
-    assert_eq!(claimed.len(), 3);
+    let (_, claimed) = created_and_claimed(&db, &keys, "gather", 3, delay).await;
     let settler = Arc::new(Settler::new(db.pool.clone(), delay).with_gather(Duration::from_secs(1)));
     let policy = RetryPolicy { reconcile_delay: delay, ..Default::default() };
     let mut settles = tokio::task::JoinSet::new();
@@ -581,12 +596,8 @@ async fn one_settle_batch_writes_each_rows_own_fate_and_skips_a_row_whose_lease_
     use card_registrar::dispatch::fate::{Conclusion, plan};
     use card_registrar::dispatch::settle::{Claim, settle_batch};
     let (db, keys) = (TestDb::new().await, TestKeys::new());
-    let cards = scripts(&keys, "batch", 4, |_| Plan::CreatedOnly);
-    ingest_directly(&db, &keys, &cards.iter().flat_map(|c| c.phase1.clone()).collect::<Vec<_>>()).await;
     let delay = Duration::from_secs(30);
-    let mut claimed = outbox::claim(&db.pool, "w", 10, Duration::from_secs(30), delay).await.unwrap();
-    claimed.sort_by_key(|r| cards.iter().position(|c| c.card_id == r.card_id));
-    assert_eq!(claimed.len(), 4);
+    let (cards, claimed) = created_and_claimed(&db, &keys, "batch", 4, delay).await;
     // The last row's lease ended and another worker claimed it: the fence moved on.
     sqlx::query("UPDATE outbox SET fence = fence + 1, lease_owner = 'other' WHERE id = $1")
         .bind(claimed[3].id)
