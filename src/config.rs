@@ -235,7 +235,7 @@ pub struct IngestSettings {
     /// Most messages applied in one PostgreSQL transaction, per partition.
     #[arg(long, env = "INGEST_BATCH_MAX", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub ingest_batch_max: u32,
-    /// Longest wait to fill a batch, milliseconds.
+    /// Longest wait to fill a batch, milliseconds (the period of the clock partitions close batches on).
     #[arg(long, env = "INGEST_BATCH_WAIT_MS", default_value_t = 20)]
     pub ingest_batch_wait_ms: u64,
     /// Messages buffered per partition before it is paused (backpressure).

@@ -1,6 +1,7 @@
-//! Applies one partition's batch in one PostgreSQL transaction: lock and load the cards, plan
-//! (`plan::plan_batch`, pure: decide folded over the loaded state), write records, history,
-//! outbox rows, dead letters, registration results and the partition's next offset, then commit.
+//! Applies one or several partitions' batches in one PostgreSQL transaction: lock and load the
+//! cards, plan (`plan::plan_batch`, pure: decide folded over the loaded state), write records,
+//! history, outbox rows, dead letters, registration results and each partition's next offset,
+//! then commit.
 //!
 //! Exactly-once into PostgreSQL: the offset moves in the same transaction as the state, and only
 //! from the offset the batch started at (a fence against a zombie consumer). A replay after a
@@ -16,7 +17,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::message::{Applied, Batch, Prepared};
-use super::plan::{BatchPlan, Loaded, plan_batch, trusted_card_id};
+use super::plan::{BatchPlan, Loaded, Part, plan_batch, trusted_card_id};
 use crate::core::record::CardRecord;
 use crate::core::result::ResultOutcome;
 use crate::core::validate::ValidEvent;
@@ -58,21 +59,52 @@ pub async fn apply_batch(
     batch: &Batch<'_>,
     now: DateTime<Utc>,
 ) -> Result<Applied, ApplyError> {
-    let last = batch.messages.last().ok_or(ApplyError::Empty)?;
-    let next_offset = last.offset + 1;
+    let mut applied = apply_batches(pool, sealer, std::slice::from_ref(batch), now).await?;
+    applied.pop().ok_or(ApplyError::Empty)
+}
+
+/// Applies several partitions' batches (each partition at most once) in ONE transaction: one
+/// lock, one load and one write of each kind for all of them, and every partition's offset moved
+/// from where its batch started. What each batch did, in order; on any error nothing is written,
+/// and a fenced partition fails the whole transaction.
+pub async fn apply_batches(
+    pool: &PgPool,
+    sealer: &dyn Sealer,
+    batches: &[Batch<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<Applied>, ApplyError> {
+    let mut moves = Vec::with_capacity(batches.len());
+    for b in batches {
+        let last = b.messages.last().ok_or(ApplyError::Empty)?;
+        moves.push(offsets::Move {
+            group: b.group,
+            topic: b.topic,
+            partition: b.partition,
+            from: b.from,
+            to: last.offset + 1,
+        });
+    }
+    let parts: Vec<Part<'_>> = batches
+        .iter()
+        .map(|b| Part { topic: b.topic, partition: b.partition, messages: &b.messages })
+        .collect();
     let mut tx = pool.begin().await.map_err(|e| StoreError::db("begin ingest transaction", e))?;
-    let mut applied =
-        apply_messages(&mut tx, sealer, batch.topic, batch.partition, &batch.messages, now).await?;
-    applied.next_offset = next_offset;
-    if !offsets::advance(&mut tx, batch.group, batch.topic, batch.partition, batch.from, next_offset).await? {
+    let mut applied = apply_parts(&mut tx, sealer, &parts, now).await?;
+    let advanced = offsets::advance_all(&mut tx, &moves).await?;
+    if let Some(fenced) =
+        moves.iter().find(|m| !advanced.iter().any(|(t, p)| t == m.topic && *p == m.partition))
+    {
         // Dropping the transaction rolls it back.
         return Err(ApplyError::Fenced {
-            topic: batch.topic.to_owned(),
-            partition: batch.partition,
-            expected: batch.from,
+            topic: fenced.topic.to_owned(),
+            partition: fenced.partition,
+            expected: fenced.from,
         });
     }
     tx.commit().await.map_err(|e| StoreError::db("commit ingest transaction", e))?;
+    for (a, m) in applied.iter_mut().zip(&moves) {
+        a.next_offset = m.to;
+    }
     Ok(applied)
 }
 
@@ -87,18 +119,32 @@ pub async fn apply_messages(
     messages: &[Prepared],
     now: DateTime<Utc>,
 ) -> Result<Applied, ApplyError> {
-    let loaded = load(tx, messages).await?;
-    let plan = plan_batch(loaded, topic, partition, messages, now);
-    write(tx, sealer, topic, partition, plan).await
+    let mut applied = apply_parts(tx, sealer, &[Part { topic, partition, messages }], now).await?;
+    applied.pop().ok_or(ApplyError::Empty)
 }
 
-/// Locks the batch's cards (in cardId order) and reads their state and the history's record of
-/// the batch's event ids.
-async fn load(tx: &mut PgConnection, messages: &[Prepared]) -> Result<Loaded, StoreError> {
-    let events: Vec<&ValidEvent> = messages.iter().filter_map(|m| m.outcome.as_ref().ok()).collect();
+/// [`apply_messages`] for several partitions' messages at once; what each part did, in order.
+async fn apply_parts(
+    tx: &mut PgConnection,
+    sealer: &dyn Sealer,
+    parts: &[Part<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<Applied>, ApplyError> {
+    let loaded = load(tx, parts.iter().flat_map(|p| p.messages)).await?;
+    let plan = plan_batch(loaded, parts, now);
+    write(tx, sealer, plan).await
+}
+
+/// Locks the messages' cards (in cardId order) and reads their state and the history's record of
+/// the messages' event ids.
+async fn load<'m>(
+    tx: &mut PgConnection,
+    messages: impl Iterator<Item = &'m Prepared> + Clone,
+) -> Result<Loaded, StoreError> {
+    let events: Vec<&ValidEvent> = messages.clone().filter_map(|m| m.outcome.as_ref().ok()).collect();
     // Refused messages with a trusted cardId get a result keyed on that card: its results must be
     // written under its lock too, so that the card's results keep their commit order.
-    let refused = messages.iter().filter_map(|m| m.outcome.as_ref().err()).filter_map(trusted_card_id);
+    let refused = messages.filter_map(|m| m.outcome.as_ref().err()).filter_map(trusted_card_id);
     let mut card_ids: Vec<&str> =
         events.iter().map(|e| e.event().meta().card_id.as_str()).chain(refused).collect();
     card_ids.sort_unstable();
@@ -114,10 +160,8 @@ async fn load(tx: &mut PgConnection, messages: &[Prepared]) -> Result<Loaded, St
 async fn write(
     tx: &mut PgConnection,
     sealer: &dyn Sealer,
-    topic: &str,
-    partition: i32,
     plan: BatchPlan<'_>,
-) -> Result<Applied, ApplyError> {
+) -> Result<Vec<Applied>, ApplyError> {
     let records: Vec<&CardRecord> = plan.records.iter().collect();
     cards::upsert(tx, &records).await?;
     history::append(tx, &plan.history).await?;
@@ -140,8 +184,8 @@ async fn write(
         .iter()
         .zip(&envelopes)
         .map(|(d, envelope)| dead_letters::NewDeadLetter {
-            topic,
-            partition,
+            topic: d.topic,
+            partition: d.partition,
             offset: d.message.offset,
             reason: d.reason.code(),
             detail: &d.detail,

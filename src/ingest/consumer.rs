@@ -45,6 +45,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::combine::{Combiner, GATHER, Limits, Ticks};
 use super::message::{Committed, Incoming, RawMessage};
 use super::partition::{HeldBytes, PartitionTask};
 use super::prepare::Pipeline;
@@ -61,11 +62,11 @@ pub struct IngestOptions {
     pub group_id: String,
     /// Topic name -> event kind.
     pub topics: Vec<(String, EventKind)>,
-    /// Most messages per transaction.
+    /// Most messages per batch and per transaction.
     pub batch_max: usize,
     /// Most message bytes per transaction (a larger single message forms a batch of one).
     pub batch_max_bytes: usize,
-    /// Longest wait to fill a batch.
+    /// Longest wait to fill a batch: the period of the clock all partitions close batches on.
     pub batch_wait: Duration,
     /// Messages buffered per partition before it is paused.
     pub queue_capacity: usize,
@@ -168,8 +169,12 @@ struct Ctx {
     watermarks: BaseConsumer,
     /// Message bytes held by every partition task together (see `HeldBytes`).
     held_total: Arc<std::sync::atomic::AtomicUsize>,
-    /// Permits to prepare and apply a batch, shared by every partition task.
+    /// Permits to prepare and apply a batch, shared by every partition task and the combiner.
     batches: Arc<tokio::sync::Semaphore>,
+    /// Applies the card partitions' batches, several in one transaction.
+    combiner: Arc<Combiner>,
+    /// The clock every partition closes its batches on.
+    ticks: Ticks,
 }
 
 impl Ctx {
@@ -326,9 +331,10 @@ impl Ctx {
                 from,
                 batch_max: self.options.batch_max,
                 batch_max_bytes: self.options.batch_max_bytes,
-                batch_wait: self.options.batch_wait,
+                ticks: self.ticks,
                 held: held.clone(),
                 batches: self.batches.clone(),
+                combiner: self.combiner.clone(),
                 pool: self.pool.clone(),
                 pipeline: self.pipeline.clone(),
                 commits: self.commits.clone(),
@@ -529,6 +535,9 @@ fn poll_thread(
     let (commits_tx, commits_rx) = std::sync::mpsc::channel::<Committed>();
     let kinds = options.topics.iter().cloned().collect();
     let topics: Vec<String> = options.topics.iter().map(|(t, _)| t.clone()).collect();
+    let batches = Arc::new(tokio::sync::Semaphore::new(options.batches_in_flight.max(1)));
+    let limits = Limits { messages: options.batch_max, bytes: options.batch_max_bytes, gather: GATHER };
+    let combiner = Arc::new(Combiner::new(pool.clone(), pipeline.clone(), batches.clone(), limits));
     let ctx = Ctx {
         rt,
         pool,
@@ -544,7 +553,9 @@ fn poll_thread(
             .create()
             .map_err(|source| IngestError::Kafka { op: "create the watermark client", source })?,
         held_total: Arc::default(),
-        batches: Arc::new(tokio::sync::Semaphore::new(options.batches_in_flight.max(1))),
+        batches,
+        combiner,
+        ticks: Ticks::new(options.batch_wait),
     };
     let consumer: BaseConsumer<Ctx> = client_config(&options)
         .create_with_context(ctx)

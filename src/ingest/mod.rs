@@ -8,6 +8,7 @@
 pub mod message;
 
 pub mod apply;
+pub mod combine;
 pub mod consumer;
 pub mod partition;
 pub mod plan;

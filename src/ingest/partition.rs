@@ -15,14 +15,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::apply::{ApplyError, apply_batch};
-use super::message::{Applied, Batch, Committed, Incoming};
+use super::apply::ApplyError;
+use super::combine::{Combiner, OwnedBatch, Stopped, Ticks};
+use super::message::{Applied, Committed, Incoming};
 use super::prepare::{Pipeline, PrepareError};
 use super::profile::{self, ProfileBatch};
 use crate::core::event::EventKind;
@@ -100,11 +100,15 @@ pub(crate) struct PartitionTask {
     pub from: Option<i64>,
     pub batch_max: usize,
     pub batch_max_bytes: usize,
-    pub batch_wait: Duration,
+    /// When a batch closes: at the first tick after its first message, the same for all partitions.
+    pub ticks: Ticks,
     pub held: HeldBytes,
-    /// Permits to prepare and apply a batch, shared by all partitions: bounds the memory of the
-    /// batches being worked on and the connections ingest takes from the pool (dispatch shares it).
+    /// Permits to prepare a batch (and apply a profile batch), shared by all partitions and the
+    /// combiner's writers: bounds the memory of the batches being worked on and the connections
+    /// ingest takes from the pool (dispatch shares it).
     pub batches: Arc<Semaphore>,
+    /// Applies card batches, with other partitions' batches of the same tick.
+    pub combiner: Arc<Combiner>,
     pub pool: PgPool,
     pub pipeline: Arc<Pipeline>,
     pub commits: std::sync::mpsc::Sender<Committed>,
@@ -115,6 +119,8 @@ pub(crate) struct PartitionTask {
 enum Step {
     Prepare(PrepareError),
     Apply(ApplyError),
+    /// Stopped before the batch was applied (it will be replayed by the next owner).
+    Stopped,
 }
 
 fn backoff() -> impl Iterator<Item = Duration> {
@@ -154,7 +160,7 @@ impl PartitionTask {
     }
 
     /// Waits for the first message, then fills the batch until it has `batch_max` messages or
-    /// `batch_max_bytes` bytes, or `batch_wait` passed. False when stopped with nothing in hand.
+    /// `batch_max_bytes` bytes, or the next tick. False when stopped with nothing in hand.
     async fn next_batch(
         &self,
         rx: &mut mpsc::Receiver<Incoming>,
@@ -170,7 +176,7 @@ impl PartitionTask {
         };
         let mut bytes = first.raw.size();
         buf.push(first);
-        let deadline = tokio::time::Instant::now() + self.batch_wait;
+        let deadline = self.ticks.next(tokio::time::Instant::now());
         let mut take = |m: Incoming, buf: &mut Vec<Incoming>| -> bool {
             let size = m.raw.size();
             if bytes.saturating_add(size) > self.batch_max_bytes {
@@ -208,8 +214,14 @@ impl PartitionTask {
         true
     }
 
-    /// Prepares and applies one batch: the card path, or the consumer-profile path.
+    /// Prepares and applies one batch: the card path (applied by the combiner), or the
+    /// consumer-profile path. A permit is held while preparing, and while applying a profile batch.
     async fn prepare_and_apply(&self, messages: &[Incoming]) -> Result<(Applied, usize), Step> {
+        let permit = tokio::select! {
+            // The semaphore is never closed, so the permit is always there.
+            p = self.batches.clone().acquire_owned() => p.ok(),
+            _ = self.stop.cancelled() => return Err(Step::Stopped),
+        };
         if self.kind == EventKind::Profile {
             let prepared = self.pipeline.prepare_profiles(messages).await.map_err(Step::Prepare)?;
             let sealer =
@@ -222,24 +234,24 @@ impl PartitionTask {
                 from: self.from,
                 messages: prepared,
             };
-            return profile::apply_batch(&self.pool, sealer, &batch)
-                .await
-                .map(|a| (a, size))
-                .map_err(Step::Apply);
+            let applied = profile::apply_batch(&self.pool, sealer, &batch).await;
+            drop(permit);
+            return applied.map(|a| (a, size)).map_err(Step::Apply);
         }
         let prepared = self.pipeline.prepare(self.kind, messages).await.map_err(Step::Prepare)?;
+        drop(permit);
         let size = prepared.len();
-        let batch = Batch {
-            group: &self.group,
-            topic: &self.topic,
+        let batch = OwnedBatch {
+            group: self.group.clone(),
+            topic: self.topic.clone(),
             partition: self.partition,
             from: self.from,
             messages: prepared,
         };
-        apply_batch(&self.pool, self.pipeline.sealer(), &batch, Utc::now())
-            .await
-            .map(|a| (a, size))
-            .map_err(Step::Apply)
+        match self.combiner.apply(batch).await {
+            Ok(applied) => applied.map(|a| (a, size)).map_err(Step::Apply),
+            Err(Stopped) => Err(Step::Stopped),
+        }
     }
 
     /// Prepares and applies the batch, retrying transient failures. False when stopped before
@@ -247,18 +259,12 @@ impl PartitionTask {
     async fn process(&mut self, buf: &mut Vec<Incoming>) -> bool {
         let mut delays = backoff();
         loop {
-            // Held only while the batch is worked on, not across a backoff pause.
-            let permit = tokio::select! {
-                // The semaphore is never closed, so the permit is always there.
-                p = self.batches.clone().acquire_owned() => p.ok(),
-                _ = self.stop.cancelled() => return false,
-            };
             let started = Instant::now();
             let messages: Vec<Incoming> = std::mem::take(buf);
             let outcome = self.prepare_and_apply(&messages).await;
-            drop(permit);
             *buf = messages;
             match outcome {
+                Err(Step::Stopped) => return false,
                 Err(Step::Prepare(e)) => {
                     warn!(error = %e, "cannot prepare batch; retrying");
                     if !self.pause(&mut delays).await {

@@ -78,6 +78,60 @@ pub async fn advance(
     Ok(done == 1)
 }
 
+/// One partition's offset move in [`advance_all`].
+#[derive(Debug, Clone, Copy)]
+pub struct Move<'a> {
+    /// Consumer group.
+    pub group: &'a str,
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// The stored next offset the batch started at (`None`: nothing stored).
+    pub from: Option<i64>,
+    /// The new next offset.
+    pub to: i64,
+}
+
+/// [`advance`] for several partitions in one statement; the (topic, partition) pairs that moved.
+/// A pair missing from the answer was fenced: the caller must roll back.
+pub async fn advance_all(
+    tx: &mut PgConnection,
+    moves: &[Move<'_>],
+) -> Result<Vec<(String, i32)>, StoreError> {
+    let groups: Vec<&str> = moves.iter().map(|m| m.group).collect();
+    let topics: Vec<&str> = moves.iter().map(|m| m.topic).collect();
+    let partitions: Vec<i32> = moves.iter().map(|m| m.partition).collect();
+    let froms: Vec<Option<i64>> = moves.iter().map(|m| m.from).collect();
+    let tos: Vec<i64> = moves.iter().map(|m| m.to).collect();
+    // A NULL `from` never equals a stored offset, so those rows only take the INSERT.
+    sqlx::query_as(
+        "WITH m AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::int8[], $5::int8[])
+                 AS m(group_id, topic, partition, from_offset, to_offset)
+         ), moved AS (
+             UPDATE consumer_offsets o SET next_offset = m.to_offset, updated_at = now() FROM m
+             WHERE o.group_id = m.group_id AND o.topic = m.topic AND o.partition = m.partition
+               AND o.next_offset = m.from_offset
+             RETURNING o.topic, o.partition
+         ), first AS (
+             INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
+             SELECT group_id, topic, partition, to_offset FROM m WHERE from_offset IS NULL
+             ON CONFLICT DO NOTHING
+             RETURNING topic, partition
+         )
+         SELECT topic, partition FROM moved UNION ALL SELECT topic, partition FROM first",
+    )
+    .bind(&groups)
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&froms)
+    .bind(&tos)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| StoreError::db("advance consumed offsets", e))
+}
+
 /// Moves the stored offset past messages the broker no longer has, from `from` (stored) to `to`
 /// (the low watermark), and records the gap, in one transaction. False when the stored offset
 /// is no longer `from` (another consumer moved it; nothing written).

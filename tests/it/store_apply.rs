@@ -7,7 +7,8 @@ use card_registrar::core::pan::CardData;
 use card_registrar::core::record::{CallStatus, CardState, RegistrationSource};
 use card_registrar::core::validate::{CardIdPolicy, validate_created, validate_lifecycle};
 use card_registrar::crypto::Sealer;
-use card_registrar::ingest::apply::{ApplyError, apply_batch};
+use card_registrar::ingest::apply::{ApplyError, apply_batch, apply_batches};
+use card_registrar::ingest::combine::{Combiner, Limits, OwnedBatch};
 use card_registrar::ingest::message::{Batch, Prepared, RawMessage, Rejection};
 use card_registrar::store::outbox::Finish;
 use card_registrar::store::{cards, dead_letters, history, notifications, offsets, outbox, results, settle};
@@ -354,4 +355,126 @@ async fn a_batch_wakes_dispatchers_only_when_it_queues_a_call_and_relays_when_it
         vec![Effect::RegisteredImplicitly]
     );
     assert_eq!(ours_until(results::NOTIFY_CHANNEL).await, vec![results::NOTIFY_CHANNEL]);
+}
+
+/// The partitions whose offsets one transaction moved share its `now()`: distinct update times of
+/// the group's stored offsets, one per transaction.
+async fn offset_transactions(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT count(DISTINCT updated_at) FROM consumer_offsets WHERE group_id = $1")
+        .bind(GROUP)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+fn on_partition(mut b: Batch<'_>, partition: i32) -> Batch<'_> {
+    b.partition = partition;
+    b
+}
+
+#[tokio::test]
+async fn batches_of_several_partitions_apply_in_one_transaction_and_one_fenced_partition_writes_nothing() {
+    let db = TestDb::new().await;
+    // A card whose events sit on two topics' partitions: the second sees the first's decision.
+    let batches = [
+        on_partition(batch("card-created", None, vec![valid(created("card-m", "mia"))]), 2),
+        on_partition(
+            batch(
+                "card-tokenized",
+                Some(0),
+                vec![valid(tokenized("card-m", "mia", TokenizationOutcome::Approved))],
+            ),
+            5,
+        ),
+    ];
+    offsets::advance(&mut db.pool.acquire().await.unwrap(), GROUP, "card-tokenized", 5, None, 0)
+        .await
+        .unwrap();
+    let applied = apply_batches(&db.pool, &PlainSealer, &batches, Utc::now()).await.unwrap();
+    assert_eq!(applied[0].effects, vec![Effect::Enqueued]);
+    assert_eq!(applied[1].effects, vec![Effect::CancelledQueuedCall]);
+    assert_eq!((applied[0].next_offset, applied[1].next_offset), (1, 1));
+    let (record, call) = cards::get(&db.pool, "card-m").await.unwrap().unwrap();
+    assert_eq!(record.state, CardState::Registered);
+    assert_eq!(call, Some(CallStatus::Cancelled));
+    assert_eq!(offsets::load(&db.pool, GROUP, "card-created").await.unwrap().get(&2), Some(&1));
+    assert_eq!(offsets::load(&db.pool, GROUP, "card-tokenized").await.unwrap().get(&5), Some(&1));
+    assert_eq!(offset_transactions(&db).await, 1, "both offsets moved in one transaction");
+
+    // Partition 3 is new, partition 2 is fenced (stored 1, this batch started at 0): nothing of
+    // either is written, and the error names the fenced one.
+    let fenced = [
+        on_partition(batch("card-created", None, vec![valid(created("card-n", "nia"))]), 3),
+        on_partition(batch("card-created", Some(0), vec![valid(created("card-o", "otto"))]), 2),
+    ];
+    let err = apply_batches(&db.pool, &PlainSealer, &fenced, Utc::now()).await.unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::Fenced { topic, partition: 2, expected: Some(0) } if topic == "card-created"),
+        "{err}"
+    );
+    assert!(cards::get(&db.pool, "card-n").await.unwrap().is_none());
+    assert!(cards::get(&db.pool, "card-o").await.unwrap().is_none());
+    assert_eq!(offsets::load(&db.pool, GROUP, "card-created").await.unwrap().get(&3), None);
+}
+
+fn combiner(db: &TestDb, keys: &TestKeys, gather: std::time::Duration) -> Combiner {
+    let writers = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
+    let limits = Limits { messages: 1000, bytes: 4 << 20, gather };
+    Combiner::new(db.pool.clone(), std::sync::Arc::new(keys.pipeline()), writers, limits)
+}
+
+fn owned(topic: &str, partition: i32, from: Option<i64>, card: &str) -> OwnedBatch {
+    let b = batch(topic, from, vec![valid(created(card, "kai"))]);
+    OwnedBatch { group: GROUP.into(), topic: topic.into(), partition, from, messages: b.messages }
+}
+
+#[tokio::test]
+async fn the_combiner_applies_partitions_batches_handed_within_its_gather_in_one_transaction() {
+    let db = TestDb::new().await;
+    let keys = TestKeys::new();
+    let combiner = combiner(&db, &keys, std::time::Duration::from_millis(300));
+    let (a, b, c) = tokio::join!(
+        combiner.apply(owned("card-created", 0, None, "card-p0")),
+        combiner.apply(owned("card-created", 1, None, "card-p1")),
+        combiner.apply(owned("card-created", 2, None, "card-p2")),
+    );
+    for outcome in [a, b, c] {
+        assert_eq!(outcome.unwrap().unwrap().effects, vec![Effect::Enqueued]);
+    }
+    assert_eq!(offset_transactions(&db).await, 1, "three partitions, one transaction");
+    assert_eq!(outbox::list(&db.pool, None, None, 10).await.unwrap().len(), 3);
+
+    // Without a gather each batch that finds a free writer has its own transaction.
+    let alone = combiner_at_once(&db, &keys);
+    alone.apply(owned("card-created", 3, None, "card-p3")).await.unwrap().unwrap();
+    alone.apply(owned("card-created", 4, None, "card-p4")).await.unwrap().unwrap();
+    assert_eq!(offset_transactions(&db).await, 3);
+}
+
+fn combiner_at_once(db: &TestDb, keys: &TestKeys) -> Combiner {
+    combiner(db, keys, std::time::Duration::ZERO)
+}
+
+#[tokio::test]
+async fn a_fenced_partition_in_a_combined_transaction_gets_its_own_error_and_the_others_commit() {
+    let db = TestDb::new().await;
+    let keys = TestKeys::new();
+    let combiner = combiner(&db, &keys, std::time::Duration::from_millis(300));
+    let (a, zombie, c) = tokio::join!(
+        combiner.apply(owned("card-created", 0, None, "card-q0")),
+        // Nothing is stored for partition 1, so a batch started at offset 7 was fenced.
+        combiner.apply(owned("card-created", 1, Some(7), "card-q1")),
+        combiner.apply(owned("card-created", 2, None, "card-q2")),
+    );
+    assert_eq!(a.unwrap().unwrap().next_offset, 1);
+    assert_eq!(c.unwrap().unwrap().next_offset, 1);
+    let err = zombie.unwrap().unwrap_err();
+    assert!(matches!(err, ApplyError::Fenced { partition: 1, expected: Some(7), .. }), "{err}");
+    let stored = offsets::load(&db.pool, GROUP, "card-created").await.unwrap();
+    assert_eq!((stored.get(&0), stored.get(&1), stored.get(&2)), (Some(&1), None, Some(&1)));
+    assert!(cards::get(&db.pool, "card-q1").await.unwrap().is_none());
+    assert!(
+        cards::get(&db.pool, "card-q0").await.unwrap().is_some()
+            && cards::get(&db.pool, "card-q2").await.unwrap().is_some()
+    );
 }
