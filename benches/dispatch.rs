@@ -13,6 +13,10 @@
 //!     1 ms short from the truncation, and includes the simulator's own checks). Also prints the
 //!     CPU per event while streaming, and with BENCH_TIMELINE=1 the figures second by second.
 //!
+//! With BENCH_SIM_PROCESS=1, part (a) drains against the d1-simulator binary in a process of its
+//! own (build it first: `cargo build --release -p d1-simulator`), its CPU read from its /proc entry;
+//! part (b) keeps the in-process one, whose clock it compares publish times with.
+//!
 //! Needs the real services: `eval "$(scripts/services env)"`. Run: `cargo bench --bench dispatch`;
 //! sizes: BENCH_REGISTRATIONS (20,000), BENCH_RATE (500 events/s), BENCH_SECONDS (30; 0 skips
 //! part (b)), BENCH_PARTITIONS (6). Service settings come from the variables of `card-registrar run`.
@@ -38,7 +42,10 @@ use card_registrar::workload::{Outgoing, Plan, test_pan};
 use chrono::{DateTime, Utc};
 use common::db::{Schema, durability};
 use common::kafka::{GroupWatch, Topic, producer};
-use common::service::{Ingest, Keys, apply_directly, d1_caps, d1_client, dispatcher, start_simulator};
+use common::service::{
+    Ingest, Keys, apply_directly, d1_caps, d1_client, d1_client_at, dispatcher, start_simulator,
+};
+use common::sim_process::SimProcess;
 use common::{Knobs, ServiceSettings, cpu_seconds, per_second, poll_until, postgres_cpu_seconds, quantile};
 use d1_simulator::RunningSimulator;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -98,6 +105,7 @@ fn main() -> anyhow::Result<()> {
     let seconds = knobs.usize("BENCH_SECONDS", 30);
     let partitions = knobs.usize("BENCH_PARTITIONS", 6);
     let callgrind = knobs.usize("BENCH_CALLGRIND", 0) == 1;
+    let sim_process = knobs.usize("BENCH_SIM_PROCESS", 0) == 1;
     let timeline = knobs.usize("BENCH_TIMELINE", 0) == 1;
     let settings = ServiceSettings::from_env()?;
     let keys = Keys::generate()?;
@@ -112,7 +120,19 @@ fn main() -> anyhow::Result<()> {
     let service_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
 
     let (concurrency, rps) = d1_caps(&settings);
-    println!("dispatch against the in-process d1-simulator: no injected latency, no faults");
+    let external = if sim_process { Some(service_rt.block_on(SimProcess::start(&keys))?) } else { None };
+    let d1 = match &external {
+        Some(process) => D1::Process(process),
+        None => D1::InProcess(&sim),
+    };
+    println!(
+        "dispatch against the d1-simulator {}: no injected latency, no faults",
+        if sim_process {
+            "in a process of its own for (a), in this process for (b)"
+        } else {
+            "in this process"
+        }
+    );
     println!("command:  {}", knobs.command("dispatch"));
     println!(
         "settings: D1_MAX_CONCURRENCY={concurrency} D1_MAX_RPS={rps} DISPATCH_POLL_MS={} {}",
@@ -120,7 +140,8 @@ fn main() -> anyhow::Result<()> {
         settings.ingest_line()
     );
     println!("postgres: {}", service_rt.block_on(durability(&settings.database.database_url))?);
-    let a = service_rt.block_on(throughput(&settings, &keys, &sim, registrations, partitions, callgrind))?;
+    let a = service_rt.block_on(throughput(&settings, &keys, &d1, registrations, partitions, callgrind))?;
+    drop(external);
     print_throughput(&a);
     if seconds > 0 {
         sim.reset();
@@ -135,11 +156,51 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The simulator part (a) drains against.
+enum D1<'a> {
+    /// In this process, on a runtime of its own (threads named [`SIM_THREADS`]).
+    InProcess(&'a RunningSimulator),
+    /// The binary in a process of its own (`BENCH_SIM_PROCESS=1`).
+    Process(&'a SimProcess),
+}
+
+impl D1<'_> {
+    fn base_url(&self) -> &str {
+        match self {
+            D1::InProcess(sim) => sim.base_url(),
+            D1::Process(sim) => sim.base_url(),
+        }
+    }
+
+    async fn counts(&self) -> anyhow::Result<d1_simulator::stats::Stats> {
+        match self {
+            D1::InProcess(sim) => Ok(sim.counts()),
+            D1::Process(sim) => sim.counts().await,
+        }
+    }
+
+    /// CPU seconds of this process, and of the simulator.
+    fn cpu_seconds(&self) -> (f64, f64) {
+        match self {
+            D1::InProcess(_) => cpu_seconds(SIM_THREADS),
+            D1::Process(sim) => (cpu_seconds(SIM_THREADS).0, sim.cpu_seconds()),
+        }
+    }
+
+    /// The service's share of this process's CPU (an in-process simulator's threads taken out).
+    fn service_share(&self, process: f64, sim: f64) -> f64 {
+        match self {
+            D1::InProcess(_) => process - sim,
+            D1::Process(_) => process,
+        }
+    }
+}
+
 /// (a): queue `n` registrations, then time `Dispatcher::run` until the outbox is drained.
 async fn throughput(
     settings: &ServiceSettings,
     keys: &Keys,
-    sim: &RunningSimulator,
+    sim: &D1<'_>,
     n: usize,
     partitions: usize,
     callgrind: bool,
@@ -156,12 +217,16 @@ async fn throughput(
     );
 
     let timeout = Duration::from_millis(settings.d1.d1_timeout_ms);
-    let dispatcher =
-        Arc::new(dispatcher(settings, schema.pool.clone(), d1_client(sim, keys, timeout)?, keys)?);
+    let dispatcher = Arc::new(dispatcher(
+        settings,
+        schema.pool.clone(),
+        d1_client_at(sim.base_url(), keys, timeout)?,
+        keys,
+    )?);
     if callgrind {
         callgrind_control("--zero")?;
     }
-    let (cpu_before, sim_before) = cpu_seconds(SIM_THREADS);
+    let (cpu_before, sim_before) = sim.cpu_seconds();
     let postgres_before = postgres_cpu_seconds();
     let started = Instant::now();
     let running = Running::start(dispatcher);
@@ -172,7 +237,7 @@ async fn throughput(
     // PostgreSQL's time in this phase (it scans every queued row), and the per-card stats map
     // grows with every card. The outbox is read once D1 holds every card, for the last settles.
     poll_until("D1 to store every card", limit, Duration::from_millis(20), || async {
-        Ok((sim.counts().effective_registrations >= n as u64).then_some(()))
+        Ok((sim.counts().await?.effective_registrations >= n as u64).then_some(()))
     })
     .await?;
     poll_until("the outbox to drain", limit, Duration::from_millis(20), || async {
@@ -181,7 +246,7 @@ async fn throughput(
     })
     .await?;
     let elapsed = started.elapsed();
-    let (cpu_after, sim_after) = cpu_seconds(SIM_THREADS);
+    let (cpu_after, sim_after) = sim.cpu_seconds();
     let postgres_cpu = postgres_cpu_seconds().zip(postgres_before).map(|(after, before)| after - before);
     if callgrind {
         callgrind_control("--dump=dispatch")?;
@@ -189,7 +254,7 @@ async fn throughput(
     running.stop().await?;
 
     let done = schema.count("outbox", "status = 'DONE'").await?;
-    let stats = sim.stats();
+    let stats = sim.counts().await?;
     anyhow::ensure!(
         done == n as i64 && stats.effective_registrations == n as u64,
         "{done} rows DONE and {} cards registered at D1, of {n}",
@@ -199,7 +264,7 @@ async fn throughput(
     Ok(Throughput {
         registrations: n,
         elapsed,
-        service_cpu: cpu_after - cpu_before - sim_cpu,
+        service_cpu: sim.service_share(cpu_after - cpu_before, sim_cpu),
         sim_cpu,
         postgres_cpu,
         duplicates: stats.duplicate_puts,

@@ -10,6 +10,7 @@ pub mod db;
 pub mod kafka;
 pub mod pgbench;
 pub mod service;
+pub mod sim_process;
 
 use std::time::Duration;
 
@@ -132,6 +133,11 @@ fn stat_cpu(stat: &str, children: bool) -> f64 {
     let ticks = |i: usize| fields.get(i).copied().unwrap_or(0.0);
     let own = ticks(11) + ticks(12);
     (if children { own + ticks(13) + ticks(14) } else { own }) / TICKS_PER_SEC
+}
+
+/// CPU seconds (user + system) of process `pid`, from /proc (0 if it cannot be read).
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| stat_cpu(&s, false)).unwrap_or(0.0)
 }
 
 /// CPU seconds (user + system) of this process, and of its threads whose name starts with

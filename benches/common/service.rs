@@ -211,9 +211,14 @@ pub fn start_simulator(rt: &tokio::runtime::Runtime, keys: &Keys) -> anyhow::Res
 
 /// A D1 client toward the simulator, configured as the service would be.
 pub fn d1_client(sim: &RunningSimulator, keys: &Keys, timeout: Duration) -> anyhow::Result<D1Client> {
+    d1_client_at(sim.base_url(), keys, timeout)
+}
+
+/// The same toward a simulator at `base_url`.
+pub fn d1_client_at(base_url: &str, keys: &Keys, timeout: Duration) -> anyhow::Result<D1Client> {
     let f = &keys.files;
     Ok(D1Client::new(D1ClientConfig {
-        base_url: sim.base_url().parse()?,
+        base_url: base_url.parse()?,
         issuer_id: IssuerId::parse(f.issuer_id.as_str())?,
         auth_key: AssertionKey::from_file(&f.issuer_auth_private_pem, f.issuer_auth_kid.clone())?,
         encryption_key: D1EncryptionKey::from_file(&f.d1_encryption_public_jwk)?,
