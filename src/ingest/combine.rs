@@ -10,10 +10,10 @@
 //! is queued and what joins within [`GATHER`], up to `INGEST_BATCH_MAX` messages and
 //! `INGEST_BATCH_MAX_BYTES`. A full batch (a backlog) closes at once and fills a transaction alone.
 //!
-//! Writers take their permit from the semaphore that bounds ingest's batches in flight
-//! (`INGEST_BATCHES_IN_FLIGHT`; partitions hold one only while preparing), so ingest still holds at
-//! most that many pooled connections. A partition has at most one batch in the combiner (it waits
-//! for the answer before its next batch), so a transaction moves each partition's offset once.
+//! At most `INGEST_BATCHES_IN_FLIGHT` transactions run at once (a pooled connection each; a
+//! profile batch, applied by its partition, takes one of the same permits). A partition has at most
+//! one batch in the combiner (it waits for the answer before its next batch), so a transaction
+//! moves each partition's offset once.
 //!
 //! Failure stays per partition: if a transaction of several batches fails (one partition fenced by
 //! another consumer, a dead letter that cannot be sealed, PostgreSQL gone), nothing of it is
@@ -119,6 +119,11 @@ impl Combiner {
     /// A combiner writing through `pool`, each transaction holding a permit of `writers`.
     pub fn new(pool: PgPool, pipeline: Arc<Pipeline>, writers: Arc<Semaphore>, limits: Limits) -> Self {
         Self { pool, pipeline, writers, limits, queue: OnceLock::new() }
+    }
+
+    /// The permits each transaction holds (`INGEST_BATCHES_IN_FLIGHT`; a connection each).
+    pub fn writers(&self) -> &Arc<Semaphore> {
+        &self.writers
     }
 
     /// Applies the batch in the next transaction; what it did. The queue needs no bound: each

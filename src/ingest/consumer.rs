@@ -47,7 +47,7 @@ use tracing::{debug, error, info, warn};
 
 use super::combine::{Combiner, GATHER, Limits, Ticks};
 use super::message::{Committed, Incoming, RawMessage};
-use super::partition::{HeldBytes, PartitionTask};
+use super::partition::{BATCH_UNITS, HeldBytes, PartitionTask};
 use super::prepare::Pipeline;
 use crate::core::event::EventKind;
 use crate::store::offsets;
@@ -169,7 +169,7 @@ struct Ctx {
     watermarks: BaseConsumer,
     /// Message bytes held by every partition task together (see `HeldBytes`).
     held_total: Arc<std::sync::atomic::AtomicUsize>,
-    /// Permits to prepare and apply a batch, shared by every partition task and the combiner.
+    /// The budget of batches being prepared and applied, shared by every partition task.
     batches: Arc<tokio::sync::Semaphore>,
     /// Applies the card partitions' batches, several in one transaction.
     combiner: Arc<Combiner>,
@@ -535,9 +535,11 @@ fn poll_thread(
     let (commits_tx, commits_rx) = std::sync::mpsc::channel::<Committed>();
     let kinds = options.topics.iter().cloned().collect();
     let topics: Vec<String> = options.topics.iter().map(|(t, _)| t.clone()).collect();
-    let batches = Arc::new(tokio::sync::Semaphore::new(options.batches_in_flight.max(1)));
+    let in_flight = u32::try_from(options.batches_in_flight.max(1)).unwrap_or(256);
+    let batches = Arc::new(tokio::sync::Semaphore::new((in_flight * BATCH_UNITS) as usize));
+    let writers = Arc::new(tokio::sync::Semaphore::new(in_flight as usize));
     let limits = Limits { messages: options.batch_max, bytes: options.batch_max_bytes, gather: GATHER };
-    let combiner = Arc::new(Combiner::new(pool.clone(), pipeline.clone(), batches.clone(), limits));
+    let combiner = Arc::new(Combiner::new(pool.clone(), pipeline.clone(), writers, limits));
     let ctx = Ctx {
         rt,
         pool,

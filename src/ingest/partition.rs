@@ -103,16 +103,31 @@ pub(crate) struct PartitionTask {
     /// When a batch closes: at the first tick after its first message, the same for all partitions.
     pub ticks: Ticks,
     pub held: HeldBytes,
-    /// Permits to prepare a batch (and apply a profile batch), shared by all partitions and the
-    /// combiner's writers: bounds the memory of the batches being worked on and the connections
-    /// ingest takes from the pool (dispatch shares it).
+    /// The budget of batches being prepared and applied, shared by all partitions, in
+    /// [`BATCH_UNITS`] per full batch (see [`weight`]): bounds the memory of the batches worked on.
     pub batches: Arc<Semaphore>,
-    /// Applies card batches, with other partitions' batches of the same tick.
+    /// Applies card batches, with other partitions' batches of the same tick; its writers also
+    /// bound the connections ingest takes from the pool (dispatch shares it).
     pub combiner: Arc<Combiner>,
     pub pool: PgPool,
     pub pipeline: Arc<Pipeline>,
     pub commits: std::sync::mpsc::Sender<Committed>,
     pub stop: CancellationToken,
+}
+
+/// A full batch's share of the in-flight budget (`INGEST_BATCHES_IN_FLIGHT` full batches).
+pub const BATCH_UNITS: u32 = 1000;
+
+/// A batch's share of the in-flight budget, in thousandths of a full batch: the larger of its share
+/// of `batch_max` messages and of `batch_max_bytes` bytes, at least 1 and at most a full batch. What
+/// a batch builds while prepared and applied (decoded events, statement parameters) grows with both,
+/// so the budget bounds that memory as `INGEST_BATCHES_IN_FLIGHT` full batches did, while the small
+/// batches of a moderate rate all fit and can share a transaction.
+pub fn weight(messages: usize, bytes: usize, batch_max: usize, batch_max_bytes: usize) -> u32 {
+    let units = u128::from(BATCH_UNITS);
+    let share = |n: usize, max: usize| (n as u128 * units).div_ceil(max.max(1) as u128);
+    let w = share(messages, batch_max).max(share(bytes, batch_max_bytes)).clamp(1, units);
+    u32::try_from(w).unwrap_or(BATCH_UNITS)
 }
 
 /// Where preparing and applying a batch failed.
@@ -215,11 +230,14 @@ impl PartitionTask {
     }
 
     /// Prepares and applies one batch: the card path (applied by the combiner), or the
-    /// consumer-profile path. A permit is held while preparing, and while applying a profile batch.
+    /// consumer-profile path (applied here, under one of the combiner's writer permits). The
+    /// batch's share of the in-flight budget is held until it is applied.
     async fn prepare_and_apply(&self, messages: &[Incoming]) -> Result<(Applied, usize), Step> {
-        let permit = tokio::select! {
-            // The semaphore is never closed, so the permit is always there.
-            p = self.batches.clone().acquire_owned() => p.ok(),
+        let bytes = messages.iter().map(|m| m.raw.size()).sum();
+        let units = weight(messages.len(), bytes, self.batch_max, self.batch_max_bytes);
+        let _budget = tokio::select! {
+            // The semaphore is never closed, so the permits are always there.
+            p = self.batches.clone().acquire_many_owned(units) => p.ok(),
             _ = self.stop.cancelled() => return Err(Step::Stopped),
         };
         if self.kind == EventKind::Profile {
@@ -234,12 +252,14 @@ impl PartitionTask {
                 from: self.from,
                 messages: prepared,
             };
+            let _writer = tokio::select! {
+                w = self.combiner.writers().clone().acquire_owned() => w.ok(),
+                _ = self.stop.cancelled() => return Err(Step::Stopped),
+            };
             let applied = profile::apply_batch(&self.pool, sealer, &batch).await;
-            drop(permit);
             return applied.map(|a| (a, size)).map_err(Step::Apply);
         }
         let prepared = self.pipeline.prepare(self.kind, messages).await.map_err(Step::Prepare)?;
-        drop(permit);
         let size = prepared.len();
         let batch = OwnedBatch {
             group: self.group.clone(),
@@ -348,6 +368,23 @@ impl PartitionTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_weighs_its_larger_share_of_the_message_and_byte_limits() {
+        // 1,000 messages or 4 MiB make a full batch.
+        let w = |messages, bytes| weight(messages, bytes, 1000, 4 << 20);
+        assert_eq!(w(1000, 1 << 20), BATCH_UNITS, "a full count of small messages");
+        assert_eq!(w(10, 4 << 20), BATCH_UNITS, "a few messages of a full batch's bytes");
+        assert_eq!(w(3, 3 * 600), 3, "the small batch of a moderate rate");
+        assert_eq!(
+            w(1, 40 << 20),
+            BATCH_UNITS,
+            "one message larger than a batch takes a full batch, no more"
+        );
+        assert_eq!(w(0, 0), 1, "never free");
+        assert_eq!(w(500, 1 << 20), 500);
+        assert_eq!(w(100, 3 << 20), 750);
+    }
 
     #[test]
     fn partitions_share_the_process_budget_and_an_empty_partition_always_takes_one_message() {
