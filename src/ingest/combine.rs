@@ -24,10 +24,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::Utc;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, Span, debug, info_span};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::apply::{ApplyError, apply_batch, apply_batches};
 use super::message::{Applied, Batch, Prepared};
@@ -98,6 +100,8 @@ pub struct Limits {
 struct Job {
     batch: OwnedBatch,
     reply: oneshot::Sender<Result<Applied, ApplyError>>,
+    /// The partition's `ingest.batch` span, which the transaction's span links to.
+    from: SpanContext,
 }
 
 /// The combiner of one ingest. Its task starts with the first batch (inside the runtime) and ends
@@ -130,7 +134,8 @@ impl Combiner {
     /// partition has at most one batch in it, and its bytes are counted as the partition's.
     pub async fn apply(&self, batch: OwnedBatch) -> Result<Result<Applied, ApplyError>, Stopped> {
         let (reply, answer) = oneshot::channel();
-        self.queue().send(Job { batch, reply }).map_err(|_| Stopped)?;
+        let from = Span::current().context().span().span_context().clone();
+        self.queue().send(Job { batch, reply, from }).map_err(|_| Stopped)?;
         answer.await.map_err(|_| Stopped)
     }
 
@@ -183,7 +188,11 @@ async fn run(
             jobs.push(job);
         }
         let writer = writer.clone();
+        // A root span (its batches come from many traces), linked to each partition's batch.
         let span = info_span!("ingest.transaction", batches = jobs.len(), messages);
+        for job in &jobs {
+            span.add_link(job.from.clone());
+        }
         tokio::spawn(
             async move {
                 let (replies, batches): (Vec<_>, Vec<_>) =

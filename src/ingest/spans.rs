@@ -1,5 +1,5 @@
 //! The per-message spans of ingest: `ingest.message` (one per Kafka message, a child of the
-//! producer's W3C trace context from the message headers, linked to its `ingest.batch`),
+//! producer's W3C trace context from the message headers, linked to the transaction applying it),
 //! `card.decide` (the decision and its effect) and `ingest.dead_letter` (with the reason code).
 //!
 //! Ingest runs at tens of thousands of messages per second, so a message costs span creation and
@@ -43,8 +43,8 @@ impl MessageOutcome {
 }
 
 /// The `ingest.message` span of `m`, read from `partition` of `topic`. Its parent is the
-/// message's `traceparent` when it has a valid one (with a link to the enclosing batch span),
-/// else the current span (the batch).
+/// message's `traceparent` when it has a valid one (with a link to the enclosing
+/// `ingest.transaction`), else the current span (the transaction).
 pub(super) fn message(topic: &str, partition: i32, m: &Prepared) -> Span {
     let (card_id, event_id) = match &m.outcome {
         Ok(event) => {
@@ -69,7 +69,7 @@ pub(super) fn message(topic: &str, partition: i32, m: &Prepared) -> Span {
     let parent =
         m.traceparent.as_deref().and_then(|tp| parent_from_trace_headers(tp, m.tracestate.as_deref()));
     if let Some(parent) = parent {
-        // The batch (one transaction for many producers' traces) stays reachable through a link.
+        // The transaction (one for many producers' traces) stays reachable through a link.
         let batch = Span::current().context().span().span_context().clone();
         if span.set_parent(parent).is_ok() {
             span.add_link(batch);

@@ -11,9 +11,9 @@ pub const EVENTS_CONSUMED: &str = "card_registrar_events_consumed_total";
 pub const DECISIONS: &str = "card_registrar_decisions_total";
 /// Counter, label `reason` (dead-letter reason code).
 pub const DEAD_LETTERS: &str = "card_registrar_dead_letters_total";
-/// Histogram of messages per ingest transaction.
+/// Histogram of messages per partition batch.
 pub const INGEST_BATCH_SIZE: &str = "card_registrar_ingest_batch_size";
-/// Histogram of ingest transaction duration, seconds.
+/// Histogram of a partition batch's time from its start to its commit, seconds.
 pub const INGEST_BATCH_DURATION: &str = "card_registrar_ingest_batch_duration_seconds";
 /// Gauge, labels `topic`, `partition`: librdkafka's consumer lag (high watermark minus the committed
 /// offset), refreshed with its statistics every 5 s.
@@ -108,8 +108,12 @@ pub fn describe() {
     describe_counter!(EVENTS_CONSUMED, "Kafka messages consumed, by topic and outcome");
     describe_counter!(DECISIONS, "Decisions applied, by history effect");
     describe_counter!(DEAD_LETTERS, "Messages stored as dead letters, by reason code");
-    describe_histogram!(INGEST_BATCH_SIZE, Unit::Count, "Messages per ingest transaction");
-    describe_histogram!(INGEST_BATCH_DURATION, Unit::Seconds, "Duration of one ingest transaction");
+    describe_histogram!(INGEST_BATCH_SIZE, Unit::Count, "Messages per partition batch");
+    describe_histogram!(
+        INGEST_BATCH_DURATION,
+        Unit::Seconds,
+        "Time of one partition batch from its start to its commit"
+    );
     describe_gauge!(CONSUMER_LAG, Unit::Count, "High watermark minus stored next offset, per partition");
     describe_gauge!(OUTBOX_ROWS, Unit::Count, "Outbox rows by status");
     describe_gauge!(OUTBOX_OLDEST_DUE_AGE, Unit::Seconds, "Age of the oldest due outbox row");

@@ -17,7 +17,7 @@ use super::metrics::{INGEST_BATCH_SIZE, describe};
 pub const SECONDS_BUCKETS: [f64; 14] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-/// Bucket bounds of the ingest batch size histogram (messages per transaction).
+/// Bucket bounds of the ingest batch size histogram (messages per partition batch).
 pub const BATCH_SIZE_BUCKETS: [f64; 11] =
     [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0];
 

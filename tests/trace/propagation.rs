@@ -134,3 +134,57 @@ async fn one_trace_links_the_kafka_message_the_decision_the_dispatch_and_the_sim
     assert_child(dead_letter, refused);
     assert_eq!(dead_letter.attribute("reason"), Some("INVALID_PAN"));
 }
+
+// The combiner's transaction is a root span of its own (it applies batches of many traces): it
+// links to each partition's `ingest.batch`, and the messages without a producer's context are its
+// children, so a trace viewer gets from any of them to the others.
+#[tokio::test(flavor = "current_thread")]
+async fn an_ingest_transaction_links_to_the_batch_of_each_partition_it_applied() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use card_registrar::ingest::combine::{Combiner, Limits, OwnedBatch};
+
+    let spans = SpanCapture::new();
+    let telemetry = telemetry::build_capturing(&settings(), LogBuffer::new(), &spans).unwrap();
+    let _default = tracing::dispatcher::set_default(telemetry.dispatch());
+    let (db, keys) = (TestDb::new().await, TestKeys::new());
+    let pipeline = Arc::new(keys.pipeline());
+    let limits = Limits { messages: 1000, bytes: 4 << 20, gather: Duration::from_millis(300) };
+    let combiner =
+        Combiner::new(db.pool.clone(), pipeline.clone(), Arc::new(tokio::sync::Semaphore::new(1)), limits);
+    let mut g =
+        Generator::new(SchemaSet::embedded().unwrap(), keys.card_public(), Framing::SingleObject, 3, "tx");
+    let mut batches = Vec::new();
+    for partition in 0..2 {
+        let m = &g.card(partition as usize, Plan::CreatedOnly).unwrap().phase1[0];
+        let raw = RawMessage { key: Some(m.key.clone()), headers: vec![], payload: Some(m.payload.clone()) };
+        let messages = pipeline.prepare(EventKind::Created, &[Incoming { offset: 0, raw }]).await.unwrap();
+        let (group, topic) = ("g".into(), "card-created".into());
+        batches.push(OwnedBatch { group, topic, partition, from: None, messages });
+    }
+    let (b1, b0) = (batches.pop().unwrap(), batches.pop().unwrap());
+    let (a0, a1) = tokio::join!(
+        combiner.apply(b0).instrument(tracing::info_span!("ingest.batch", partition = 0)),
+        combiner.apply(b1).instrument(tracing::info_span!("ingest.batch", partition = 1)),
+    );
+    assert_eq!((a0.unwrap().unwrap().next_offset, a1.unwrap().unwrap().next_offset), (1, 1));
+    drop(combiner);
+    tokio::task::yield_now().await;
+
+    let spans = spans.spans();
+    let transaction = span(&spans, "ingest.transaction", "", "");
+    assert_eq!(transaction.attribute("batches"), Some("2"), "one transaction for both partitions");
+    let mut linked = transaction.links.clone();
+    linked.sort();
+    let mut batch_ids: Vec<String> =
+        spans.iter().filter(|s| s.name == "ingest.batch").map(|s| s.span_id.clone()).collect();
+    batch_ids.sort();
+    assert_eq!(batch_ids.len(), 2);
+    assert_eq!(linked, batch_ids, "the transaction links to both partitions' batches");
+    let messages: Vec<&CapturedSpan> = spans.iter().filter(|s| s.name == "ingest.message").collect();
+    assert_eq!(messages.len(), 2);
+    for m in messages {
+        assert_eq!(m.parent_span_id, transaction.span_id, "a message without a producer's context");
+    }
+}
