@@ -441,6 +441,39 @@ async fn a_cards_next_result_is_claimable_only_once_the_previous_one_is_publishe
     assert_eq!(backlog.pending, 4);
 }
 
+/// A claim fetches about one row per row it hands out, however many results wait and
+/// whatever PostgreSQL's statistics say: gathered while everything was published (the usual state),
+/// they put the queue at one row, and the planner then checked each head against the whole queue
+/// (a relay behind by 30,000 results took 3 s a claim of 500: it fell further behind).
+#[tokio::test]
+async fn a_claim_reads_the_queue_once_however_stale_the_statistics() {
+    let db = TestDb::new().await;
+    const PUBLISHED: i64 = 5_000;
+    const WAITING: i64 = 5_000;
+    sqlx::raw_sql(&format!(
+        "INSERT INTO registration_results (result_id, card_id, outcome, published_at)
+           SELECT gen_random_uuid(), 'p' || i, 'REGISTERED_EXPLICIT', now() FROM generate_series(1, {PUBLISHED}) i;
+         ANALYZE registration_results;
+         INSERT INTO registration_results (result_id, card_id, outcome)
+           SELECT gen_random_uuid(), 'w' || i, 'REGISTERED_EXPLICIT' FROM generate_series(1, {WAITING}) i;"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // Counted before and after, in one transaction: PostgreSQL may fold earlier counts into these.
+    const READ: &str = "SELECT idx_tup_fetch FROM pg_stat_xact_user_tables
+                        WHERE schemaname = current_schema() AND relname = 'registration_results'";
+    let mut tx = db.pool.begin().await.unwrap();
+    let before: i64 = sqlx::query_scalar(READ).fetch_one(&mut *tx).await.unwrap();
+    let claimed = results::claim(&mut *tx, "relay-1", 100, Duration::from_secs(30)).await.unwrap();
+    let after: i64 = sqlx::query_scalar(READ).fetch_one(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(claimed.len(), 100);
+    assert!(claimed.iter().all(|r| r.card_id.as_deref().is_some_and(|c| c.starts_with('w'))));
+    let read = after - before;
+    assert!(read < 10 * 100, "a claim of 100 fetched {read} rows by index ({WAITING} results waiting)");
+}
+
 fn relay(db: &TestDb, topic: &str, framing: card_registrar::avro::encode::Framing) -> Relay {
     Relay::new(
         db.pool.clone(),
