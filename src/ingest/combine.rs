@@ -132,11 +132,19 @@ impl Combiner {
 
     /// Applies the batch in the next transaction; what it did. The queue needs no bound: each
     /// partition has at most one batch in it, and its bytes are counted as the partition's.
+    ///
+    /// Panics if the transaction applying the batch panicked (a bug, not bad data): the caller's
+    /// partition task then dies as it would have applying the batch itself, which fails readiness
+    /// and stops ingest with an error instead of leaving the partition silently unread.
     pub async fn apply(&self, batch: OwnedBatch) -> Result<Result<Applied, ApplyError>, Stopped> {
         let (reply, answer) = oneshot::channel();
         let from = Span::current().context().span().span_context().clone();
         self.queue().send(Job { batch, reply, from }).map_err(|_| Stopped)?;
-        answer.await.map_err(|_| Stopped)
+        match answer.await {
+            Ok(outcome) => Ok(outcome),
+            // The writer task answers every batch it took unless it panicked.
+            Err(_) => panic!("the ingest transaction applying this batch panicked"),
+        }
     }
 
     fn queue(&self) -> &mpsc::UnboundedSender<Job> {
