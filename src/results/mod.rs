@@ -5,5 +5,6 @@
 //! operator actions in the same transaction as the change that causes them; this module only
 //! carries them out. Never here: deciding what a result is, or reading card data.
 
+pub mod floor;
 pub mod relay;
 pub mod upkeep;

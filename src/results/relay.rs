@@ -9,8 +9,11 @@
 //! No clock is trusted for this. A relay that stalls past its lease may still deliver its copy
 //! late, after the row was published again and later rows followed: that copy is a duplicate with
 //! the same `resultId`, and readers dedupe on it (the first copy is always in order).
+//!
+//! Claims start at the relay's [`Floor`] while they come back full, so a backlog's claims do not
+//! read the results published before them again.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -19,12 +22,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::avro::encode::{Framing, encode_result};
 use crate::avro::schemas::{ParsedSchema, SchemaError, results_schema};
 use crate::kafka::KafkaSecurity;
+use crate::results::floor::Floor;
 use crate::store::StoreError;
 use crate::store::results::{self, NOTIFY_CHANNEL, PendingResult};
 use crate::telemetry::metrics::RESULTS_PUBLISHED;
@@ -79,6 +84,7 @@ pub struct Relay {
     producer: FutureProducer,
     schema: ParsedSchema,
     options: RelayOptions,
+    floor: Mutex<Floor>,
 }
 
 /// What one [`Relay::step`] did.
@@ -105,15 +111,18 @@ impl Relay {
             .set("message.timeout.ms", options.delivery_timeout().as_millis().to_string());
         options.security.apply(&mut config);
         let producer = config.create().map_err(RelayError::Producer)?;
-        Ok(Self { pool, producer, schema, options })
+        Ok(Self { pool, producer, schema, options, floor: Mutex::new(Floor::default()) })
     }
 
     /// Claims one batch, publishes it, waits for every acknowledgement (bounded by the delivery
     /// timeout), then marks the acknowledged rows and gives the others back.
     pub async fn step(&self) -> Result<StepReport, StoreError> {
+        let from = self.floor().start(Instant::now());
+        let limit = self.options.batch;
         let rows =
-            results::claim(&self.pool, &self.options.owner, self.options.batch as i64, self.options.lease)
-                .await?;
+            results::claim(&self.pool, &self.options.owner, limit as i64, self.options.lease, from).await?;
+        let lowest = rows.iter().map(|r| r.seq).min();
+        self.floor().claimed(from, rows.len(), lowest, limit, Instant::now());
         let mut report = StepReport { claimed: rows.len(), ..StepReport::default() };
         if rows.is_empty() {
             return Ok(report);
@@ -134,6 +143,11 @@ impl Relay {
         report.published = acked.len();
         report.released = failed.len();
         Ok(report)
+    }
+
+    /// Where claims start (held only between awaits).
+    fn floor(&self) -> std::sync::MutexGuard<'_, Floor> {
+        self.floor.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Publishes one row; true once the broker acknowledged it.

@@ -182,16 +182,22 @@ impl PendingResult {
 /// gathered with every result published (the usual state): believing the queue held one row, it
 /// checked each candidate against the whole queue, and a relay 30,000 results behind took 3 s a
 /// claim.
+///
+/// Only rows from `seq` `from` on are claimed (0: the whole queue): a published row's entry stays
+/// in the queue's index until VACUUM, and a claim from the start reads every one of them (see
+/// `results::relay` for the floor it passes). The card's-oldest test still looks at all of the
+/// card's rows, so a floor never lets a card's later row out before an earlier one.
 pub async fn claim(
     db: impl PgExecutor<'_>,
     owner: &str,
     limit: i64,
     lease: Duration,
+    from: i64,
 ) -> Result<Vec<PendingResult>, StoreError> {
     sqlx::query_as(
         "WITH heads AS (
              SELECT r.seq FROM registration_results r
-             WHERE r.published_at IS NULL
+             WHERE r.published_at IS NULL AND r.seq >= $4
                AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())
                AND (r.card_id IS NULL
                     OR r.seq <= (SELECT min(c.seq)
@@ -209,6 +215,7 @@ pub async fn claim(
     .bind(limit)
     .bind(owner)
     .bind(millis(lease))
+    .bind(from)
     .fetch_all(db)
     .await
     .map_err(|e| StoreError::db("claim registration results", e))
