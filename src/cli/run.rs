@@ -412,6 +412,10 @@ pub async fn run(db: &DatabaseSettings, args: RunArgs, stop: CancellationToken) 
             // Acknowledgements take milliseconds when the brokers are healthy; rows left leased
             // are published again after their lease, with the same resultId.
             drain_timeout: Duration::from_secs(args.shutdown_timeout_secs.saturating_sub(5).clamp(1, 5)),
+            // A result committed below the relay's floor (late, or its lease ended) waits this long
+            // at most; each whole-queue claim reads the index entries of every result published
+            // since the last VACUUM.
+            whole_queue_every: Duration::from_secs(1),
         };
         let relay = Relay::new(pool.clone(), options)
             .map_err(|e| CliError::context("results relay", error_chain(&e)))?;

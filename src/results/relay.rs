@@ -10,8 +10,8 @@
 //! late, after the row was published again and later rows followed: that copy is a duplicate with
 //! the same `resultId`, and readers dedupe on it (the first copy is always in order).
 //!
-//! Claims start at the relay's [`Floor`] while they come back full, so a backlog's claims do not
-//! read the results published before them again.
+//! Claims start at the relay's [`Floor`], so they do not read the results published before them
+//! again (their index entries stay until VACUUM); one claim a second reads the whole queue.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,6 +57,9 @@ pub struct RelayOptions {
     pub retry_delay: Duration,
     /// How long a stop waits for the batch in hand.
     pub drain_timeout: Duration,
+    /// Longest time between two claims that read the whole queue rather than from the relay's
+    /// floor: how long a result committed below the floor can wait ([`Floor`]).
+    pub whole_queue_every: Duration,
 }
 
 impl RelayOptions {
@@ -111,18 +114,17 @@ impl Relay {
             .set("message.timeout.ms", options.delivery_timeout().as_millis().to_string());
         options.security.apply(&mut config);
         let producer = config.create().map_err(RelayError::Producer)?;
-        Ok(Self { pool, producer, schema, options, floor: Mutex::new(Floor::default()) })
+        let floor = Mutex::new(Floor::new(options.whole_queue_every));
+        Ok(Self { pool, producer, schema, options, floor })
     }
 
     /// Claims one batch, publishes it, waits for every acknowledgement (bounded by the delivery
     /// timeout), then marks the acknowledged rows and gives the others back.
     pub async fn step(&self) -> Result<StepReport, StoreError> {
         let from = self.floor().start(Instant::now());
-        let limit = self.options.batch;
-        let rows =
-            results::claim(&self.pool, &self.options.owner, limit as i64, self.options.lease, from).await?;
-        let lowest = rows.iter().map(|r| r.seq).min();
-        self.floor().claimed(from, rows.len(), lowest, limit, Instant::now());
+        let limit = self.options.batch as i64;
+        let rows = results::claim(&self.pool, &self.options.owner, limit, self.options.lease, from).await?;
+        self.floor().claimed(from, rows.iter().map(|r| r.seq).min(), Instant::now());
         let mut report = StepReport { claimed: rows.len(), ..StepReport::default() };
         if rows.is_empty() {
             return Ok(report);
