@@ -12,6 +12,7 @@
 //! - [`issuer_api`]: the API D1 calls on the bank's side (OAuth token, Get Consumer Info, Notify Card
 //!   Operations), behind mutual TLS and our bearer tokens, on its own port.
 //! - [`kafka`]: Kafka client security (TLS, SASL, properties file) and the start-up broker check.
+//! - [`memory`]: the heap's settings (glibc's mmap threshold fixed, so large blocks go back at once).
 //! - [`results`]: registration results -> Kafka: the relay of the results outbox, its upkeep.
 //! - [`shutdown`]: signals -> cancellation, soft stop then hard stop.
 //! - [`store`]: PostgreSQL (sqlx): records, history, outbox, dead letters, consumed offsets.
@@ -33,6 +34,7 @@ pub mod dispatch;
 pub mod ingest;
 pub mod issuer_api;
 pub mod kafka;
+pub mod memory;
 pub mod results;
 pub mod shutdown;
 pub mod store;

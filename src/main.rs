@@ -8,6 +8,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    card_registrar::memory::fix_mmap_threshold();
     let cli = Cli::parse();
     if let Err(e) = cli.telemetry.validate() {
         eprintln!("error: {e}");
