@@ -1,14 +1,17 @@
 //! The process's heap: glibc's malloc told to give large blocks back at once.
 //!
 //! glibc serves a block of 128 KiB or more with its own mapping, returned to the system when freed,
-//! but raises that threshold to the size of each such block freed (up to 32 MiB). After the first
-//! ingest batches (statement parameters and connection buffers of megabytes), those blocks come
-//! from the heap arenas instead, which keep what they grew to: on the 1,000,000-card backlog the
-//! worker peaked at 143-144 MiB with the sliding threshold and at 125 MiB with it fixed at 256 KiB,
-//! for the same CPU (`scripts/backlog`, README "Memory and a large backlog").
+//! but raises that threshold to the size of each such block freed (up to 32 MiB), and the arenas'
+//! trim threshold with it (to twice that). After the first ingest batches (statement parameters and
+//! connection buffers of megabytes), such blocks come from the arenas, which then keep that much
+//! free space before giving any back: on the 1,000,000-card backlog the worker peaked at 141-144 MiB with the
+//! sliding thresholds. Fixing the threshold keeps glibc's default trim threshold (128 KiB). At 4 MiB
+//! the ingest blocks below it still come from the arenas; at 256 KiB or 1 MiB every batch mapped
+//! and unmapped megabytes, and ingest cost 18 % more CPU per message (`scripts/backlog`, README
+//! "Memory and a large backlog").
 
 /// The fixed threshold: blocks from this size on get their own mapping.
-pub const MMAP_THRESHOLD: usize = 256 * 1024;
+pub const MMAP_THRESHOLD: usize = 4 * 1024 * 1024;
 
 /// Fixes glibc's mmap threshold at [`MMAP_THRESHOLD`], unless the operator set one
 /// (`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...` or `MALLOC_MMAP_THRESHOLD_`). Call first
