@@ -47,8 +47,8 @@ fn gauges_spaced(every: Duration, spent: Duration) -> Option<Duration> {
     (spaced > every).then_some(spaced)
 }
 
-/// Publishes outbox gauges every `gauge_every` (or less often when reading them is slow) and runs retention every `retention.every`, until
-/// `shutdown`.
+/// Publishes outbox gauges every `gauge_every` (or less often when reading them is slow) and runs
+/// retention every `retention.every`, until `shutdown`.
 pub async fn run(pool: PgPool, retention: Retention, gauge_every: Duration, shutdown: CancellationToken) {
     let mut gauges = tokio::time::interval(gauge_every);
     let mut purge = tokio::time::interval(retention.every);
