@@ -15,6 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use super::migrate::error_chain;
 use super::{CliError, print_json};
 use crate::config::{ConfigError, DatabaseSettings, KafkaSettings};
+use crate::kafka::{KafkaSecurity, Logged};
 use crate::store::{self, offsets};
 
 /// `offsets` subcommands.
@@ -137,12 +138,13 @@ fn operator(by: Option<&str>) -> Result<String, CliError> {
 
 /// The partition's (low, high) watermarks, asked of the broker.
 async fn watermarks(kafka: &KafkaSettings, topic: &str, partition: i32) -> Result<(i64, i64), CliError> {
-    let brokers = kafka.kafka_brokers.clone();
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.kafka_brokers).set("client.id", "card-registrar-offsets");
+    KafkaSecurity::from_settings(&kafka.security)?.apply(&mut config);
     let (topic, what) = (topic.to_owned(), format!("read the watermarks of {topic}/{partition}"));
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
+        let consumer: BaseConsumer<Logged> = config
+            .create_with_context(Logged)
             .map_err(|e| ConfigError { variable: "KAFKA_BROKERS", problem: e.to_string() })?;
         consumer
             .fetch_watermarks(&topic, partition, Duration::from_secs(10))

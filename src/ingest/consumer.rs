@@ -31,7 +31,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -50,6 +50,7 @@ use super::message::{Committed, Incoming, RawMessage};
 use super::partition::{BATCH_UNITS, HeldBytes, PartitionTask};
 use super::prepare::Pipeline;
 use crate::core::event::EventKind;
+use crate::kafka::{Logged, logging};
 use crate::store::offsets;
 use crate::telemetry::metrics::{CONSUMER_LAG, OFFSETS_LOST};
 
@@ -166,7 +167,7 @@ struct Ctx {
     shutdown: CancellationToken,
     /// A client outside the group, for watermark queries: asked from inside the rebalance
     /// callback, the group's own client can stall on them.
-    watermarks: BaseConsumer,
+    watermarks: BaseConsumer<Logged>,
     /// Message bytes held by every partition task together (see `HeldBytes`).
     held_total: Arc<std::sync::atomic::AtomicUsize>,
     /// The budget of batches being prepared and applied, shared by every partition task.
@@ -451,11 +452,15 @@ impl ClientContext for Ctx {
         }
     }
 
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        logging::log_line(level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
             self.brokers_down.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        warn!(error = %error, reason, "kafka client error");
+        logging::log_error(&error, reason);
     }
 }
 
@@ -513,6 +518,14 @@ fn client_config(options: &IngestOptions) -> ClientConfig {
     c
 }
 
+/// The watermark reader's configuration: the consumer's brokers and security, no group.
+fn watermark_config(options: &IngestOptions) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &options.brokers).set("client.id", "card-registrar-watermarks");
+    options.security.apply(&mut c);
+    c
+}
+
 /// The client's pre-fetch queue: a partition's bound, at most half the process budget.
 fn client_queue_bytes(options: &IngestOptions) -> usize {
     options.queue_max_bytes.min(options.memory_max_bytes / 2)
@@ -550,9 +563,8 @@ fn poll_thread(
         commits: commits_tx,
         brokers_down: std::sync::atomic::AtomicBool::new(false),
         shutdown: shutdown.clone(),
-        watermarks: ClientConfig::new()
-            .set("bootstrap.servers", &options.brokers)
-            .create()
+        watermarks: watermark_config(&options)
+            .create_with_context(Logged)
             .map_err(|source| IngestError::Kafka { op: "create the watermark client", source })?,
         held_total: Arc::default(),
         batches,

@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 
 use crate::avro::encode::{Framing, encode_result};
 use crate::avro::schemas::{ParsedSchema, SchemaError, results_schema};
-use crate::kafka::KafkaSecurity;
+use crate::kafka::{KafkaSecurity, Logged};
 use crate::results::floor::Floor;
 use crate::store::StoreError;
 use crate::store::results::{self, NOTIFY_CHANNEL, PendingResult};
@@ -84,7 +84,7 @@ pub enum RelayError {
 /// The relay of one process.
 pub struct Relay {
     pool: PgPool,
-    producer: FutureProducer,
+    producer: FutureProducer<Logged>,
     schema: ParsedSchema,
     options: RelayOptions,
     floor: Mutex<Floor>,
@@ -113,7 +113,7 @@ impl Relay {
             .set("linger.ms", "5")
             .set("message.timeout.ms", options.delivery_timeout().as_millis().to_string());
         options.security.apply(&mut config);
-        let producer = config.create().map_err(RelayError::Producer)?;
+        let producer = config.create_with_context(Logged).map_err(RelayError::Producer)?;
         let floor = Mutex::new(Floor::new(options.whole_queue_every));
         Ok(Self { pool, producer, schema, options, floor })
     }

@@ -178,6 +178,16 @@ async fn readyz_is_false_while_kafka_is_unreachable_and_the_worker_keeps_trying(
     );
     let log = worker.log.clone();
     assert!(worker.terminate(Duration::from_secs(30)).success(), "log:\n{}", tail(&log));
+    // A broker that refuses connections is a condition the worker rides out and /readyz reports:
+    // librdkafka's lines about it are warnings, so an alert on ERROR is not paged by a restart.
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let errors: Vec<_> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
+    assert!(errors.is_empty(), "ERROR lines while Kafka was unreachable: {errors:#?}");
+    let refused = |l: &&serde_json::Value| {
+        l["level"] == "WARN" && l["message"].as_str().is_some_and(|m| m.contains("Connection refused"))
+    };
+    assert!(lines.iter().any(|l| refused(&l)), "no WARN line names the refused connection:\n{}", tail(&log));
 }
 
 #[tokio::test]

@@ -1,9 +1,10 @@
 //! Kafka security against a real broker with a SASL_SSL listener (its own process, started by
 //! `scripts/services secure-kafka-up` with a test CA, a broker certificate and SCRAM users made
 //! when its storage is formatted; stopped at the end): the worker consumes and registers through it
-//! with SCRAM-SHA-256, `publish` produces through it with SCRAM-SHA-512 and PLAIN, and a wrong
-//! password, a wrong CA or plaintext against the TLS port each stop start-up with one line naming
-//! the setting.
+//! with SCRAM-SHA-256, `publish` produces through it with SCRAM-SHA-512 and PLAIN, a restarted
+//! worker checks its stored offsets against the watermarks and `offsets reset --to latest` reads
+//! them through it too, and a wrong password, a wrong CA or plaintext against the TLS port each
+//! stop start-up with one line naming the setting.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -182,7 +183,7 @@ async fn the_worker_registers_through_sasl_ssl_and_bad_credentials_stop_start_up
     worker.wait_ready(Duration::from_secs(90)).await;
     // `publish` produces through the same listener with SCRAM-SHA-512, then PLAIN.
     let public_key = path(&keys.files.card_data_public_jwk).to_owned();
-    for (n, mechanism) in ["SCRAM-SHA-512", "PLAIN"].into_iter().enumerate() {
+    let publish_ten = |mechanism: &str, n: usize| {
         let mut extra = kafka.settings(mechanism);
         extra.push(("CARD_DATA_PUBLIC_KEY", public_key.clone()));
         let (prefix, seed) = (format!("sec{n}"), (n + 11).to_string());
@@ -191,7 +192,14 @@ async fn the_worker_registers_through_sasl_ssl_and_bad_credentials_stop_start_up
         let args: Vec<&str> =
             args.into_iter().chain(["--phase-gap-ms", "0", "--prefix", &prefix, "--seed", &seed]).collect();
         let out = binary(&args, &base, &extra, limit);
-        assert!(out.status.success(), "publish with {mechanism}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "publish {n} with {mechanism}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for (n, mechanism) in ["SCRAM-SHA-512", "PLAIN"].into_iter().enumerate() {
+        publish_ten(mechanism, n);
     }
     let deadline = Instant::now() + Duration::from_secs(90);
     while d1.sim.stats().effective_registrations < 20 {
@@ -205,12 +213,7 @@ async fn the_worker_registers_through_sasl_ssl_and_bad_credentials_stop_start_up
     }
     // D1's answer is recorded right after the call: wait for the records too.
     wait_until("20 cards REGISTERED in PostgreSQL", Duration::from_secs(30), || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM cards WHERE state = $1")
-            .bind(CardState::Registered.as_str())
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-            == 20
+        registered(&db).await == 20
     })
     .await;
     // The results relay's producer goes through the same listener with the same settings: each
@@ -229,6 +232,67 @@ async fn the_worker_registers_through_sasl_ssl_and_bad_credentials_stop_start_up
     assert!(worker.terminate(Duration::from_secs(30)).success(), "log:\n{}", tail(&log));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains(password), "the SASL password reached the worker's log");
+
+    // Restarted, the worker finds its stored offsets and checks each against the partition's
+    // watermarks (a topic recreated under it is held, not re-read) through the same secured
+    // listener: the client that reads them has the worker's security settings too.
+    let worker = Worker::spawn(&env, "secure-again");
+    worker.wait_ready(Duration::from_secs(90)).await;
+    publish_ten("SCRAM-SHA-512", 2);
+    wait_until("30 cards REGISTERED after the restart", Duration::from_secs(90), || async {
+        registered(&db).await == 30
+    })
+    .await;
+    let log = worker.log.clone();
+    assert!(worker.terminate(Duration::from_secs(30)).success(), "log:\n{}", tail(&log));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("cannot read the watermarks"),
+        "the watermarks were not read through the secured listener:\n{}",
+        tail(&log)
+    );
+    let stats = d1.sim.stats();
+    assert_eq!(
+        (stats.effective_registrations, stats.duplicate_puts),
+        (30, 0),
+        "none lost, none registered twice"
+    );
+
+    // The operator's `offsets reset --to latest` reads the high watermark through the secured
+    // listener as well, and stores it.
+    let (_, high) = {
+        let internal: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka.var("SECURE_KAFKA_INTERNAL_BROKERS"))
+            .create()
+            .unwrap();
+        rdkafka::consumer::Consumer::fetch_watermarks(&internal, &topics.created, 0, Duration::from_secs(10))
+            .unwrap()
+    };
+    let args = [
+        "offsets",
+        "reset",
+        "--topic",
+        &topics.created,
+        "--partition",
+        "0",
+        "--to",
+        "latest",
+        "--by",
+        "test",
+    ];
+    let out = binary(&args, &base, &[], limit);
+    assert!(out.status.success(), "offsets reset through SASL_SSL: {}", String::from_utf8_lossy(&out.stderr));
+    let row: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(row["to_offset"], high, "{row}");
+}
+
+/// Cards REGISTERED in PostgreSQL.
+async fn registered(db: &TestDb) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM cards WHERE state = $1")
+        .bind(CardState::Registered.as_str())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
 }
 
 fn path(p: &Path) -> &str {
