@@ -507,9 +507,12 @@ async fn a_claim_from_the_floor_does_not_read_the_published_results_below_it() {
     assert_eq!((first.len(), second.len()), (10, 10));
     assert!(first.iter().chain(&second).all(|r| r.card_id.as_deref().is_some_and(|c| c.starts_with('w'))));
     let (from_start, from_floor) = (after_first - start, after_second - after_first);
-    // Each claim's UPDATE also writes its 10 rows' new (leased) versions into the index: about 20.
+    // From the start the scan reads every leaf page holding the 50,000 published entries: 296
+    // blocks alone, where this scan marks them dead and so reads each page twice; 159 once in the
+    // full test run, where other tests' open snapshots can keep them from being marked. Each
+    // claim's UPDATE also writes its 10 rows' new (leased) versions into the index: about 20.
     assert!(
-        from_start > 200,
+        from_start > 100,
         "the claim from the start read {from_start} blocks: the published entries are gone"
     );
     assert!(from_floor < 40, "the claim from the floor read {from_floor} blocks of the queue's index");
