@@ -92,12 +92,18 @@ fn is_transport_failure(message: &str) -> bool {
 
 /// TLS, SASL or authentication, or a connection closed before the broker answered ApiVersion
 /// (what a TLS listener does to a plaintext client): a setting to fix, not a broker to wait for.
+/// The protocol librdkafka puts in front of a broker's name (`sasl_ssl://host:port/1`) does not
+/// count: on a secured cluster every line names one.
 fn mentions_security(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
+    let words = BROKER_SCHEMES.iter().fold(lower, |t, scheme| t.replace(scheme, " "));
     ["ssl", "tls", "sasl", "authenticat", "certificate", "handshake", "apiversion_query"]
         .iter()
-        .any(|s| lower.contains(s))
+        .any(|s| words.contains(s))
 }
+
+/// The prefixes of librdkafka's broker names for each security protocol but plaintext.
+const BROKER_SCHEMES: [&str; 3] = ["sasl_ssl://", "sasl_plaintext://", "ssl://"];
 
 #[cfg(test)]
 mod tests {
@@ -110,6 +116,9 @@ mod tests {
     const COORDINATOR: &str = "[thrd:GroupCoordinator]: GroupCoordinator: 127.0.0.1:19292: Connect to \
                                ipv4#127.0.0.1:19292 failed: Connection refused (after 0ms in state CONNECT, 1 \
                                identical error(s) suppressed)";
+    const SECURED_REFUSED: &str = "[thrd:sasl_ssl://127.0.0.1:1/bootstrap]: sasl_ssl://127.0.0.1:1/bootstrap: \
+                                   Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state \
+                                   CONNECT)";
     const SSL: &str = "[thrd:sasl_ssl://127.0.0.1:19393/bootstrap]: sasl_ssl://127.0.0.1:19393/bootstrap: SSL \
                        handshake failed: error:0A000086:SSL routines::certificate verify failed";
     const SASL: &str = "[thrd:sasl_ssl://127.0.0.1:19393/bootstrap]: sasl_ssl://127.0.0.1:19393/bootstrap: SASL \
@@ -124,6 +133,7 @@ mod tests {
     fn a_refused_connection_is_a_warning_and_a_security_failure_stays_an_error() {
         assert_eq!(line_level(RDKafkaLogLevel::Error, REFUSED), Level::WARN);
         assert_eq!(line_level(RDKafkaLogLevel::Error, COORDINATOR), Level::WARN);
+        assert_eq!(line_level(RDKafkaLogLevel::Error, SECURED_REFUSED), Level::WARN);
         assert_eq!(line_level(RDKafkaLogLevel::Error, SSL), Level::ERROR);
         assert_eq!(line_level(RDKafkaLogLevel::Error, SASL), Level::ERROR);
         assert_eq!(line_level(RDKafkaLogLevel::Error, PLAINTEXT_TO_TLS), Level::ERROR);
@@ -137,6 +147,10 @@ mod tests {
     fn an_unreachable_broker_event_is_a_warning_unless_its_reason_is_security() {
         let global = |code| KafkaError::Global(code);
         assert_eq!(error_level(&global(RDKafkaErrorCode::BrokerTransportFailure), REFUSED), Level::WARN);
+        assert_eq!(
+            error_level(&global(RDKafkaErrorCode::BrokerTransportFailure), SECURED_REFUSED),
+            Level::WARN
+        );
         assert_eq!(
             error_level(&global(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down"),
             Level::WARN

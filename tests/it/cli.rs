@@ -158,10 +158,35 @@ async fn an_idle_worker_holds_database_min_connections_open_under_its_applicatio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_false_while_kafka_is_unreachable_and_the_worker_keeps_trying() {
+    unreachable_kafka(&[], "127.0.0.1:1").await;
+}
+
+/// The same through SASL_SSL, as most banks' clusters: librdkafka then names the broker
+/// `sasl_ssl://...` in its lines, and a refused connection is still only a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_to_a_sasl_ssl_listener_is_a_warning_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "not-used\n").unwrap();
+    let security = [
+        ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+        ("KAFKA_SASL_MECHANISM", "PLAIN"),
+        ("KAFKA_SASL_USERNAME", "card-registrar"),
+        ("KAFKA_SASL_PASSWORD_FILE", password.to_str().unwrap()),
+    ];
+    unreachable_kafka(&security, "sasl_ssl://127.0.0.1:1").await;
+}
+
+/// Runs a worker whose brokers (127.0.0.1:1) refuse connections, with `security` settings: it stays
+/// not ready, keeps trying, stops cleanly, and logs the refusals (naming `broker`) as warnings only.
+async fn unreachable_kafka(security: &[(&str, &str)], broker: &str) {
     let (db, topics, keys) = (TestDb::new().await, TestTopics::new(1).await, TestKeys::new());
     let mut env =
         WorkerEnv::new(&db, &topics, &keys, &format!("down-{}", uuid::Uuid::new_v4().simple()), None);
     env.set("KAFKA_BROKERS", "127.0.0.1:1");
+    for (k, v) in security {
+        env.set(k, v);
+    }
     let worker = Worker::spawn(&env, "no-kafka");
     let url = format!("http://{}/readyz", worker.admin);
     wait_until("a /readyz answer", Duration::from_secs(30), || async {
@@ -185,7 +210,8 @@ async fn readyz_is_false_while_kafka_is_unreachable_and_the_worker_keeps_trying(
     let errors: Vec<_> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
     assert!(errors.is_empty(), "ERROR lines while Kafka was unreachable: {errors:#?}");
     let refused = |l: &&serde_json::Value| {
-        l["level"] == "WARN" && l["message"].as_str().is_some_and(|m| m.contains("Connection refused"))
+        l["level"] == "WARN"
+            && l["message"].as_str().is_some_and(|m| m.contains("Connection refused") && m.contains(broker))
     };
     assert!(lines.iter().any(|l| refused(&l)), "no WARN line names the refused connection:\n{}", tail(&log));
 }
