@@ -3,8 +3,8 @@
 //! librdkafka logs a refused or dropped connection at its error level, and rdkafka's default
 //! context turns that line, and every error event, into an ERROR. The worker rides out a broker
 //! that restarts or cannot be reached (it keeps trying, and `/readyz` reports Kafka unreachable),
-//! so those are warnings here; anything about TLS or authentication, and every other error, keeps
-//! librdkafka's level.
+//! so those are warnings here, on a TLS listener too; a failed TLS handshake or authentication (a
+//! setting to fix), and every other error, keeps librdkafka's level.
 
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -63,7 +63,7 @@ pub fn line_level(level: RDKafkaLogLevel, message: &str) -> Level {
 }
 
 /// WARN for an unreachable broker (transport failure, all brokers down, a name that did not
-/// resolve) whose reason says nothing of TLS or authentication; ERROR otherwise.
+/// resolve) unless the reason is a setting to fix; ERROR otherwise.
 pub fn error_level(error: &KafkaError, reason: &str) -> Level {
     let transport = matches!(
         error.rdkafka_error_code(),
@@ -73,37 +73,35 @@ pub fn error_level(error: &KafkaError, reason: &str) -> Level {
                 | RDKafkaErrorCode::Resolve
         )
     );
-    if transport && !mentions_security(reason) { Level::WARN } else { Level::ERROR }
+    if transport && !names_a_setting(reason) { Level::WARN } else { Level::ERROR }
 }
 
-/// A connection refused, reset, timed out or closed, or a name that did not resolve, and
-/// nothing about TLS or authentication.
+/// A connection refused, reset, timed out or closed (a TLS one too), or a name that did not
+/// resolve, and not a setting to fix.
 fn is_transport_failure(message: &str) -> bool {
-    const TRANSPORT: [&str; 6] = [
+    const TRANSPORT: [&str; 7] = [
         "Connection refused",
         "Connection reset",
         "Disconnected",
+        "transport error",
         "timed out",
         "Failed to resolve",
         "brokers are down",
     ];
-    TRANSPORT.iter().any(|t| message.contains(t)) && !mentions_security(message)
+    TRANSPORT.iter().any(|t| message.contains(t)) && !names_a_setting(message)
 }
 
-/// TLS, SASL or authentication, or a connection closed before the broker answered ApiVersion
-/// (what a TLS listener does to a plaintext client): a setting to fix, not a broker to wait for.
-/// The protocol librdkafka puts in front of a broker's name (`sasl_ssl://host:port/1`) does not
-/// count: on a secured cluster every line names one.
-fn mentions_security(text: &str) -> bool {
+/// A failed TLS handshake (a certificate, a protocol or cipher mismatch), a failed or stalled SASL
+/// authentication, or a connection closed before the broker answered ApiVersion (what a TLS
+/// listener does to a plaintext client): a setting to fix, not a broker to wait for. Matched on
+/// librdkafka's wording and its state names, never on "ssl" or "tls" alone, which name every
+/// broker of a secured cluster (`sasl_ssl://host:port`) and many host names.
+fn names_a_setting(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    let words = BROKER_SCHEMES.iter().fold(lower, |t, scheme| t.replace(scheme, " "));
-    ["ssl", "tls", "sasl", "authenticat", "certificate", "handshake", "apiversion_query"]
+    ["handshake", "authenticat", "certificate", "apiversion_query", "state auth"]
         .iter()
-        .any(|s| words.contains(s))
+        .any(|s| lower.contains(s))
 }
-
-/// The prefixes of librdkafka's broker names for each security protocol but plaintext.
-const BROKER_SCHEMES: [&str; 3] = ["sasl_ssl://", "sasl_plaintext://", "ssl://"];
 
 #[cfg(test)]
 mod tests {
@@ -119,6 +117,17 @@ mod tests {
     const SECURED_REFUSED: &str = "[thrd:sasl_ssl://127.0.0.1:1/bootstrap]: sasl_ssl://127.0.0.1:1/bootstrap: \
                                    Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state \
                                    CONNECT)";
+    // A TLS cluster's broker restarting, as librdkafka words it (rdkafka_ssl.c, rdkafka_broker.c),
+    // and a refused connection to a broker whose host name has "tls" in it.
+    const TLS_PEER_CLOSED: &str = "[thrd:sasl_ssl://kafka-1:9093/1]: sasl_ssl://kafka-1:9093/1: Disconnected: SSL \
+                                   connection closed by peer (after 60012ms in state UP)";
+    const TLS_TRANSPORT: &str = "[thrd:ssl://kafka-1:9093/1]: ssl://kafka-1:9093/1: Receive failed: SSL transport \
+                                 error: Broken pipe (after 31ms in state UP)";
+    const TLS_HOST_REFUSED: &str = "[thrd:ssl://kafka-tls-1.bank.internal:9093/bootstrap]: \
+                                    ssl://kafka-tls-1.bank.internal:9093/bootstrap: Connect to ipv4#10.0.0.7:9093 \
+                                    failed: Connection refused (after 0ms in state CONNECT)";
+    const HANDSHAKE_TIMEOUT: &str = "[thrd:ssl://kafka-1:9093/bootstrap]: ssl://kafka-1:9093/bootstrap: Connection \
+                                     setup timed out in state SSL_HANDSHAKE (after 30029ms in state SSL_HANDSHAKE)";
     const SSL: &str = "[thrd:sasl_ssl://127.0.0.1:19393/bootstrap]: sasl_ssl://127.0.0.1:19393/bootstrap: SSL \
                        handshake failed: error:0A000086:SSL routines::certificate verify failed";
     const SASL: &str = "[thrd:sasl_ssl://127.0.0.1:19393/bootstrap]: sasl_ssl://127.0.0.1:19393/bootstrap: SASL \
@@ -134,6 +143,10 @@ mod tests {
         assert_eq!(line_level(RDKafkaLogLevel::Error, REFUSED), Level::WARN);
         assert_eq!(line_level(RDKafkaLogLevel::Error, COORDINATOR), Level::WARN);
         assert_eq!(line_level(RDKafkaLogLevel::Error, SECURED_REFUSED), Level::WARN);
+        assert_eq!(line_level(RDKafkaLogLevel::Error, TLS_PEER_CLOSED), Level::WARN);
+        assert_eq!(line_level(RDKafkaLogLevel::Error, TLS_TRANSPORT), Level::WARN);
+        assert_eq!(line_level(RDKafkaLogLevel::Error, TLS_HOST_REFUSED), Level::WARN);
+        assert_eq!(line_level(RDKafkaLogLevel::Error, HANDSHAKE_TIMEOUT), Level::ERROR);
         assert_eq!(line_level(RDKafkaLogLevel::Error, SSL), Level::ERROR);
         assert_eq!(line_level(RDKafkaLogLevel::Error, SASL), Level::ERROR);
         assert_eq!(line_level(RDKafkaLogLevel::Error, PLAINTEXT_TO_TLS), Level::ERROR);
@@ -153,6 +166,14 @@ mod tests {
         );
         assert_eq!(
             error_level(&global(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down"),
+            Level::WARN
+        );
+        assert_eq!(
+            error_level(&global(RDKafkaErrorCode::BrokerTransportFailure), TLS_PEER_CLOSED),
+            Level::WARN
+        );
+        assert_eq!(
+            error_level(&global(RDKafkaErrorCode::BrokerTransportFailure), TLS_HOST_REFUSED),
             Level::WARN
         );
         assert_eq!(error_level(&global(RDKafkaErrorCode::BrokerTransportFailure), SSL), Level::ERROR);
