@@ -259,15 +259,9 @@ async fn the_worker_registers_through_sasl_ssl_and_bad_credentials_stop_start_up
     );
 
     // The operator's `offsets reset --to latest` reads the high watermark through the secured
-    // listener as well, and stores it.
-    let (_, high) = {
-        let internal: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", kafka.var("SECURE_KAFKA_INTERNAL_BROKERS"))
-            .create()
-            .unwrap();
-        rdkafka::consumer::Consumer::fetch_watermarks(&internal, &topics.created, 0, Duration::from_secs(10))
-            .unwrap()
-    };
+    // listener as well, and stores it: the one the Kafka Java tool reads on the plaintext one.
+    let high = java_high_watermark(&kafka.var("SECURE_KAFKA_INTERNAL_BROKERS"), &topics.created, 0);
+    assert!(high > 0, "partition 0 of {} holds none of the 30 cards", topics.created);
     let args = [
         "offsets",
         "reset",
@@ -284,6 +278,30 @@ async fn the_worker_registers_through_sasl_ssl_and_bad_credentials_stop_start_up
     assert!(out.status.success(), "offsets reset through SASL_SSL: {}", String::from_utf8_lossy(&out.stderr));
     let row: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(row["to_offset"], high, "{row}");
+}
+
+/// The partition's high watermark as Kafka's own `GetOffsetShell` (Java client) reads it.
+fn java_high_watermark(brokers: &str, topic: &str, partition: i32) -> i64 {
+    let home = std::env::var("KAFKA_HOME").expect("KAFKA_HOME (eval \"$(scripts/services env)\")");
+    let out = Command::new("java")
+        .args([
+            "-Xmx128m",
+            &format!("-Dlog4j2.configurationFile={home}/log4j2.yaml"),
+            "-cp",
+            &format!("{home}/libs/*"),
+        ])
+        .args(["org.apache.kafka.tools.GetOffsetShell", "--bootstrap-server", brokers, "--topic", topic])
+        .args(["--partitions", &partition.to_string(), "--time", "-1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "GetOffsetShell: {text}{}", String::from_utf8_lossy(&out.stderr));
+    let prefix = format!("{topic}:{partition}:");
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("GetOffsetShell: {text}"));
+    line.trim().parse().unwrap()
 }
 
 /// Cards REGISTERED in PostgreSQL.
